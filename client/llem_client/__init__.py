@@ -1,0 +1,173 @@
+"""llem client: the wire contract, an HTTP client (sync and async) and the ``llem-client`` CLI.
+
+Names are imported lazily, so ``import llem_client.cli`` (and ``llem-client --help``) does not
+pay for httpx or pydantic.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from llem_client._version import SCHEMA_VERSION, __version__
+
+if TYPE_CHECKING:
+    from llem_client._client import AsyncClient, Client
+    from llem_client._config import (
+        BaselineConfig,
+        DecodingConfig,
+        EnergyConfig,
+        ExperimentConfig,
+        InlinePrompts,
+        JsonlPrompts,
+        PytorchOptions,
+        SyntheticPrompts,
+        WarmupConfig,
+    )
+    from llem_client._exceptions import (
+        APIConnectionError,
+        APIStatusError,
+        APITimeoutError,
+        AuthenticationError,
+        BadRequestError,
+        ClientRequestError,
+        ConflictError,
+        LlemError,
+        NotFoundError,
+        PayloadTooLargeError,
+        PermissionDeniedError,
+        RateLimitError,
+        ResponseFormatError,
+        ServerError,
+        UnprocessableEntityError,
+    )
+    from llem_client._hashing import canonical_config_json, measurement_config_hash
+    from llem_client._jobs import (
+        FieldError,
+        Job,
+        JobList,
+        JobProgress,
+        JobStatus,
+        ProblemDetail,
+        ServiceInfo,
+    )
+    from llem_client._results import (
+        DeviceEnergy,
+        DeviceInfo,
+        Environment,
+        ExperimentResult,
+        ResultWarning,
+    )
+
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(["AsyncClient", "Client"], "_client"),
+    **dict.fromkeys(
+        [
+            "BaselineConfig",
+            "DecodingConfig",
+            "EnergyConfig",
+            "ExperimentConfig",
+            "InlinePrompts",
+            "JsonlPrompts",
+            "PytorchOptions",
+            "SyntheticPrompts",
+            "WarmupConfig",
+        ],
+        "_config",
+    ),
+    **dict.fromkeys(
+        [
+            "APIConnectionError",
+            "APIStatusError",
+            "APITimeoutError",
+            "AuthenticationError",
+            "BadRequestError",
+            "ClientRequestError",
+            "ConflictError",
+            "LlemError",
+            "NotFoundError",
+            "PayloadTooLargeError",
+            "PermissionDeniedError",
+            "RateLimitError",
+            "ResponseFormatError",
+            "ServerError",
+            "UnprocessableEntityError",
+        ],
+        "_exceptions",
+    ),
+    **dict.fromkeys(["canonical_config_json", "measurement_config_hash"], "_hashing"),
+    **dict.fromkeys(
+        [
+            "FieldError",
+            "Job",
+            "JobList",
+            "JobProgress",
+            "JobStatus",
+            "ProblemDetail",
+            "ServiceInfo",
+        ],
+        "_jobs",
+    ),
+    **dict.fromkeys(
+        ["DeviceEnergy", "DeviceInfo", "Environment", "ExperimentResult", "ResultWarning"],
+        "_results",
+    ),
+}
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AsyncClient",
+    "AuthenticationError",
+    "BadRequestError",
+    "BaselineConfig",
+    "Client",
+    "ClientRequestError",
+    "ConflictError",
+    "DecodingConfig",
+    "DeviceEnergy",
+    "DeviceInfo",
+    "EnergyConfig",
+    "Environment",
+    "ExperimentConfig",
+    "ExperimentResult",
+    "FieldError",
+    "InlinePrompts",
+    "Job",
+    "JobList",
+    "JobProgress",
+    "JobStatus",
+    "JsonlPrompts",
+    "LlemError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "ProblemDetail",
+    "PytorchOptions",
+    "RateLimitError",
+    "ResponseFormatError",
+    "ResultWarning",
+    "ServerError",
+    "ServiceInfo",
+    "SyntheticPrompts",
+    "UnprocessableEntityError",
+    "WarmupConfig",
+    "__version__",
+    "canonical_config_json",
+    "measurement_config_hash",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'llem_client' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"llem_client.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

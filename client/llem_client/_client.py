@@ -1,0 +1,436 @@
+"""The HTTP client: `Client` (sync) and `AsyncClient`, twins over one request policy.
+
+Retries only where repeating is safe: GETs, and POSTs that carry an ``Idempotency-Key`` (every
+`submit` sends one, generated unless given). Connection errors and 408/429/502/503/504 are
+retried with exponential backoff, honouring ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from llem_client._config import ExperimentConfig
+from llem_client._exceptions import (
+    APIConnectionError,
+    APITimeoutError,
+    ResponseFormatError,
+    error_for_status,
+)
+from llem_client._jobs import Job, JobList, JobStatus, ProblemDetail, ServiceInfo
+from llem_client._results import ExperimentResult
+from llem_client._sse import SSEDecoder
+from llem_client._version import __version__
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+DEFAULT_TIMEOUT_S = 30.0
+RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
+MAX_RETRY_AFTER_S = 30.0
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+ConfigLike = ExperimentConfig | Mapping[str, Any]
+JobCallback = Callable[[Job], None]
+
+
+class _Policy:
+    """What both clients share: addressing, headers, retry decisions and response parsing."""
+
+    def __init__(
+        self,
+        base_url: str | None,
+        token: str | None,
+        max_retries: int,
+        retry_backoff_s: float,
+    ) -> None:
+        self.base_url = (base_url or os.environ.get("LLEM_SERVER") or DEFAULT_SERVER).rstrip("/")
+        token = token if token is not None else os.environ.get("LLEM_TOKEN")
+        self.headers = {"User-Agent": f"llem-client/{__version__}", "Accept": "application/json"}
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
+        self.max_retries = max_retries
+        self.retry_backoff_s = retry_backoff_s
+
+    @staticmethod
+    def retry_safe(method: str, headers: Mapping[str, str] | None) -> bool:
+        return method == "GET" or (method == "POST" and "Idempotency-Key" in (headers or {}))
+
+    def delay_s(self, attempt: int, response: httpx.Response | None) -> float:
+        if response is not None:
+            retry_after = response.headers.get("Retry-After")
+            if retry_after is not None:
+                try:
+                    return min(max(float(retry_after), 0.0), MAX_RETRY_AFTER_S)
+                except ValueError:
+                    pass  # an HTTP date: fall back to backoff
+        base = self.retry_backoff_s * (2**attempt)
+        return float(base + random.uniform(0, base / 2))
+
+    @staticmethod
+    def raise_for_status(response: httpx.Response) -> None:
+        if response.status_code < 400:
+            return
+        try:
+            problem: ProblemDetail | None = ProblemDetail.model_validate(response.json())
+        except (ValueError, ValidationError):
+            problem = None  # not a problem document: a proxy's page, say
+        if problem is None:
+            problem = ProblemDetail(
+                title=response.reason_phrase or "Error",
+                status=response.status_code,
+                detail=response.text[:500],
+            )
+        raise error_for_status(response, problem)
+
+    @classmethod
+    def parse(cls, response: httpx.Response, model: type[ModelT]) -> ModelT:
+        cls.raise_for_status(response)
+        try:
+            return model.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise ResponseFormatError(
+                f"{response.request.method} {response.request.url.path}: the answer is not a "
+                f"valid {model.__name__} ({exc.error_count()} errors); is this an llem server "
+                "of the same schema version?"
+            ) from exc
+
+    @staticmethod
+    def submit_body(config: ConfigLike) -> dict[str, Any]:
+        if isinstance(config, ExperimentConfig):
+            return config.model_dump(mode="json", exclude_unset=True)
+        return dict(config)
+
+    @staticmethod
+    def job_from_event(data: str) -> Job:
+        try:
+            return Job.model_validate_json(data)
+        except ValidationError as exc:
+            raise ResponseFormatError(f"an event is not a valid Job: {exc}") from exc
+
+
+def _transport_error(exc: httpx.TransportError, base_url: str) -> APIConnectionError:
+    if isinstance(exc, httpx.TimeoutException):
+        return APITimeoutError(f"timed out talking to {base_url}: {exc}")
+    return APIConnectionError(f"cannot reach the llem server at {base_url}: {exc}")
+
+
+class Client:
+    """A synchronous llem client.
+
+    Args:
+        base_url: The server, e.g. ``http://gpu-host:8000``; default ``$LLEM_SERVER``, else
+            ``http://127.0.0.1:8000``.
+        token: Bearer token; default ``$LLEM_TOKEN``.
+        timeout: Seconds per request (not per `wait`).
+        max_retries: Retries of a retry-safe request.
+        retry_backoff_s: First backoff delay; doubled at each retry.
+        transport: An httpx transport, e.g. ``httpx.ASGITransport(app)`` for in-process tests.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        max_retries: int = 2,
+        retry_backoff_s: float = 0.5,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._policy = _Policy(base_url, token, max_retries, retry_backoff_s)
+        self.base_url = self._policy.base_url
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers=self._policy.headers,
+            timeout=timeout,
+            transport=transport,
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        safe = self._policy.retry_safe(method, headers)
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(
+                    method, path, json=json_body, params=params, headers=headers
+                )
+            except httpx.TransportError as exc:
+                if not safe or attempt >= self._policy.max_retries:
+                    raise _transport_error(exc, self.base_url) from exc
+                time.sleep(self._policy.delay_s(attempt, None))
+            else:
+                if not (
+                    safe
+                    and response.status_code in RETRY_STATUSES
+                    and attempt < self._policy.max_retries
+                ):
+                    return response
+                time.sleep(self._policy.delay_s(attempt, response))
+            attempt += 1
+
+    def submit(self, config: ConfigLike, *, idempotency_key: str | None = None) -> Job:
+        """Queue an experiment. The key makes the POST safe to retry; one is generated if absent."""
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        body = self._policy.submit_body(config)
+        response = self._request("POST", "/v1/experiments", json_body=body, headers=headers)
+        return self._policy.parse(response, Job)
+
+    def get(self, job_id: str) -> Job:
+        return self._policy.parse(self._request("GET", f"/v1/experiments/{job_id}"), Job)
+
+    def result(self, job_id: str) -> ExperimentResult:
+        response = self._request("GET", f"/v1/experiments/{job_id}/result")
+        return self._policy.parse(response, ExperimentResult)
+
+    def list(
+        self, *, status: JobStatus | str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> JobList:
+        params: dict[str, Any] = {"limit": limit}
+        if status is not None:
+            params["status"] = JobStatus(status).value
+        if cursor is not None:
+            params["cursor"] = cursor
+        return self._policy.parse(self._request("GET", "/v1/experiments", params=params), JobList)
+
+    def cancel(self, job_id: str) -> Job:
+        response = self._request("POST", f"/v1/experiments/{job_id}/cancel")
+        return self._policy.parse(response, Job)
+
+    def info(self) -> ServiceInfo:
+        return self._policy.parse(self._request("GET", "/v1/info"), ServiceInfo)
+
+    def events(self, job_id: str, *, read_timeout_s: float | None = 60.0) -> Iterator[Job]:
+        """The job's state at each change, from the SSE stream, until a terminal state."""
+        timeout = httpx.Timeout(self._http.timeout.connect, read=read_timeout_s)
+        path = f"/v1/experiments/{job_id}/events"
+        try:
+            with self._http.stream("GET", path, timeout=timeout) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    self._policy.raise_for_status(response)
+                decoder = SSEDecoder()
+                for line in response.iter_lines():
+                    event = decoder.feed(line)
+                    if event is not None and event.event == "job":
+                        yield self._policy.job_from_event(event.data)
+        except httpx.TransportError as exc:
+            raise _transport_error(exc, self.base_url) from exc
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        on_update: JobCallback | None = None,
+        use_events: bool = True,
+        poll_interval_s: float = 0.5,
+        max_poll_interval_s: float = 5.0,
+    ) -> Job:
+        """Block until the job is terminal; return it. Raises `APITimeoutError` past ``timeout``.
+
+        Follows the SSE stream; if the stream breaks or ends early, polls with backoff.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if use_events:
+            try:
+                for job in self.events(job_id, read_timeout_s=_remaining(deadline, cap=60.0)):
+                    if on_update is not None:
+                        on_update(job)
+                    if job.status.terminal:
+                        return job
+            except APITimeoutError:
+                if _expired(deadline):
+                    raise APITimeoutError(f"job {job_id} not finished after {timeout} s") from None
+            except (APIConnectionError, ResponseFormatError):
+                pass  # fall back to polling
+        interval = poll_interval_s
+        while True:
+            job = self.get(job_id)
+            if on_update is not None:
+                on_update(job)
+            if job.status.terminal:
+                return job
+            if _expired(deadline):
+                raise APITimeoutError(f"job {job_id} not finished after {timeout} s")
+            time.sleep(min(interval, _remaining(deadline, cap=interval) or interval))
+            interval = min(interval * 1.5, max_poll_interval_s)
+
+
+class AsyncClient:
+    """The asynchronous twin of `Client`; same arguments, same methods, awaitable."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        max_retries: int = 2,
+        retry_backoff_s: float = 0.5,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._policy = _Policy(base_url, token, max_retries, retry_backoff_s)
+        self.base_url = self._policy.base_url
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=self._policy.headers,
+            timeout=timeout,
+            transport=transport,
+        )
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        safe = self._policy.retry_safe(method, headers)
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.request(
+                    method, path, json=json_body, params=params, headers=headers
+                )
+            except httpx.TransportError as exc:
+                if not safe or attempt >= self._policy.max_retries:
+                    raise _transport_error(exc, self.base_url) from exc
+                await asyncio.sleep(self._policy.delay_s(attempt, None))
+            else:
+                if not (
+                    safe
+                    and response.status_code in RETRY_STATUSES
+                    and attempt < self._policy.max_retries
+                ):
+                    return response
+                await asyncio.sleep(self._policy.delay_s(attempt, response))
+            attempt += 1
+
+    async def submit(self, config: ConfigLike, *, idempotency_key: str | None = None) -> Job:
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        body = self._policy.submit_body(config)
+        response = await self._request("POST", "/v1/experiments", json_body=body, headers=headers)
+        return self._policy.parse(response, Job)
+
+    async def get(self, job_id: str) -> Job:
+        return self._policy.parse(await self._request("GET", f"/v1/experiments/{job_id}"), Job)
+
+    async def result(self, job_id: str) -> ExperimentResult:
+        response = await self._request("GET", f"/v1/experiments/{job_id}/result")
+        return self._policy.parse(response, ExperimentResult)
+
+    async def list(
+        self, *, status: JobStatus | str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> JobList:
+        params: dict[str, Any] = {"limit": limit}
+        if status is not None:
+            params["status"] = JobStatus(status).value
+        if cursor is not None:
+            params["cursor"] = cursor
+        response = await self._request("GET", "/v1/experiments", params=params)
+        return self._policy.parse(response, JobList)
+
+    async def cancel(self, job_id: str) -> Job:
+        response = await self._request("POST", f"/v1/experiments/{job_id}/cancel")
+        return self._policy.parse(response, Job)
+
+    async def info(self) -> ServiceInfo:
+        return self._policy.parse(await self._request("GET", "/v1/info"), ServiceInfo)
+
+    async def events(
+        self, job_id: str, *, read_timeout_s: float | None = 60.0
+    ) -> AsyncIterator[Job]:
+        timeout = httpx.Timeout(self._http.timeout.connect, read=read_timeout_s)
+        path = f"/v1/experiments/{job_id}/events"
+        try:
+            async with self._http.stream("GET", path, timeout=timeout) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    self._policy.raise_for_status(response)
+                decoder = SSEDecoder()
+                async for line in response.aiter_lines():
+                    event = decoder.feed(line)
+                    if event is not None and event.event == "job":
+                        yield self._policy.job_from_event(event.data)
+        except httpx.TransportError as exc:
+            raise _transport_error(exc, self.base_url) from exc
+
+    async def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        on_update: JobCallback | None = None,
+        use_events: bool = True,
+        poll_interval_s: float = 0.5,
+        max_poll_interval_s: float = 5.0,
+    ) -> Job:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if use_events:
+            try:
+                async for job in self.events(job_id, read_timeout_s=_remaining(deadline, cap=60.0)):
+                    if on_update is not None:
+                        on_update(job)
+                    if job.status.terminal:
+                        return job
+            except APITimeoutError:
+                if _expired(deadline):
+                    raise APITimeoutError(f"job {job_id} not finished after {timeout} s") from None
+            except (APIConnectionError, ResponseFormatError):
+                pass
+        interval = poll_interval_s
+        while True:
+            job = await self.get(job_id)
+            if on_update is not None:
+                on_update(job)
+            if job.status.terminal:
+                return job
+            if _expired(deadline):
+                raise APITimeoutError(f"job {job_id} not finished after {timeout} s")
+            await asyncio.sleep(min(interval, _remaining(deadline, cap=interval) or interval))
+            interval = min(interval * 1.5, max_poll_interval_s)
+
+
+def _remaining(deadline: float | None, *, cap: float) -> float:
+    if deadline is None:
+        return cap
+    return max(0.001, min(cap, deadline - time.monotonic()))
+
+
+def _expired(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline

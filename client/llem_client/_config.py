@@ -1,0 +1,201 @@
+"""The experiment configuration: what to run and how to measure it.
+
+`ExperimentConfig` is the request body of ``POST /v1/experiments`` and the ``config`` of every
+result. Every section has defaults, so ``{"model": "gpt2"}`` is a complete config. Unknown keys
+are rejected everywhere (``extra="forbid"``) so that a typo never silently falls back to a
+default. Cross-field rules name the fields they involve.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from llem_client._version import SCHEMA_VERSION
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticPrompts(_Section):
+    """Built-in synthetic prompts: each exactly ``input_len`` tokens under the model's tokenizer."""
+
+    source: Literal["synthetic"] = "synthetic"
+    input_len: PositiveInt = Field(default=128, description="Tokens per prompt, exact.")
+    seed: int = Field(default=0, description="Seed of the prompt generator.")
+
+
+class JsonlPrompts(_Section):
+    """Prompts read from a JSONL file on the server, one object per line."""
+
+    source: Literal["jsonl"] = "jsonl"
+    path: str = Field(min_length=1, description="Path of the JSONL file on the server.")
+    field: str = Field(default="prompt", min_length=1, description="Key holding the prompt text.")
+
+
+class InlinePrompts(_Section):
+    """Prompts given in the config itself; cycled when ``n_prompts`` exceeds their number."""
+
+    source: Literal["inline"] = "inline"
+    prompts: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+
+
+PromptSource = Annotated[
+    SyntheticPrompts | JsonlPrompts | InlinePrompts, Field(discriminator="source")
+]
+
+
+class DecodingConfig(_Section):
+    """Greedy or sampled decoding. Sampling knobs are only accepted with ``mode='sample'``."""
+
+    mode: Literal["greedy", "sample"] = "greedy"
+    temperature: float | None = Field(default=None, gt=0)
+    top_k: PositiveInt | None = None
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    repetition_penalty: float = Field(default=1.0, gt=0)
+    seed: int = Field(default=0, description="Seed of torch's generator for sampling.")
+
+    @model_validator(mode="after")
+    def _sampling_knobs_need_sampling(self) -> DecodingConfig:
+        if self.mode == "greedy":
+            given = [
+                name
+                for name in ("temperature", "top_k", "top_p")
+                if getattr(self, name) is not None
+            ]
+            if given:
+                fields = ", ".join(f"decoding.{name}" for name in given)
+                raise ValueError(f"{fields} require decoding.mode='sample' (mode is 'greedy')")
+        return self
+
+
+class WarmupConfig(_Section):
+    """Warm-up at the measurement shape before the measured window.
+
+    ``mode='fixed'`` runs ``batches`` batches. ``mode='cv'`` runs until the coefficient of
+    variation of the last ``window`` batch latencies is below ``cv_threshold``, at most
+    ``max_batches`` batches.
+    """
+
+    mode: Literal["fixed", "cv"] = "fixed"
+    batches: int = Field(default=2, ge=0)
+    cv_threshold: float = Field(default=0.05, gt=0, lt=1)
+    window: int = Field(default=3, ge=2)
+    max_batches: PositiveInt = 20
+
+    @model_validator(mode="after")
+    def _window_fits_cap(self) -> WarmupConfig:
+        if self.mode == "cv" and self.window > self.max_batches:
+            raise ValueError(
+                f"warmup.window ({self.window}) must not exceed warmup.max_batches "
+                f"({self.max_batches}) when warmup.mode='cv'"
+            )
+        return self
+
+
+class BaselineConfig(_Section):
+    """Idle-power baseline, measured before the model loads and reused while fresh."""
+
+    enabled: bool = True
+    duration_s: float = Field(default=10.0, gt=0, le=600)
+    max_age_s: float = Field(
+        default=3600.0, ge=0, description="Reuse a baseline of the same device up to this age."
+    )
+
+
+class EnergyConfig(_Section):
+    """Energy metering. ``sample_interval_ms=None`` picks half the probed counter period."""
+
+    sample_interval_ms: float | None = Field(default=None, ge=1, le=1000)
+    devices: list[Annotated[int, Field(ge=0)]] | None = Field(
+        default=None,
+        description="CUDA device indices to meter; default: every device the model uses.",
+    )
+
+
+class PytorchOptions(_Section):
+    """Options of the PyTorch / transformers backend."""
+
+    device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="'auto' picks CUDA when present, else CPU.",
+    )
+    device_map: str | dict[str, int | str] | None = Field(
+        default=None, description="transformers device_map, for models spanning GPUs."
+    )
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None
+    torch_compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] | None = None
+    static_kv_cache: bool = False
+    load_in_4bit: bool = False
+    load_in_8bit: bool = False
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] | None = None
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> PytorchOptions:
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ValueError("pytorch.load_in_4bit and pytorch.load_in_8bit are mutually exclusive")
+        if self.bnb_4bit_quant_type is not None and not self.load_in_4bit:
+            raise ValueError("pytorch.bnb_4bit_quant_type requires pytorch.load_in_4bit=true")
+        if self.compile_mode is not None and not self.torch_compile:
+            raise ValueError("pytorch.compile_mode requires pytorch.torch_compile=true")
+        if self.device_map is not None and self.device != "auto":
+            raise ValueError("pytorch.device_map and pytorch.device cannot both be set")
+        return self
+
+
+#: Fields that label an experiment but do not change what is measured; excluded from the hash.
+BOOKKEEPING_FIELDS: frozenset[str] = frozenset({"name", "tags"})
+
+
+class ExperimentConfig(_Section):
+    """One experiment: a model, a workload and how to measure it."""
+
+    schema_version: Literal["1"] = SCHEMA_VERSION
+    name: str | None = Field(default=None, max_length=200, description="Free label.")
+    tags: dict[str, str] = Field(default_factory=dict, description="Free labels.")
+
+    model: str = Field(min_length=1, description="Hub id or a local directory on the server.")
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag, commit).")
+    backend: Literal["pytorch"] = "pytorch"
+    precision: Literal["fp32", "fp16", "bf16"] = "fp16"
+
+    prompts: PromptSource = Field(default_factory=SyntheticPrompts)
+    n_prompts: PositiveInt = Field(default=32, description="Requests in the measured workload.")
+    max_input_tokens: PositiveInt | None = Field(
+        default=None, description="Prompts longer than this are truncated."
+    )
+    max_output_tokens: PositiveInt = 128
+    fixed_output_length: bool = Field(
+        default=True,
+        description="Generate exactly max_output_tokens per request (EOS ignored) so runs compare.",
+    )
+    batch_size: PositiveInt = 1
+
+    decoding: DecodingConfig = Field(default_factory=DecodingConfig)
+    warmup: WarmupConfig = Field(default_factory=WarmupConfig)
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+    energy: EnergyConfig = Field(default_factory=EnergyConfig)
+    repeats: PositiveInt = Field(default=1, le=100)
+    pytorch: PytorchOptions = Field(default_factory=PytorchOptions)
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> ExperimentConfig:
+        if (
+            isinstance(self.prompts, SyntheticPrompts)
+            and self.max_input_tokens is not None
+            and self.prompts.input_len > self.max_input_tokens
+        ):
+            raise ValueError(
+                f"prompts.input_len ({self.prompts.input_len}) exceeds max_input_tokens "
+                f"({self.max_input_tokens})"
+            )
+        if self.batch_size > self.n_prompts:
+            raise ValueError(f"batch_size ({self.batch_size}) exceeds n_prompts ({self.n_prompts})")
+        return self

@@ -1,0 +1,110 @@
+"""Jobs, problem details and service information: the rest of the wire contract."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llem_client._results import DeviceInfo
+
+
+class JobStatus(str, Enum):
+    """Life cycle: queued -> running -> succeeded | failed | cancelled (queued may be cancelled)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class ProblemDetail(BaseModel):
+    """An RFC 9457 problem. Extension members are kept (``extra="allow"``), as the RFC permits."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = "about:blank"
+    title: str
+    status: int = Field(ge=100, le=599)
+    detail: str = ""
+    instance: str | None = None
+    errors: list[FieldError] | None = Field(
+        default=None, description="For validation problems: each offending field."
+    )
+
+
+class FieldError(BaseModel):
+    """One offending field of a rejected request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class JobProgress(BaseModel):
+    """Where a job is: its phase and, where counted, how far through it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    phase: str = Field(description="queued, starting, loading, warmup, measuring, saving, done")
+    completed: int = Field(default=0, ge=0)
+    total: int | None = Field(default=None, ge=0)
+    unit: str | None = Field(default=None, description="What completed and total count.")
+
+
+class Job(BaseModel):
+    """An experiment submitted to the service."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    status: JobStatus
+    model: str = Field(description="The config's model, for listings.")
+    name: str | None = Field(default=None, description="The config's name, if any.")
+    config_hash: str = Field(pattern=r"^[0-9a-f]{16}$")
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: JobProgress
+    error: ProblemDetail | None = None
+
+
+class JobList(BaseModel):
+    """A page of jobs, newest first. Pass ``next_cursor`` back as ``cursor`` for the next page."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[Job]
+    next_cursor: str | None = None
+
+
+class ServiceInfo(BaseModel):
+    """What a service is and has."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    service_version: str
+    schema_version: str
+    backends: list[str]
+    devices: list[DeviceInfo]
+    energy_meter: str = Field(description="Name of the energy meter, or 'none'.")
+    energy_meter_available: bool
+    energy_meter_reason: str | None = Field(
+        default=None, description="Why energy cannot be measured, when it cannot."
+    )
+    queue_length: int = Field(ge=0, description="Jobs waiting, the running one excluded.")
+    running_job: str | None = None
+
+
+ProblemDetail.model_rebuild()

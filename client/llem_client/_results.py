@@ -1,0 +1,104 @@
+"""The experiment result, as the service returns it and the CLI writes it.
+
+Units are in the field names (``_sec``, ``_j``, ``_w``, ``_bytes``). Energy fields are ``null``
+when the service had no energy meter: never zero, never estimated. A warning then says why.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llem_client._config import ExperimentConfig
+from llem_client._version import SCHEMA_VERSION
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeviceInfo(_Wire):
+    """An accelerator the service can use."""
+
+    index: int = Field(ge=0, description="CUDA device index inside the service's process.")
+    name: str
+    uuid: str
+    memory_total_bytes: int = Field(ge=0)
+
+
+class ResultWarning(_Wire):
+    """Something that weakens a figure, with a stable code and a message that says what to do."""
+
+    code: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    message: str
+
+
+class DeviceEnergy(_Wire):
+    """Energy of one device over the measured window."""
+
+    device_uuid: str
+    energy_j: float = Field(ge=0)
+
+
+class Environment(_Wire):
+    """Where the result was measured."""
+
+    llem_version: str
+    python_version: str
+    platform: str
+    hostname: str
+    backend: str = Field(description="Name of the inference backend that ran the workload.")
+    backend_versions: dict[str, str] = Field(
+        default_factory=dict, description="Versions of the backend's libraries (torch, ...)."
+    )
+    energy_meter: str = Field(description="Name of the energy meter, or 'none'.")
+    devices: list[DeviceInfo] = Field(default_factory=list)
+    container_image: str | None = Field(
+        default=None, description="Image reference when the service runs in a container."
+    )
+
+
+class ExperimentResult(_Wire):
+    """What one experiment measured."""
+
+    schema_version: Literal["1"] = SCHEMA_VERSION
+    experiment_id: str
+    measurement_config_hash: str = Field(pattern=r"^[0-9a-f]{16}$")
+    config: ExperimentConfig = Field(description="The effective config, defaults filled in.")
+    started_at: datetime
+    finished_at: datetime
+
+    n_requests: int = Field(ge=0, description="Requests in the measured workload.")
+    input_tokens: int = Field(ge=0, description="Prompt tokens, padding excluded.")
+    output_tokens: int = Field(ge=0, description="Generated tokens, padding and post-EOS excluded.")
+    total_tokens: int = Field(ge=0)
+
+    model_load_time_sec: float = Field(ge=0)
+    warmup_time_sec: float = Field(ge=0)
+    warmup_batches: int = Field(ge=0)
+    total_inference_time_sec: float = Field(ge=0, description="Measured window.")
+    avg_tokens_per_second: float = Field(
+        ge=0, description="Output tokens per second of measured time."
+    )
+    requests_per_second: float = Field(ge=0)
+
+    energy_meter_available: bool
+    total_energy_j: float | None = Field(default=None, ge=0)
+    avg_energy_per_token_j: float | None = Field(
+        default=None, ge=0, description="total_energy_j / output_tokens."
+    )
+    avg_power_w: float | None = Field(
+        default=None, ge=0, description="total_energy_j / total_inference_time_sec."
+    )
+    energy_per_device: list[DeviceEnergy] | None = None
+
+    total_flops: int = Field(ge=0)
+    flops_method: str
+
+    environment: Environment
+    warnings: list[ResultWarning] = Field(default_factory=list)
+    timeseries: str | None = Field(
+        default=None, description="URL of the power timeseries, when one was recorded."
+    )
