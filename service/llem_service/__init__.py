@@ -1,0 +1,5 @@
+"""llem service: the FastAPI server, job store, worker, backends and energy meters."""
+
+from llem_client._version import SCHEMA_VERSION, __version__
+
+__all__ = ["SCHEMA_VERSION", "__version__"]

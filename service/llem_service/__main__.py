@@ -1,0 +1,45 @@
+"""``llem-service``: start the server from ``LLEM_*`` settings (one uvicorn process)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+
+def main(argv: list[str] | None = None) -> None:
+    from llem_service.settings import Settings
+
+    parser = argparse.ArgumentParser(
+        prog="llem-service",
+        description="Run the llem measurement server. Settings come from LLEM_* variables; "
+        "these flags override them.",
+    )
+    parser.add_argument("--host", help="address to bind (LLEM_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (LLEM_PORT, default 8000)")
+    parser.add_argument("--data-dir", help="job store and results (LLEM_DATA_DIR)")
+    args = parser.parse_args(argv)
+    overrides = {
+        key: value
+        for key, value in (("host", args.host), ("port", args.port), ("data_dir", args.data_dir))
+        if value is not None
+    }
+    settings = Settings(**overrides)
+
+    import uvicorn
+
+    from llem_service.app import create_app
+
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""HTTP routes: one router per resource, mounted under /v1 (health at the root)."""

@@ -1,0 +1,112 @@
+"""The app factory. Nothing is built at import time: ``create_app(settings)`` builds one app,
+so tests build as many as they like, and uvicorn calls `create_app_from_env` with --factory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
+from llem_client import __version__
+
+from llem_service.api import experiments, info
+from llem_service.deps import get_energy_meter, get_inference_backend, require_token, resolve
+from llem_service.errors import PROBLEM_MEDIA_TYPE, PayloadTooLarge, install_error_handlers
+from llem_service.events import ChangeFeed
+from llem_service.results import ResultFiles
+from llem_service.runner import ExperimentRunner, ProcessRunner
+from llem_service.settings import Settings
+from llem_service.store import SqliteJobStore
+from llem_service.worker import Worker
+
+_log = logging.getLogger("llem.service")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service. The store, worker and feed start with the app's lifespan."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = SqliteJobStore(settings.db_path)
+        interrupted = store.recover_interrupted()
+        if interrupted:
+            _log.warning("marked %d interrupted job(s) failed: %s", len(interrupted), interrupted)
+
+        def make_runner() -> ExperimentRunner:
+            return ProcessRunner(
+                resolve(app, get_inference_backend),
+                resolve(app, get_energy_meter),
+                cancel_grace_s=settings.cancel_grace_s,
+            )
+
+        feed = ChangeFeed()
+        worker = Worker(store, ResultFiles(settings.results_dir), feed, make_runner)
+        app.state.store, app.state.feed, app.state.worker = store, feed, worker
+        app.state.results = worker.results
+        worker.start()
+        try:
+            yield
+        finally:
+            feed.close()
+            await worker.stop()
+            store.close()
+
+    app = FastAPI(
+        title="llem",
+        version=__version__,
+        summary="Energy and speed of LLM inference, measured on this host's GPUs.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(info.health_router)
+    v1 = [Depends(require_token)]
+    app.include_router(experiments.router, prefix="/v1", dependencies=v1)
+    app.include_router(info.router, prefix="/v1", dependencies=v1)
+
+    @app.middleware("http")
+    async def limit_body_size(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
+            from llem_service.errors import problem_response
+
+            error = PayloadTooLarge(
+                f"the request body is {length} bytes; the limit is {settings.max_body_bytes}"
+            )
+            return problem_response(error.problem(request.url.path))
+        return await call_next(request)
+
+    app.openapi = lambda: _openapi_with_problems(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi_with_problems(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, with error responses declared as application/problem+json."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            summary=app.summary,
+            routes=app.routes,
+        )
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                for code, response in operation.get("responses", {}).items():
+                    content = response.get("content", {})
+                    if code[0] in "45" and "application/json" in content:
+                        content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def create_app_from_env() -> FastAPI:
+    """For ``uvicorn --factory llem_service.app:create_app_from_env``."""
+    return create_app(Settings())

@@ -1,0 +1,19 @@
+"""Inference backends: the `InferenceBackend` seam and its implementations."""
+
+from llem_service.backends.base import (
+    BackendError,
+    InferenceBackend,
+    LoadReport,
+    ProgressFn,
+    WarmupReport,
+    WorkloadReport,
+)
+
+__all__ = [
+    "BackendError",
+    "InferenceBackend",
+    "LoadReport",
+    "ProgressFn",
+    "WarmupReport",
+    "WorkloadReport",
+]

@@ -1,0 +1,98 @@
+"""FastAPI dependencies: how routes and the worker reach the service's parts.
+
+The seams (`get_inference_backend`, `get_energy_meter`) are providers that tests replace with
+``app.dependency_overrides[provider] = lambda: Fake(...)``. The worker resolves them through
+the same overrides (`resolve`), so one override changes both the API and the experiments.
+A provider takes either nothing or the `Settings`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import inspect
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, FastAPI, Request
+
+from llem_service.backends.base import InferenceBackend
+from llem_service.energy.base import EnergyMeter
+from llem_service.energy.null import NullEnergyMeter
+from llem_service.errors import NotAuthenticated
+from llem_service.events import ChangeFeed
+from llem_service.results import ResultFiles
+from llem_service.settings import Settings
+from llem_service.store import JobStore
+from llem_service.worker import Worker
+
+T = TypeVar("T")
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_store(request: Request) -> JobStore:
+    store: JobStore = request.app.state.store
+    return store
+
+
+def get_worker(request: Request) -> Worker:
+    worker: Worker = request.app.state.worker
+    return worker
+
+
+def get_feed(request: Request) -> ChangeFeed:
+    feed: ChangeFeed = request.app.state.feed
+    return feed
+
+
+def get_results(request: Request) -> ResultFiles:
+    results: ResultFiles = request.app.state.results
+    return results
+
+
+def get_inference_backend(settings: SettingsDep) -> InferenceBackend:
+    """The real backend: PyTorch / transformers (imports torch only inside the experiment)."""
+    from llem_service.backends.pytorch import PytorchBackend
+
+    return PytorchBackend.from_settings(settings)
+
+
+def get_energy_meter(settings: SettingsDep) -> EnergyMeter:
+    """The energy meter. This version has none: results carry null energy and say why."""
+    return NullEnergyMeter(
+        "this version of the service has no energy meter (NVML metering is not built yet)"
+    )
+
+
+def require_token(request: Request, settings: SettingsDep) -> None:
+    """Bearer-token check on /v1 routes when ``LLEM_API_TOKEN`` is set (constant-time)."""
+    if settings.api_token is None:
+        return
+    expected = settings.api_token.get_secret_value().encode()
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        raise NotAuthenticated(
+            "a valid bearer token is required (Authorization: Bearer <LLEM_API_TOKEN>)",
+            headers={"WWW-Authenticate": 'Bearer realm="llem"'},
+        )
+
+
+def resolve(app: FastAPI, provider: Callable[..., T]) -> T:
+    """Call ``provider``, or its override, outside a request (as the worker does)."""
+    fn: Callable[..., Any] = app.dependency_overrides.get(provider, provider)
+    if inspect.signature(fn).parameters:
+        return fn(app.state.settings)  # type: ignore[no-any-return]
+    return fn()  # type: ignore[no-any-return]
+
+
+StoreDep = Annotated[JobStore, Depends(get_store)]
+WorkerDep = Annotated[Worker, Depends(get_worker)]
+FeedDep = Annotated[ChangeFeed, Depends(get_feed)]
+ResultsDep = Annotated[ResultFiles, Depends(get_results)]
+MeterDep = Annotated[EnergyMeter, Depends(get_energy_meter)]

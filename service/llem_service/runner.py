@@ -1,0 +1,196 @@
+"""Runs one experiment in its own child process (spawn), so that an exception, a CUDA OOM or a
+kill inside the experiment fails that job and never the server.
+
+The child speaks to the parent over a one-way pipe: ``("progress", {...})`` any number of
+times, then exactly one ``("result", json)`` or ``("error", {...})``. Dying without either is
+itself an outcome: the exit code or signal becomes the job's error.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any, Protocol
+
+from llem_client import ExperimentConfig, ExperimentResult, JobProgress, JobStatus, ProblemDetail
+
+from llem_service.backends.base import BackendError, InferenceBackend
+from llem_service.energy.base import EnergyMeter, MeterError
+from llem_service.experiment import run_experiment
+
+ProgressCallback = Callable[[JobProgress], None]
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How an experiment ended: a result (succeeded), an error (failed), or cancelled."""
+
+    status: JobStatus
+    result: ExperimentResult | None = None
+    error: ProblemDetail | None = None
+
+
+class ExperimentRunner(Protocol):
+    def run(
+        self,
+        job_id: str,
+        config: ExperimentConfig,
+        on_progress: ProgressCallback,
+        cancel: threading.Event,
+    ) -> RunOutcome:
+        """Run to the end, or until ``cancel`` is set; blocking."""
+        ...
+
+
+def experiment_problem(slug: str, title: str, detail: str, **extra: Any) -> ProblemDetail:
+    return ProblemDetail(
+        type=f"urn:llem:problem:{slug}", title=title, status=500, detail=detail, **extra
+    )
+
+
+def _child_main(
+    job_id: str,
+    config_json: str,
+    backend: InferenceBackend,
+    meter: EnergyMeter,
+    conn: Connection,
+) -> None:
+    """Entry point of the child process."""
+    # The server handles Ctrl-C; the child must not die of the terminal's SIGINT first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        config = ExperimentConfig.model_validate_json(config_json)
+
+        def report(progress: JobProgress) -> None:
+            conn.send(("progress", progress.model_dump(mode="json")))
+
+        result = run_experiment(job_id, config, backend, meter, report)
+        conn.send(("result", result.model_dump_json()))
+    except BackendError as exc:
+        conn.send(("error", ("backend-error", "Experiment failed", str(exc), None)))
+    except MeterError as exc:
+        conn.send(("error", ("meter-error", "Energy measurement failed", str(exc), None)))
+    except BaseException as exc:
+        conn.send(
+            (
+                "error",
+                (
+                    "experiment-crashed",
+                    "Experiment crashed",
+                    f"{type(exc).__name__}: {exc}",
+                    traceback.format_exc(limit=20),
+                ),
+            )
+        )
+    finally:
+        conn.close()
+
+
+def _describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "the experiment process did not exit"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (out of memory?)" if name == "SIGKILL" else ""
+        return f"the experiment process was killed by {name}{hint} before reporting a result"
+    return f"the experiment process exited with code {exitcode} before reporting a result"
+
+
+class ProcessRunner:
+    """`ExperimentRunner` that runs each experiment in a spawned child process.
+
+    Args:
+        backend: Pickled into the child; see `InferenceBackend`.
+        meter: Pickled into the child; see `EnergyMeter`.
+        cancel_grace_s: After SIGTERM on cancel, wait this long before SIGKILL.
+        poll_s: How often to look for cancellation while the child runs.
+    """
+
+    def __init__(
+        self,
+        backend: InferenceBackend,
+        meter: EnergyMeter,
+        *,
+        cancel_grace_s: float = 5.0,
+        poll_s: float = 0.05,
+    ) -> None:
+        self.backend = backend
+        self.meter = meter
+        self.cancel_grace_s = cancel_grace_s
+        self.poll_s = poll_s
+
+    def run(
+        self,
+        job_id: str,
+        config: ExperimentConfig,
+        on_progress: ProgressCallback,
+        cancel: threading.Event,
+    ) -> RunOutcome:
+        if cancel.is_set():
+            return RunOutcome(JobStatus.CANCELLED)
+        ctx = multiprocessing.get_context("spawn")
+        receiver, sender = ctx.Pipe(duplex=False)
+        process = ctx.Process(
+            target=_child_main,
+            args=(job_id, config.model_dump_json(), self.backend, self.meter, sender),
+            name=f"llem-experiment-{job_id[:8]}",
+        )
+        process.start()
+        sender.close()  # the child holds the only writer: EOF on our side means it is gone
+        try:
+            return self._follow(process, receiver, on_progress, cancel)
+        finally:
+            receiver.close()
+            if process.is_alive():
+                self._stop(process)
+            process.join()
+            process.close()
+
+    def _follow(
+        self,
+        process: multiprocessing.process.BaseProcess,
+        receiver: Connection,
+        on_progress: ProgressCallback,
+        cancel: threading.Event,
+    ) -> RunOutcome:
+        while True:
+            if cancel.is_set():
+                self._stop(process)
+                return RunOutcome(JobStatus.CANCELLED)
+            if not receiver.poll(self.poll_s):
+                continue
+            try:
+                kind, payload = receiver.recv()
+            except EOFError:
+                process.join(timeout=5)
+                problem = experiment_problem(
+                    "experiment-process-died", "Experiment failed", _describe_exit(process.exitcode)
+                )
+                return RunOutcome(JobStatus.FAILED, error=problem)
+            if kind == "progress":
+                on_progress(JobProgress.model_validate(payload))
+            elif kind == "result":
+                return RunOutcome(
+                    JobStatus.SUCCEEDED, result=ExperimentResult.model_validate_json(payload)
+                )
+            else:
+                slug, title, detail, trace = payload
+                extra = {"traceback": trace} if trace else {}
+                return RunOutcome(
+                    JobStatus.FAILED, error=experiment_problem(slug, title, detail, **extra)
+                )
+
+    def _stop(self, process: multiprocessing.process.BaseProcess) -> None:
+        process.terminate()
+        process.join(timeout=self.cancel_grace_s)
+        if process.is_alive():
+            process.kill()
+            process.join()

@@ -1,0 +1,170 @@
+"""Factories and servers shared by every tier.
+
+- `make_config` / `make_result`: valid objects with small defaults; each test overrides only
+  what it is about.
+- `start_server`: a real uvicorn server on a free loopback port, in a thread, running the real
+  app, worker and child processes, with the fakes of `tests.fakes` injected through
+  ``app.dependency_overrides``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from llem_client import (
+    Environment,
+    ExperimentConfig,
+    ExperimentResult,
+    measurement_config_hash,
+)
+
+from tests.fakes import FakeEnergyMeter, FakeInferenceBackend
+
+
+def make_config(**overrides: Any) -> ExperimentConfig:
+    """A small valid config. Keyword arguments replace top-level fields."""
+    data: dict[str, Any] = {
+        "model": "tiny-test-model",
+        "precision": "fp32",
+        "prompts": {"source": "synthetic", "input_len": 8, "seed": 0},
+        "n_prompts": 4,
+        "batch_size": 2,
+        "max_output_tokens": 4,
+        "warmup": {"mode": "fixed", "batches": 1},
+        "baseline": {"enabled": False},
+    }
+    data.update(overrides)
+    return ExperimentConfig.model_validate(data)
+
+
+def make_result(**overrides: Any) -> ExperimentResult:
+    """A consistent result of `make_config()`: 4 requests, 32 in, 16 out, 0.5 s, 100 J."""
+    config = overrides.pop("config", None) or make_config()
+    now = datetime.now(timezone.utc)
+    data: dict[str, Any] = {
+        "experiment_id": "0123456789abcdef0123456789abcdef",
+        "measurement_config_hash": measurement_config_hash(config),
+        "config": config,
+        "started_at": now,
+        "finished_at": now,
+        "n_requests": 4,
+        "input_tokens": 32,
+        "output_tokens": 16,
+        "total_tokens": 48,
+        "model_load_time_sec": 0.25,
+        "warmup_time_sec": 0.125,
+        "warmup_batches": 1,
+        "total_inference_time_sec": 0.5,
+        "avg_tokens_per_second": 32.0,
+        "requests_per_second": 8.0,
+        "energy_meter_available": True,
+        "total_energy_j": 100.0,
+        "avg_energy_per_token_j": 6.25,
+        "avg_power_w": 200.0,
+        "energy_per_device": [{"device_uuid": "GPU-fake", "energy_j": 100.0}],
+        "total_flops": 48_000,
+        "flops_method": "fake: flops_per_token x tokens",
+        "environment": Environment(
+            llem_version="0.1.0",
+            python_version="3.11.7",
+            platform="Linux",
+            hostname="test-host",
+            backend="fake",
+            energy_meter="fake",
+        ),
+    }
+    data.update(overrides)
+    return ExperimentResult.model_validate(data)
+
+
+@dataclass
+class LiveServer:
+    """A running server: its address, data directory and app (for its overrides)."""
+
+    base_url: str
+    data_dir: Path
+    app: FastAPI
+    stop: Callable[[], None]
+
+
+def _serve(app: FastAPI) -> Iterator[str]:
+    import uvicorn
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def build_app(
+    data_dir: Path,
+    *,
+    backend: Any = None,
+    meter: Any = None,
+    token: str | None = None,
+    **settings: Any,
+) -> FastAPI:
+    """The real app on ``data_dir``, with the fake backend and meter injected."""
+    from llem_service.app import create_app
+    from llem_service.deps import get_energy_meter, get_inference_backend
+    from llem_service.settings import Settings
+
+    app = create_app(Settings(data_dir=data_dir, api_token=token, cancel_grace_s=2.0, **settings))
+    fake_backend = backend if backend is not None else FakeInferenceBackend()
+    fake_meter = meter if meter is not None else FakeEnergyMeter()
+    app.dependency_overrides[get_inference_backend] = lambda: fake_backend
+    app.dependency_overrides[get_energy_meter] = lambda: fake_meter
+    return app
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
+    """``start_server(backend=..., meter=..., token=..., data_dir=...)`` -> `LiveServer`.
+
+    Servers are stopped at the end of the test; one started on an earlier server's
+    ``data_dir`` sees its jobs (a restart).
+    """
+    stack: list[Iterator[str]] = []
+
+    def start(data_dir: Path | None = None, **kwargs: Any) -> LiveServer:
+        data_dir = data_dir or tmp_path / "data"
+        app = build_app(data_dir, **kwargs)
+        serving = _serve(app)
+        base_url = next(serving)
+        stack.append(serving)
+
+        def stop() -> None:
+            for _ in serving:  # resumes the generator past its yield: stops the server
+                pass
+
+        return LiveServer(base_url=base_url, data_dir=data_dir, app=app, stop=stop)
+
+    yield start
+    for serving in reversed(stack):
+        for _ in serving:
+            pass
+
+
+@pytest.fixture
+def live_server(start_server: Callable[..., LiveServer]) -> LiveServer:
+    """A server with the default fake backend and meter."""
+    return start_server()

@@ -1,0 +1,139 @@
+"""Explicit fakes for the service's seams. Reading a class tells you exactly what it does.
+
+They are plain dataclasses so that they pickle into the experiment's child process, where the
+real worker runs them just as it runs the real backend and meter.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from llem_client import DeviceInfo, ExperimentConfig
+from llem_service.backends.base import (
+    BackendError,
+    LoadReport,
+    ProgressFn,
+    WarmupReport,
+    WorkloadReport,
+)
+from llem_service.energy.base import EnergyReading, MeterProbe
+
+Phase = Literal["load", "warmup", "run"]
+
+FAKE_DEVICE = DeviceInfo(
+    index=0,
+    name="Fake GPU",
+    uuid="GPU-00000000-fake-0000-0000-000000000000",
+    memory_total_bytes=80 * 2**30,
+)
+
+
+@dataclass
+class FakeInferenceBackend:
+    """A backend that 'generates' fixed token counts and reports fixed timings.
+
+    Every request has ``input_tokens_per_request`` prompt tokens and ``max_output_tokens``
+    output tokens; the measured window reports ``measured_time_s``. ``sleep_s`` is how long
+    `run` really takes, so cancellation and one-at-a-time execution can be observed.
+    ``fail_in`` raises a `BackendError` with ``error_message`` in that phase; ``crash_in``
+    ends the child process abruptly with ``os._exit(crash_exit_code)``, as a segfault or an
+    OOM kill would.
+    """
+
+    name: str = "fake"
+    load_time_s: float = 0.25
+    warmup_time_s: float = 0.125
+    measured_time_s: float = 0.5
+    sleep_s: float = 0.0
+    input_tokens_per_request: int = 8
+    flops_per_token: int = 1000
+    fail_in: Phase | None = None
+    crash_in: Phase | None = None
+    crash_exit_code: int = 3
+    error_message: str = "the fake backend failed on purpose"
+    marker_dir: str | None = None
+    _closed: bool = field(default=False, repr=False)
+
+    def versions(self) -> dict[str, str]:
+        return {"fake-backend": "1.0"}
+
+    def _maybe_fail(self, phase: Phase) -> None:
+        if self.crash_in == phase:
+            os._exit(self.crash_exit_code)
+        if self.fail_in == phase:
+            raise BackendError(self.error_message)
+
+    def load(self, config: ExperimentConfig) -> LoadReport:
+        self._maybe_fail("load")
+        return LoadReport(load_time_s=self.load_time_s, device_uuids=(FAKE_DEVICE.uuid,))
+
+    def warmup(self, config: ExperimentConfig) -> WarmupReport:
+        self._maybe_fail("warmup")
+        batches = config.warmup.batches
+        return WarmupReport(
+            duration_s=self.warmup_time_s,
+            batch_latencies_s=(self.warmup_time_s / batches,) * batches if batches else (),
+        )
+
+    def run(self, config: ExperimentConfig, progress: ProgressFn) -> WorkloadReport:
+        self._maybe_fail("run")
+        if self.marker_dir is not None:
+            # Lets a test see which experiments overlapped in time: a file per running run.
+            marker = os.path.join(self.marker_dir, f"{os.getpid()}-{time.monotonic_ns()}")
+            with open(marker, "w") as f:
+                f.write(f"start {time.time()}\n")
+        n = config.n_prompts
+        for done in range(0, n, config.batch_size):
+            time.sleep(self.sleep_s * config.batch_size / n)
+            progress(min(done + config.batch_size, n), n)
+        if self.marker_dir is not None:
+            with open(marker, "a") as f:
+                f.write(f"end {time.time()}\n")
+        output_tokens = n * config.max_output_tokens
+        input_tokens = n * self.input_tokens_per_request
+        return WorkloadReport(
+            n_requests=n,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            duration_s=self.measured_time_s,
+            total_flops=(input_tokens + output_tokens) * self.flops_per_token,
+            flops_method="fake: flops_per_token x tokens",
+        )
+
+    def close(self) -> None:
+        self._closed = True
+
+
+@dataclass
+class FakeEnergyMeter:
+    """A meter that reports ``power_w`` on each device for the window's wall-clock length.
+
+    With ``energy_j`` set, every window reports exactly that many joules per device instead,
+    so results can be checked to the digit.
+    """
+
+    name: str = "fake"
+    power_w: float = 300.0
+    energy_j: float | None = None
+    devices: Sequence[DeviceInfo] = (FAKE_DEVICE,)
+    _started_at: float | None = field(default=None, repr=False)
+    _uuids: tuple[str, ...] = field(default=(), repr=False)
+
+    def probe(self) -> MeterProbe:
+        return MeterProbe(name=self.name, available=True, devices=tuple(self.devices))
+
+    def begin(self, device_uuids: Sequence[str]) -> None:
+        self._uuids = tuple(device_uuids)
+        self._started_at = time.perf_counter()
+
+    def end(self) -> EnergyReading:
+        assert self._started_at is not None, "end() before begin()"
+        elapsed_s = time.perf_counter() - self._started_at
+        joules = self.energy_j if self.energy_j is not None else self.power_w * elapsed_s
+        return EnergyReading(
+            energy_j_by_device=dict.fromkeys(self._uuids, joules), source="fake_constant_power"
+        )
