@@ -69,7 +69,9 @@ class FakeInferenceBackend:
 
     def load(self, config: ExperimentConfig) -> LoadReport:
         self._maybe_fail("load")
-        return LoadReport(load_time_s=self.load_time_s, device_uuids=(FAKE_DEVICE.uuid,))
+        return LoadReport(
+            load_time_s=self.load_time_s, device_uuids=(FAKE_DEVICE.uuid,), n_parameters=1234
+        )
 
     def warmup(self, config: ExperimentConfig) -> WarmupReport:
         self._maybe_fail("warmup")
@@ -93,14 +95,26 @@ class FakeInferenceBackend:
         if self.marker_dir is not None:
             with open(marker, "a") as f:
                 f.write(f"end {time.time()}\n")
-        output_tokens = n * config.max_output_tokens
+        n_batches = -(-n // config.batch_size)
+        batch_s = self.measured_time_s / n_batches
+        # Within a batch: the first token at 1/4 of its time, then evenly spaced steps.
+        steps = config.max_output_tokens - 1
+        ttft_s = batch_s / 4
         input_tokens = n * self.input_tokens_per_request
+        output_tokens = n * config.max_output_tokens
         return WorkloadReport(
             n_requests=n,
             input_tokens=input_tokens,
-            output_tokens=output_tokens,
+            output_tokens_per_request=(config.max_output_tokens,) * n,
             duration_s=self.measured_time_s,
-            total_flops=(input_tokens + output_tokens) * self.flops_per_token,
+            batch_latencies_s=(batch_s,) * n_batches,
+            prefill_time_s=ttft_s * n_batches,
+            decode_time_s=(batch_s - ttft_s) * n_batches,
+            ttft_s=(ttft_s,) * n,
+            itl_s=((batch_s - ttft_s) / steps,) * (steps * n_batches) if steps else (),
+            hook_overhead_s=0.0,
+            prefill_flops=input_tokens * self.flops_per_token,
+            decode_flops=output_tokens * self.flops_per_token,
             flops_method="fake: flops_per_token x tokens",
         )
 

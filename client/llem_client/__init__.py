@@ -56,6 +56,7 @@ if TYPE_CHECKING:
         DeviceInfo,
         Environment,
         ExperimentResult,
+        LatencyStats,
         ResultWarning,
     )
 
@@ -109,7 +110,14 @@ _LAZY: dict[str, str] = {
         "_jobs",
     ),
     **dict.fromkeys(
-        ["DeviceEnergy", "DeviceInfo", "Environment", "ExperimentResult", "ResultWarning"],
+        [
+            "DeviceEnergy",
+            "DeviceInfo",
+            "Environment",
+            "ExperimentResult",
+            "LatencyStats",
+            "ResultWarning",
+        ],
         "_results",
     ),
 }
@@ -140,6 +148,7 @@ __all__ = [
     "JobProgress",
     "JobStatus",
     "JsonlPrompts",
+    "LatencyStats",
     "LlemError",
     "NotFoundError",
     "PayloadTooLargeError",

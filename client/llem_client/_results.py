@@ -60,6 +60,17 @@ class Environment(_Wire):
     )
 
 
+class LatencyStats(_Wire):
+    """Summary of a set of latencies, seconds. Percentiles interpolate linearly."""
+
+    n: int = Field(ge=1)
+    mean: float = Field(ge=0)
+    p50: float = Field(ge=0)
+    p90: float = Field(ge=0)
+    p99: float = Field(ge=0)
+    max: float = Field(ge=0)
+
+
 class ExperimentResult(_Wire):
     """What one experiment measured."""
 
@@ -74,6 +85,9 @@ class ExperimentResult(_Wire):
     input_tokens: int = Field(ge=0, description="Prompt tokens, padding excluded.")
     output_tokens: int = Field(ge=0, description="Generated tokens, padding and post-EOS excluded.")
     total_tokens: int = Field(ge=0)
+    output_tokens_per_request: list[int] = Field(
+        description="Generated tokens of each request, in workload order (every repeat)."
+    )
 
     model_load_time_sec: float = Field(ge=0)
     warmup_time_sec: float = Field(ge=0)
@@ -83,6 +97,23 @@ class ExperimentResult(_Wire):
         ge=0, description="Output tokens per second of measured time."
     )
     requests_per_second: float = Field(ge=0)
+    prefill_time_sec: float = Field(ge=0, description="Summed over batches: start to first token.")
+    decode_time_sec: float = Field(ge=0, description="Summed over batches: first to last token.")
+    warmup_batch_latency_sec: list[float] = Field(description="Each warm-up batch, in order.")
+    batch_latency_sec: LatencyStats
+    time_to_first_token_sec: LatencyStats = Field(description="Per request.")
+    inter_token_latency_sec: LatencyStats | None = Field(
+        description="Gaps between successive decoding steps; null when every request "
+        "generated a single token."
+    )
+    timing_hook_overhead_sec: float = Field(
+        ge=0, description="Time spent inside the per-step timing hook, included in the total."
+    )
+    n_parameters: int = Field(ge=0)
+    peak_memory_allocated_bytes: int | None = Field(
+        default=None, ge=0, description="torch's peak allocated memory on the device (CUDA)."
+    )
+    peak_memory_reserved_bytes: int | None = Field(default=None, ge=0)
 
     energy_meter_available: bool
     total_energy_j: float | None = Field(default=None, ge=0)
@@ -95,6 +126,8 @@ class ExperimentResult(_Wire):
     energy_per_device: list[DeviceEnergy] | None = None
 
     total_flops: int = Field(ge=0)
+    prefill_flops: int = Field(ge=0)
+    decode_flops: int = Field(ge=0)
     flops_method: str
 
     environment: Environment

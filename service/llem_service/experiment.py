@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 
 from llem_client import (
@@ -18,6 +18,7 @@ from llem_client import (
     ExperimentConfig,
     ExperimentResult,
     JobProgress,
+    LatencyStats,
     ResultWarning,
     __version__,
     measurement_config_hash,
@@ -80,7 +81,7 @@ def run_experiment(
     finally:
         backend.close()
 
-    workload = _combine(workloads)
+    warnings.extend(ResultWarning(code=c, message=m) for w in workloads for c, m in w.warnings)
     if not probe.available:
         warnings.append(
             ResultWarning(
@@ -88,12 +89,17 @@ def run_experiment(
                 message=f"Energy not measured: {probe.reason}. Energy fields are null.",
             )
         )
-    for code, message in workload.extra_warnings:
-        warnings.append(ResultWarning(code=code, message=message))
     if reading is not None:
         warnings.extend(ResultWarning(code=c, message=m) for c, m in reading.warnings)
 
-    duration = workload.duration_s
+    per_request = [n for w in workloads for n in w.output_tokens_per_request]
+    input_tokens = sum(w.input_tokens for w in workloads)
+    output_tokens = sum(per_request)
+    n_requests = sum(w.n_requests for w in workloads)
+    duration = sum(w.duration_s for w in workloads)
+    itl = [gap for w in workloads for gap in w.itl_s]
+    prefill_flops = sum(w.prefill_flops for w in workloads)
+    decode_flops = sum(w.decode_flops for w in workloads)
     energy_j = reading.total_j if reading is not None else None
     return ExperimentResult(
         experiment_id=experiment_id,
@@ -101,21 +107,32 @@ def run_experiment(
         config=config,
         started_at=started_at,
         finished_at=datetime.now(timezone.utc),
-        n_requests=workload.n_requests,
-        input_tokens=workload.input_tokens,
-        output_tokens=workload.output_tokens,
-        total_tokens=workload.input_tokens + workload.output_tokens,
+        n_requests=n_requests,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        total_tokens=input_tokens + output_tokens,
+        output_tokens_per_request=per_request,
         model_load_time_sec=loaded.load_time_s,
         warmup_time_sec=warm.duration_s,
         warmup_batches=warm.batches,
+        warmup_batch_latency_sec=list(warm.batch_latencies_s),
         total_inference_time_sec=duration,
-        avg_tokens_per_second=_ratio(workload.output_tokens, duration),
-        requests_per_second=_ratio(workload.n_requests, duration),
+        avg_tokens_per_second=_ratio(output_tokens, duration),
+        requests_per_second=_ratio(n_requests, duration),
+        prefill_time_sec=sum(w.prefill_time_s for w in workloads),
+        decode_time_sec=sum(w.decode_time_s for w in workloads),
+        batch_latency_sec=latency_stats([x for w in workloads for x in w.batch_latencies_s]),
+        time_to_first_token_sec=latency_stats([x for w in workloads for x in w.ttft_s]),
+        inter_token_latency_sec=latency_stats(itl) if itl else None,
+        timing_hook_overhead_sec=sum(w.hook_overhead_s for w in workloads),
+        n_parameters=loaded.n_parameters,
+        peak_memory_allocated_bytes=_max_or_none(
+            [w.peak_memory_allocated_bytes for w in workloads]
+        ),
+        peak_memory_reserved_bytes=_max_or_none([w.peak_memory_reserved_bytes for w in workloads]),
         energy_meter_available=reading is not None,
         total_energy_j=energy_j,
-        avg_energy_per_token_j=(
-            _ratio(energy_j, workload.output_tokens) if energy_j is not None else None
-        ),
+        avg_energy_per_token_j=_ratio(energy_j, output_tokens) if energy_j is not None else None,
         avg_power_w=_ratio(energy_j, duration) if energy_j is not None else None,
         energy_per_device=(
             [
@@ -125,24 +142,40 @@ def run_experiment(
             if reading is not None
             else None
         ),
-        total_flops=workload.total_flops,
-        flops_method=workload.flops_method,
+        total_flops=prefill_flops + decode_flops,
+        prefill_flops=prefill_flops,
+        decode_flops=decode_flops,
+        flops_method=workloads[0].flops_method,
         environment=snapshot_environment(backend, probe),
         warnings=warnings,
     )
 
 
-def _combine(workloads: list[WorkloadReport]) -> WorkloadReport:
-    first = workloads[0]
-    return WorkloadReport(
-        n_requests=sum(w.n_requests for w in workloads),
-        input_tokens=sum(w.input_tokens for w in workloads),
-        output_tokens=sum(w.output_tokens for w in workloads),
-        duration_s=sum(w.duration_s for w in workloads),
-        total_flops=sum(w.total_flops for w in workloads),
-        flops_method=first.flops_method,
-        extra_warnings=tuple(dict.fromkeys(x for w in workloads for x in w.extra_warnings)),
+def latency_stats(values_s: Sequence[float]) -> LatencyStats:
+    """Mean, linearly interpolated p50/p90/p99 and max of a non-empty set, seconds."""
+    ordered = sorted(values_s)
+    if not ordered:
+        raise ValueError("latency_stats of an empty set")
+
+    def percentile(q: float) -> float:
+        position = (len(ordered) - 1) * q
+        low = int(position)
+        high = min(low + 1, len(ordered) - 1)
+        return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+    return LatencyStats(
+        n=len(ordered),
+        mean=sum(ordered) / len(ordered),
+        p50=percentile(0.50),
+        p90=percentile(0.90),
+        p99=percentile(0.99),
+        max=ordered[-1],
     )
+
+
+def _max_or_none(values: Sequence[int | None]) -> int | None:
+    present = [v for v in values if v is not None]
+    return max(present) if present else None
 
 
 def _ratio(numerator: float, denominator: float) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -29,6 +30,18 @@ class Settings(BaseSettings):
         default=5.0, ge=0, description="After SIGTERM, wait this long before SIGKILL."
     )
     sse_keepalive_s: float = Field(default=15.0, gt=0)
+    model_roots: str = Field(
+        default="",
+        description="Directories (separated by ':') that local models and JSONL prompt files "
+        "must live in. Empty: local paths are refused.",
+    )
+    allow_remote_code: bool = Field(
+        default=False, description="Allow configs that set pytorch.trust_remote_code."
+    )
+
+    @property
+    def model_root_paths(self) -> tuple[Path, ...]:
+        return tuple(Path(p) for p in self.model_roots.split(os.pathsep) if p.strip())
 
     @property
     def db_path(self) -> Path:

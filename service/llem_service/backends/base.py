@@ -49,24 +49,48 @@ class WarmupReport:
 
 @dataclass(frozen=True)
 class WorkloadReport:
-    """The measured workload.
+    """One pass of the measured workload. Times in seconds, memory in bytes.
 
     Attributes:
         n_requests: Prompts processed.
         input_tokens: Prompt tokens, padding excluded.
-        output_tokens: Generated tokens, padding and tokens after EOS excluded.
-        duration_s: Wall time of the measured window, device synchronised at both edges.
-        total_flops: FLOPs of the workload, by ``flops_method``.
-        flops_method: How ``total_flops`` was obtained.
+        output_tokens_per_request: Generated tokens per request, padding and tokens after
+            EOS excluded, in workload order.
+        duration_s: Wall time of the pass, device synchronised at both edges.
+        batch_latencies_s: Wall time of each batch.
+        prefill_time_s: Summed over batches, batch start to its first generated token.
+        decode_time_s: Summed over batches, first to last generated token.
+        ttft_s: Time to first token of each request.
+        itl_s: Every gap between successive decoding steps.
+        hook_overhead_s: Time spent in the per-step timing hook (inside ``duration_s``).
+        prefill_flops: FLOPs of the prefill passes.
+        decode_flops: FLOPs of the decoding steps.
+        flops_method: How the FLOPs were obtained.
+        peak_memory_allocated_bytes: torch's peak allocated device memory (CUDA only).
+        peak_memory_reserved_bytes: torch's peak reserved device memory (CUDA only).
+        warnings: ``(code, message)`` pairs for the result.
     """
 
     n_requests: int
     input_tokens: int
-    output_tokens: int
+    output_tokens_per_request: tuple[int, ...]
     duration_s: float
-    total_flops: int
+    batch_latencies_s: tuple[float, ...]
+    prefill_time_s: float
+    decode_time_s: float
+    ttft_s: tuple[float, ...]
+    itl_s: tuple[float, ...]
+    hook_overhead_s: float
+    prefill_flops: int
+    decode_flops: int
     flops_method: str
-    extra_warnings: tuple[tuple[str, str], ...] = field(default=())
+    peak_memory_allocated_bytes: int | None = None
+    peak_memory_reserved_bytes: int | None = None
+    warnings: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(self.output_tokens_per_request)
 
 
 class ProgressFn(Protocol):

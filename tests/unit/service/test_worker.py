@@ -109,7 +109,8 @@ def test_a_crashing_experiment_fails_its_job_and_the_next_one_runs(
     with Client(server.base_url) as client:
         crashed = client.wait(client.submit(make_config()).id, timeout=30)
         # The seams are resolved per job: from now on the backend is a healthy one.
-        server.app.dependency_overrides[get_inference_backend] = FakeInferenceBackend
+        healthy_backend = FakeInferenceBackend()
+        server.app.dependency_overrides[get_inference_backend] = lambda: healthy_backend
         after = client.wait(client.submit(make_config()).id, timeout=30)
         healthy = httpx.get(f"{server.base_url}/healthz")
 

@@ -1,0 +1,58 @@
+"""Where a model and a prompt file may come from: hub ids, or paths inside configured roots.
+
+A local path is resolved (symlinks followed) before the check, so neither ``..`` nor a link
+can lead outside the roots.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from llem_service.backends.base import BackendError
+
+_LOCAL_PREFIXES = ("/", "./", "../", "~")
+
+
+def _inside(path: Path, roots: Sequence[Path]) -> bool:
+    real = os.path.realpath(path)
+    for root in roots:
+        real_root = os.path.realpath(root)
+        if os.path.commonpath([real, real_root]) == real_root:
+            return True
+    return False
+
+
+def resolve_local(path_text: str, roots: Sequence[Path], what: str) -> Path:
+    """A local path that must lie inside ``roots``; `BackendError` otherwise."""
+    path = Path(path_text).expanduser()
+    if not roots:
+        raise BackendError(
+            f"{what} {path_text!r} is a local path, and this server allows none: set "
+            "LLEM_MODEL_ROOTS to the directories it may read"
+        )
+    if not path.is_absolute():
+        path = Path(roots[0]) / path
+    if not _inside(path, roots):
+        allowed = ", ".join(str(r) for r in roots)
+        raise BackendError(f"{what} {path_text!r} is outside the allowed roots ({allowed})")
+    if not path.exists():
+        raise BackendError(f"{what} {path_text!r} does not exist on the server")
+    return path
+
+
+def resolve_model(model: str, roots: Sequence[Path]) -> str:
+    """A hub id as is, or the path of a local model directory.
+
+    Absolute and ``./``-style paths must be inside ``roots``; a bare name that names a
+    directory under a root is that directory (``tiny-gpt2`` -> ``/models/tiny-gpt2``);
+    anything else is a hub id.
+    """
+    if model.startswith(_LOCAL_PREFIXES):
+        return str(resolve_local(model, roots, "model"))
+    for root in roots:
+        candidate = Path(root) / model
+        if candidate.is_dir() and _inside(candidate, roots):
+            return str(candidate)
+    return model

@@ -1,0 +1,73 @@
+"""Tiny models built by the tests themselves (no hub), saved with ``save_pretrained`` and
+loaded back through the backend's real loading code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch", reason="the integration tier needs torch (pip install llem[pytorch])")
+pytest.importorskip("transformers", reason="the integration tier needs transformers")
+
+WORDS = [f"w{i}" for i in range(60)]
+
+
+def save_tokenizer(directory: Path) -> None:
+    """A word-level tokenizer: 60 words plus <unk>, <pad>, <eos>; ids 0, 1, 2 are special."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<pad>": 1, "<eos>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>"
+    )
+    tokenizer.save_pretrained(directory)
+
+
+def build_gpt2(directory: Path) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=len(WORDS) + 3,
+        n_positions=128,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        bos_token_id=2,
+        eos_token_id=2,
+        pad_token_id=1,
+    )
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    save_tokenizer(directory)
+    return directory
+
+
+def build_llama(directory: Path) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(WORDS) + 3,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=2,
+        eos_token_id=2,
+        pad_token_id=1,
+    )
+    LlamaForCausalLM(config).save_pretrained(directory)
+    save_tokenizer(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    build_gpt2(root / "tiny-gpt2")
+    build_llama(root / "tiny-llama")
+    return root
