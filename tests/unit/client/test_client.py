@@ -163,3 +163,12 @@ def test_sse_decoder_reads_events_and_skips_comments() -> None:
     events = [e for e in map(decoder.feed, lines) if e is not None]
 
     assert events == [ServerSentEvent(event="job", data='{"a":\n1}', id="1")]
+
+
+def test_a_url_without_a_scheme_fails_at_once() -> None:
+    transport = ScriptedTransport(httpx.UnsupportedProtocol, httpx.Response(200, json=job_json()))
+
+    with pytest.raises(APIConnectionError):
+        client_for(transport).get("j1")
+
+    assert len(transport.requests) == 1

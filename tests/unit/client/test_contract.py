@@ -214,3 +214,10 @@ def test_any_valid_config_round_trips_and_hashes_the_same(
 
     assert again == config
     assert measurement_config_hash(again) == measurement_config_hash(config)
+
+
+def test_prompts_without_a_source_are_synthetic() -> None:
+    config = ExperimentConfig.model_validate({"model": "gpt2", "prompts": {"input_len": 64}})
+
+    assert config.prompts.source == "synthetic"
+    assert config.prompts.input_len == 64
