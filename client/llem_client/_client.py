@@ -179,7 +179,7 @@ class Client:
                     method, path, json=json_body, params=params, headers=headers
                 )
             except httpx.TransportError as exc:
-                if not safe or attempt >= self._policy.max_retries:
+                if not safe or attempt >= self._policy.max_retries or _permanent(exc):
                     raise _transport_error(exc, self.base_url) from exc
                 time.sleep(self._policy.delay_s(attempt, None))
             else:
@@ -328,7 +328,7 @@ class AsyncClient:
                     method, path, json=json_body, params=params, headers=headers
                 )
             except httpx.TransportError as exc:
-                if not safe or attempt >= self._policy.max_retries:
+                if not safe or attempt >= self._policy.max_retries or _permanent(exc):
                     raise _transport_error(exc, self.base_url) from exc
                 await asyncio.sleep(self._policy.delay_s(attempt, None))
             else:
@@ -424,6 +424,11 @@ class AsyncClient:
                 raise APITimeoutError(f"job {job_id} not finished after {timeout} s")
             await asyncio.sleep(min(interval, _remaining(deadline, cap=interval) or interval))
             interval = min(interval * 1.5, max_poll_interval_s)
+
+
+def _permanent(exc: httpx.TransportError) -> bool:
+    """A transport error that retrying cannot fix (a URL without http://, say)."""
+    return isinstance(exc, httpx.UnsupportedProtocol)
 
 
 def _remaining(deadline: float | None, *, cap: float) -> float:

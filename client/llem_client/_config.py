@@ -8,7 +8,7 @@ default. Cross-field rules name the fields they involve.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -184,6 +184,17 @@ class ExperimentConfig(_Section):
     energy: EnergyConfig = Field(default_factory=EnergyConfig)
     repeats: PositiveInt = Field(default=1, le=100)
     pytorch: PytorchOptions = Field(default_factory=PytorchOptions)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prompts_default_to_synthetic(cls, data: Any) -> Any:
+        # {"prompts": {"input_len": 64}} means synthetic prompts: the tag is only needed to
+        # choose another source.
+        if isinstance(data, dict):
+            prompts = data.get("prompts")
+            if isinstance(prompts, dict) and "source" not in prompts:
+                data = {**data, "prompts": {"source": "synthetic", **prompts}}
+        return data
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> ExperimentConfig:
