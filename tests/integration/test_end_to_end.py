@@ -1,0 +1,132 @@
+"""As a user runs it: ``llem-service`` as a real process, ``llem-client run`` as another."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from llem_client import ExperimentResult
+
+BIN = Path(sys.executable).parent
+TIMEOUT_S = 120
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def service(models_root: Path, tmp_path: Path) -> Iterator[str]:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "LLEM_PORT": str(port),
+        "LLEM_DATA_DIR": str(tmp_path / "data"),
+        "LLEM_MODEL_ROOTS": str(models_root),
+    }
+    log = (tmp_path / "service.log").open("w")
+    process = subprocess.Popen(
+        [str(BIN / "llem-service")], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError((tmp_path / "service.log").read_text())
+        time.sleep(0.1)
+    yield url
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+    log.close()
+
+
+def client(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "llem-client"), *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        cwd=cwd,
+        check=False,
+    )
+
+
+def test_run_a_tiny_local_model_end_to_end(service: str, tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+
+    done = client(
+        "--server",
+        service,
+        "run",
+        "--model",
+        "tiny-gpt2",
+        "-n",
+        "8",
+        "--max-output-tokens",
+        "16",
+        "--batch-size",
+        "4",
+        "--input-len",
+        "12",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    result = ExperimentResult.model_validate_json(out.read_text())
+    assert (result.n_requests, result.input_tokens, result.output_tokens) == (8, 96, 128)
+    assert result.output_tokens_per_request == [16] * 8
+    assert result.total_flops == result.prefill_flops + result.decode_flops > 0
+    assert result.avg_tokens_per_second > 0
+    assert result.total_energy_j is None
+    assert "energy_unavailable" in [w.code for w in result.warnings]
+    assert result.environment.backend_versions["torch"]
+    assert "tokens/s" in done.stdout or "tok/s" in done.stdout
+
+
+def test_a_malformed_config_exits_2_with_one_line(service: str, tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("model: tiny-gpt2\nbatch_size: 0\n")
+
+    done = client("--server", service, "run", str(config), cwd=tmp_path)
+
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "batch_size" in done.stderr
+
+
+def test_a_model_outside_the_roots_fails_with_its_reason(service: str, tmp_path: Path) -> None:
+    done = client("--server", service, "run", "--model", "/etc", "-n", "1", "--json", cwd=tmp_path)
+
+    assert done.returncode == 1
+    assert "outside the allowed roots" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_info_answers(service: str, tmp_path: Path) -> None:
+    done = client("--server", service, "info", "--json", cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["energy_meter_available"] is False
+    assert info["backends"] == ["pytorch"]
