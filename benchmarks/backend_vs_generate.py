@@ -25,26 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llem_service.backends.pytorch import PytorchBackend
 
 from tests.conftest import make_config
-from tests.integration.conftest import save_tokenizer
+from tests.integration.conftest import build_gpt2
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def build_model(directory: Path) -> None:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    config = GPT2Config(
-        vocab_size=63,
-        n_positions=256,
-        n_embd=256,
-        n_layer=4,
-        n_head=4,
-        bos_token_id=2,
-        eos_token_id=2,
-        pad_token_id=1,
-    )
-    GPT2LMHeadModel(config).save_pretrained(directory)
-    save_tokenizer(directory)
 
 
 def main() -> None:
@@ -54,7 +37,7 @@ def main() -> None:
     import torch
 
     root = Path(tempfile.mkdtemp())
-    build_model(root / "bench-gpt2")
+    build_gpt2(root / "bench-gpt2", n_embd=256, n_layer=4)
     config = make_config(
         model="bench-gpt2",
         n_prompts=32,

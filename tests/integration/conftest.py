@@ -27,14 +27,15 @@ def save_tokenizer(directory: Path) -> None:
     tokenizer.save_pretrained(directory)
 
 
-def build_gpt2(directory: Path) -> Path:
+def build_gpt2(directory: Path, *, n_embd: int = 32, n_layer: int = 2) -> Path:
+    """A GPT-2-shaped model with random weights (4 heads), saved with the tokenizer."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(
         vocab_size=len(WORDS) + 3,
-        n_positions=128,
-        n_embd=32,
-        n_layer=2,
+        n_positions=256,
+        n_embd=n_embd,
+        n_layer=n_layer,
         n_head=4,
         bos_token_id=2,
         eos_token_id=2,
