@@ -15,7 +15,12 @@ from llem_client import __version__
 
 from llem_service.api import experiments, info
 from llem_service.deps import get_energy_meter, get_inference_backend, require_token, resolve
-from llem_service.errors import PROBLEM_MEDIA_TYPE, PayloadTooLarge, install_error_handlers
+from llem_service.errors import (
+    PROBLEM_MEDIA_TYPE,
+    PayloadTooLarge,
+    install_error_handlers,
+    problem_response,
+)
 from llem_service.events import ChangeFeed
 from llem_service.results import ResultFiles
 from llem_service.runner import ExperimentRunner, ProcessRunner
@@ -76,8 +81,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> Response:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
-            from llem_service.errors import problem_response
-
             error = PayloadTooLarge(
                 f"the request body is {length} bytes; the limit is {settings.max_body_bytes}"
             )
