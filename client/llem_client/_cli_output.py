@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     from llem_client._results import ExperimentResult
 
 
-def checked_out_path(out: str | None) -> Path | None:
-    """``--out`` as a path, its directory checked to exist and be writable.
+def checked_out_path(out: str | None, *, flag: str = "--out") -> Path | None:
+    """An output path option, its directory checked to exist and be writable.
 
     Raises:
         CliError: The directory is missing or read-only; raised before any work is done.
@@ -28,9 +28,9 @@ def checked_out_path(out: str | None) -> Path | None:
     path = Path(out)
     directory = path if path.is_dir() else path.parent
     if not directory.is_dir():
-        raise CliError(f"--out {path}: the directory {directory} does not exist")
+        raise CliError(f"{flag} {path}: the directory {directory} does not exist")
     if not os.access(directory, os.W_OK):
-        raise CliError(f"--out {path}: the directory {directory} is not writable")
+        raise CliError(f"{flag} {path}: the directory {directory} is not writable")
     return path
 
 

@@ -71,19 +71,24 @@ def model_slug(model: str) -> str:
     return slug or "experiment"
 
 
-def _energy(value: float | None, unit: str, available: bool, spec: str = ",.2f") -> str:
-    # Null energy means "not measured"; printing 0 would claim a measurement of nothing.
-    if value is None:
-        return NO_METER if not available else "n/a"
-    return f"{value:{spec}} {unit}"
+def _plus_minus(value: float, error: float, unit: str, spec: str = ",.2f") -> str:
+    return f"{value:{spec}} ± {error:{spec}} {unit}"
+
+
+def _stats(mean: float, low: float | None, high: float | None, unit: str, spec: str) -> str:
+    if low is None or high is None:
+        return f"{mean:{spec}} {unit}"
+    return f"{mean:{spec}} {unit} (95% CI {low:{spec}}-{high:{spec}})"
 
 
 def result_rows(result: ExperimentResult) -> list[tuple[str, str]]:
-    """The summary of a result as (label, value) rows, units in the values."""
+    """The summary of a result as (label, value) rows, units in the values.
+
+    Null energy means "not measured", and is printed so: a 0 would claim a measurement.
+    """
     config = result.config
     model = config.model if config.name is None else f"{config.model} ({config.name})"
-    available = result.energy_meter_available
-    return [
+    rows = [
         ("experiment", result.experiment_id),
         ("model", model),
         ("config hash", result.measurement_config_hash),
@@ -91,11 +96,55 @@ def result_rows(result: ExperimentResult) -> list[tuple[str, str]]:
         ("input tokens", f"{result.input_tokens:,}"),
         ("output tokens", f"{result.output_tokens:,}"),
         ("tokens/s (output)", f"{result.avg_tokens_per_second:,.1f}"),
-        ("energy", _energy(result.total_energy_j, "J", available)),
-        ("energy per token", _energy(result.avg_energy_per_token_j, "J/token", available, ".4g")),
-        ("mean power", _energy(result.avg_power_w, "W", available, ",.1f")),
-        ("measured duration", f"{result.total_inference_time_sec:,.3f} s"),
     ]
+    tps = result.repeats.tokens_per_second
+    if tps.n > 1:
+        rows.append(
+            (
+                f"tokens/s over {tps.n} repeats",
+                _stats(tps.mean, tps.ci95_low, tps.ci95_high, "", ",.1f"),
+            )
+        )
+    energy = result.energy
+    if energy is None:
+        rows += [("energy", NO_METER), ("energy per token", NO_METER), ("mean power", NO_METER)]
+    else:
+        rows.append(
+            ("energy (raw)", _plus_minus(energy.energy_j, energy.energy_uncertainty_j, "J"))
+        )
+        if (
+            energy.adjusted_energy_j is not None
+            and energy.adjusted_energy_uncertainty_j is not None
+        ):
+            rows.append(
+                (
+                    "energy (minus idle)",
+                    _plus_minus(
+                        energy.adjusted_energy_j, energy.adjusted_energy_uncertainty_j, "J"
+                    ),
+                )
+            )
+        if energy.energy_per_output_token_j is not None:
+            rows.append(("J/token (raw)", f"{energy.energy_per_output_token_j:.4g} J/token"))
+        if energy.adjusted_energy_per_output_token_j is not None:
+            rows.append(
+                ("J/token (minus idle)", f"{energy.adjusted_energy_per_output_token_j:.4g} J/token")
+            )
+        jpt = result.repeats.energy_per_output_token_j
+        if jpt is not None and jpt.n > 1:
+            rows.append(
+                (
+                    f"J/token over {jpt.n} repeats",
+                    _stats(jpt.mean, jpt.ci95_low, jpt.ci95_high, "J/token", ".4g"),
+                )
+            )
+        rows.append(("mean power", f"{energy.mean_power_w:,.1f} W"))
+        if energy.baseline_power_w is not None:
+            rows.append(("idle power", f"{energy.baseline_power_w:,.1f} W"))
+        if energy.counter_vs_integral_rel_diff is not None:
+            rows.append(("counter vs samples", f"{energy.counter_vs_integral_rel_diff:+.1%}"))
+    rows.append(("measured duration", f"{result.total_inference_time_sec:,.3f} s"))
+    return rows
 
 
 def print_result_summary(result: ExperimentResult, console: Console) -> None:

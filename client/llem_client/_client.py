@@ -13,7 +13,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -37,6 +37,7 @@ MAX_RETRY_AFTER_S = 30.0
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 ConfigLike = ExperimentConfig | Mapping[str, Any]
+TimeseriesFormat = Literal["parquet", "csv"]
 JobCallback = Callable[[Job], None]
 
 
@@ -206,6 +207,14 @@ class Client:
         response = self._request("GET", f"/v1/experiments/{job_id}/result")
         return self._policy.parse(response, ExperimentResult)
 
+    def timeseries(self, job_id: str, *, format: TimeseriesFormat = "parquet") -> bytes:
+        """The power timeline of a succeeded job: Parquet (default) or CSV bytes."""
+        response = self._request(
+            "GET", f"/v1/experiments/{job_id}/timeseries", params={"format": format}
+        )
+        self._policy.raise_for_status(response)
+        return response.content
+
     def list(
         self, *, status: JobStatus | str | None = None, limit: int = 50, cursor: str | None = None
     ) -> JobList:
@@ -353,6 +362,14 @@ class AsyncClient:
     async def result(self, job_id: str) -> ExperimentResult:
         response = await self._request("GET", f"/v1/experiments/{job_id}/result")
         return self._policy.parse(response, ExperimentResult)
+
+    async def timeseries(self, job_id: str, *, format: TimeseriesFormat = "parquet") -> bytes:
+        """The power timeline of a succeeded job: Parquet (default) or CSV bytes."""
+        response = await self._request(
+            "GET", f"/v1/experiments/{job_id}/timeseries", params={"format": format}
+        )
+        self._policy.raise_for_status(response)
+        return response.content
 
     async def list(
         self, *, status: JobStatus | str | None = None, limit: int = 50, cursor: str | None = None

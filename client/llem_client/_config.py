@@ -108,12 +108,22 @@ class BaselineConfig(_Section):
 
 
 class EnergyConfig(_Section):
-    """Energy metering. ``sample_interval_ms=None`` picks half the probed counter period."""
+    """Energy metering.
+
+    ``sample_interval_ms=None`` samples power at half the probed energy-counter update period,
+    kept between 10 and 100 ms (as Zeus does).
+    """
 
     sample_interval_ms: float | None = Field(default=None, ge=1, le=1000)
     devices: list[Annotated[int, Field(ge=0)]] | None = Field(
         default=None,
         description="CUDA device indices to meter; default: every device the model uses.",
+    )
+    cross_check_threshold: float = Field(
+        default=0.10,
+        gt=0,
+        le=1,
+        description="Warn when counter and integrated power differ by more than this fraction.",
     )
 
 

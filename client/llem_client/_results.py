@@ -1,6 +1,6 @@
 """The experiment result, as the service returns it and the CLI writes it.
 
-Units are in the field names (``_sec``, ``_j``, ``_w``, ``_bytes``). Energy fields are ``null``
+Units are in the field names (``_sec``, ``_s``, ``_j``, ``_w``, ``_bytes``). ``energy`` is ``null``
 when the service had no energy meter: never zero, never estimated. A warning then says why.
 """
 
@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llem_client._config import ExperimentConfig
+from llem_client._energy import EnergyResult, RepeatSummary
 from llem_client._version import SCHEMA_VERSION
 
 
@@ -35,11 +36,25 @@ class ResultWarning(_Wire):
     message: str
 
 
-class DeviceEnergy(_Wire):
-    """Energy of one device over the measured window."""
+class GpuProcess(_Wire):
+    """A process with a compute context on a GPU."""
 
-    device_uuid: str
-    energy_j: float = Field(ge=0)
+    pid: int
+    used_memory_bytes: int | None = Field(default=None, ge=0)
+
+
+class GpuEnvironment(_Wire):
+    """One metered GPU as NVML described it when the experiment started."""
+
+    uuid: str
+    name: str
+    nvml_index: int = Field(ge=0, description="NVML's index (PCI order over the host).")
+    memory_total_bytes: int = Field(ge=0)
+    power_limit_w: float | None = Field(default=None, ge=0, description="Enforced limit.")
+    persistence_mode: bool | None = None
+    compute_processes: list[GpuProcess] = Field(
+        default_factory=list, description="Processes on the GPU when the measurement began."
+    )
 
 
 class Environment(_Wire):
@@ -57,6 +72,14 @@ class Environment(_Wire):
     devices: list[DeviceInfo] = Field(default_factory=list)
     container_image: str | None = Field(
         default=None, description="Image reference when the service runs in a container."
+    )
+    driver_version: str | None = Field(default=None, description="NVIDIA driver (NVML).")
+    nvml_version: str | None = None
+    cuda_driver_version: str | None = Field(
+        default=None, description="CUDA version the driver supports."
+    )
+    gpus: list[GpuEnvironment] = Field(
+        default_factory=list, description="The metered GPUs; empty without an energy meter."
     )
 
 
@@ -115,15 +138,11 @@ class ExperimentResult(_Wire):
     )
     peak_memory_reserved_bytes: int | None = Field(default=None, ge=0)
 
+    repeats: RepeatSummary
     energy_meter_available: bool
-    total_energy_j: float | None = Field(default=None, ge=0)
-    avg_energy_per_token_j: float | None = Field(
-        default=None, ge=0, description="total_energy_j / output_tokens."
+    energy: EnergyResult | None = Field(
+        default=None, description="Null when the service had no energy meter (see warnings)."
     )
-    avg_power_w: float | None = Field(
-        default=None, ge=0, description="total_energy_j / total_inference_time_sec."
-    )
-    energy_per_device: list[DeviceEnergy] | None = None
 
     total_flops: int = Field(ge=0)
     prefill_flops: int = Field(ge=0)

@@ -174,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     result.add_argument("job_id", metavar="ID")
     result.add_argument("--out", metavar="FILE", help="also write the result JSON to FILE")
     result.add_argument("--json", action="store_true", help="print the result JSON only")
+    result.add_argument(
+        "--timeseries",
+        metavar="FILE",
+        help="also download the power timeline to FILE (CSV if it ends in .csv, else Parquet)",
+    )
 
     jobs = command("list", "list jobs, newest first", _cmd_list)
     jobs.add_argument("--status", choices=JOB_STATUSES, help="only jobs in this status")
@@ -319,9 +324,10 @@ def _cmd_status(args: argparse.Namespace, make_client: ClientFactory) -> int:
 
 def _cmd_result(args: argparse.Namespace, make_client: ClientFactory) -> int:
     from llem_client._cli_output import checked_out_path, emit_result
-    from llem_client._exceptions import ConflictError
+    from llem_client._exceptions import ConflictError, NotFoundError
 
     out = checked_out_path(args.out)
+    timeseries_path = checked_out_path(args.timeseries, flag="--timeseries")
     with make_client(args.server, args.token, args.timeout) as client:
         try:
             result = client.result(args.job_id)
@@ -332,7 +338,20 @@ def _cmd_result(args: argparse.Namespace, make_client: ClientFactory) -> int:
                 f"see '{_follow_hint(args)} status {args.job_id}'",
                 EXIT_FAILURE,
             ) from exc
+        if timeseries_path is not None:
+            csv = timeseries_path.suffix.lower() == ".csv"
+            try:
+                data = client.timeseries(args.job_id, format="csv" if csv else "parquet")
+            except NotFoundError as exc:
+                raise CliError(
+                    f"job {args.job_id} has no timeseries: "
+                    f"{exc.problem.detail or exc.problem.title}",
+                    EXIT_FAILURE,
+                ) from exc
+            timeseries_path.write_bytes(data)
     emit_result(result, out=out, as_json=args.json, default_file=False)
+    if timeseries_path is not None:
+        sys.stderr.write(f"wrote {timeseries_path}\n")  # stderr: --json keeps stdout clean
     return EXIT_OK
 
 
