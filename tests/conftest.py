@@ -20,13 +20,14 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from llem_client import (
+    EnergyResult,
     Environment,
     ExperimentConfig,
     ExperimentResult,
     measurement_config_hash,
 )
 
-from tests.fakes import FakeEnergyMeter, FakeInferenceBackend
+from tests.fakes import FakeInferenceBackend, fake_meter
 
 
 def make_config(**overrides: Any) -> ExperimentConfig:
@@ -43,6 +44,63 @@ def make_config(**overrides: Any) -> ExperimentConfig:
     }
     data.update(overrides)
     return ExperimentConfig.model_validate(data)
+
+
+def make_energy(**overrides: Any) -> EnergyResult:
+    """An energy section consistent with `make_result`: 100 J over 0.5 s, 40 W idle, 16 tokens."""
+    data: dict[str, Any] = {
+        "source": "nvml_energy_counter",
+        "energy_j": 100.0,
+        "energy_uncertainty_j": 2.5,
+        "baseline_power_w": 40.0,
+        "adjusted_energy_j": 80.0,
+        "adjusted_energy_uncertainty_j": 2.6,
+        "energy_per_output_token_j": 6.25,
+        "adjusted_energy_per_output_token_j": 5.0,
+        "mean_power_w": 200.0,
+        "peak_power_w": 250.0,
+        "integrated_energy_j": 102.0,
+        "counter_vs_integral_rel_diff": 0.02,
+        "cross_check_threshold": 0.1,
+        "window_s": 0.5,
+        "devices": [
+            {
+                "device_uuid": "GPU-fake",
+                "name": "Fake GPU",
+                "source": "nvml_energy_counter",
+                "energy_j": 100.0,
+                "energy_uncertainty_j": 2.5,
+                "adjusted_energy_j": 80.0,
+                "integrated_energy_j": 102.0,
+                "counter_vs_integral_rel_diff": 0.02,
+                "mean_power_w": 200.0,
+                "peak_power_w": 250.0,
+                "power_field": "instant",
+                "counter_update_period_s": 0.1,
+            }
+        ],
+        "phases": [
+            {
+                "phase": "prefill",
+                "duration_s": 0.125,
+                "energy_j": 30.0,
+                "energy_uncertainty_j": 3.0,
+                "method": "timeline_share",
+            },
+            {
+                "phase": "decode",
+                "duration_s": 0.375,
+                "energy_j": 70.0,
+                "energy_uncertainty_j": 3.0,
+                "method": "timeline_share",
+            },
+        ],
+        "per_request_energy_j": [20.0, 20.0, 20.0, 20.0],
+        "per_request_basis": "adjusted",
+        "sampler": {"interval_s": 0.05, "n_samples": 10},
+    }
+    data.update(overrides)
+    return EnergyResult.model_validate(data)
 
 
 def make_result(**overrides: Any) -> ExperimentResult:
@@ -95,11 +153,14 @@ def make_result(**overrides: Any) -> ExperimentResult:
         },
         "timing_hook_overhead_sec": 0.0,
         "n_parameters": 1234,
+        "repeats": {
+            "per_repeat": [
+                {"index": 0, "duration_s": 0.5, "output_tokens": 16, "tokens_per_second": 32.0}
+            ],
+            "tokens_per_second": {"n": 1, "mean": 32.0},
+        },
         "energy_meter_available": True,
-        "total_energy_j": 100.0,
-        "avg_energy_per_token_j": 6.25,
-        "avg_power_w": 200.0,
-        "energy_per_device": [{"device_uuid": "GPU-fake", "energy_j": 100.0}],
+        "energy": make_energy(),
         "total_flops": 48_000,
         "prefill_flops": 32_000,
         "decode_flops": 16_000,
@@ -162,9 +223,9 @@ def build_app(
 
     app = create_app(Settings(data_dir=data_dir, api_token=token, cancel_grace_s=2.0, **settings))
     fake_backend = backend if backend is not None else FakeInferenceBackend()
-    fake_meter = meter if meter is not None else FakeEnergyMeter()
+    meter = meter if meter is not None else fake_meter()
     app.dependency_overrides[get_inference_backend] = lambda: fake_backend
-    app.dependency_overrides[get_energy_meter] = lambda: fake_meter
+    app.dependency_overrides[get_energy_meter] = lambda: meter
     return app
 
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from llem_client import DeviceInfo, ExperimentConfig
 from llem_service.backends.base import (
@@ -20,7 +19,9 @@ from llem_service.backends.base import (
     WarmupReport,
     WorkloadReport,
 )
-from llem_service.energy.base import EnergyReading, MeterProbe
+from llem_service.energy.meter import NvmlEnergyMeter
+
+from tests.fake_nvml import FakeGpu, FakeNvml, PowerProfile
 
 Phase = Literal["load", "warmup", "run"]
 
@@ -41,7 +42,7 @@ class FakeInferenceBackend:
     `run` really takes, so cancellation and one-at-a-time execution can be observed.
     ``fail_in`` raises a `BackendError` with ``error_message`` in that phase; ``crash_in``
     ends the child process abruptly with ``os._exit(crash_exit_code)``, as a segfault or an
-    OOM kill would.
+    OOM kill would. ``gpu=False`` runs "on the CPU": no device to meter.
     """
 
     name: str = "fake"
@@ -56,10 +57,17 @@ class FakeInferenceBackend:
     crash_exit_code: int = 3
     error_message: str = "the fake backend failed on purpose"
     marker_dir: str | None = None
+    gpu: bool = True
     _closed: bool = field(default=False, repr=False)
 
     def versions(self) -> dict[str, str]:
         return {"fake-backend": "1.0"}
+
+    def prepare(self, config: ExperimentConfig) -> tuple[str, ...]:
+        return (FAKE_DEVICE.uuid,) if self.gpu else ()
+
+    def synchronize(self) -> None:
+        pass
 
     def _maybe_fail(self, phase: Phase) -> None:
         if self.crash_in == phase:
@@ -70,7 +78,9 @@ class FakeInferenceBackend:
     def load(self, config: ExperimentConfig) -> LoadReport:
         self._maybe_fail("load")
         return LoadReport(
-            load_time_s=self.load_time_s, device_uuids=(FAKE_DEVICE.uuid,), n_parameters=1234
+            load_time_s=self.load_time_s,
+            device_uuids=(FAKE_DEVICE.uuid,) if self.gpu else (),
+            n_parameters=1234,
         )
 
     def warmup(self, config: ExperimentConfig) -> WarmupReport:
@@ -89,8 +99,12 @@ class FakeInferenceBackend:
             with open(marker, "w") as f:
                 f.write(f"start {time.time()}\n")
         n = config.n_prompts
+        spans = []
         for done in range(0, n, config.batch_size):
+            started = time.perf_counter()
             time.sleep(self.sleep_s * config.batch_size / n)
+            ended = time.perf_counter()
+            spans.append((started, started + (ended - started) / 4, ended))
             progress(min(done + config.batch_size, n), n)
         if self.marker_dir is not None:
             with open(marker, "a") as f:
@@ -116,38 +130,26 @@ class FakeInferenceBackend:
             prefill_flops=input_tokens * self.flops_per_token,
             decode_flops=output_tokens * self.flops_per_token,
             flops_method="fake: flops_per_token x tokens",
+            batch_spans_s=tuple(spans),
         )
 
     def close(self) -> None:
         self._closed = True
 
 
-@dataclass
-class FakeEnergyMeter:
-    """A meter that reports ``power_w`` on each device for the window's wall-clock length.
+def fake_meter(
+    power_w: float = 300.0, *, counter_period_s: float = 0.005, **gpu: Any
+) -> NvmlEnergyMeter:
+    """The real NVML meter over one scripted GPU (`FAKE_DEVICE`) drawing ``power_w``.
 
-    With ``energy_j`` set, every window reports exactly that many joules per device instead,
-    so results can be checked to the digit.
+    The counter updates every ``counter_period_s`` (short by default, so the meter's probe of
+    it is quick); other `FakeGpu` fields pass through ``gpu``.
     """
-
-    name: str = "fake"
-    power_w: float = 300.0
-    energy_j: float | None = None
-    devices: Sequence[DeviceInfo] = (FAKE_DEVICE,)
-    _started_at: float | None = field(default=None, repr=False)
-    _uuids: tuple[str, ...] = field(default=(), repr=False)
-
-    def probe(self) -> MeterProbe:
-        return MeterProbe(name=self.name, available=True, devices=tuple(self.devices))
-
-    def begin(self, device_uuids: Sequence[str]) -> None:
-        self._uuids = tuple(device_uuids)
-        self._started_at = time.perf_counter()
-
-    def end(self) -> EnergyReading:
-        assert self._started_at is not None, "end() before begin()"
-        elapsed_s = time.perf_counter() - self._started_at
-        joules = self.energy_j if self.energy_j is not None else self.power_w * elapsed_s
-        return EnergyReading(
-            energy_j_by_device=dict.fromkeys(self._uuids, joules), source="fake_constant_power"
-        )
+    device = FakeGpu(
+        uuid=FAKE_DEVICE.uuid,
+        name=FAKE_DEVICE.name,
+        profile=PowerProfile(((1.0, power_w),)),
+        counter_period_s=counter_period_s,
+        **gpu,
+    )
+    return NvmlEnergyMeter(library=FakeNvml(gpus=(device,)))

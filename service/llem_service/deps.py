@@ -64,10 +64,18 @@ def get_inference_backend(settings: SettingsDep) -> InferenceBackend:
 
 
 def get_energy_meter(settings: SettingsDep) -> EnergyMeter:
-    """The energy meter. This version has none: results carry null energy and say why."""
-    return NullEnergyMeter(
-        "this version of the service has no energy meter (NVML metering is not built yet)"
-    )
+    """NVML when the nvidia-ml-py package is installed; otherwise a meter that says why not.
+
+    Whether a driver and GPUs are there is the NVML meter's probe to tell (``/v1/info`` and
+    each result say so)."""
+    from llem_service.energy.meter import NvmlEnergyMeter
+    from llem_service.energy.nvml import NvmlError, load_pynvml
+
+    try:
+        load_pynvml()
+    except NvmlError as exc:
+        return NullEnergyMeter(str(exc))
+    return NvmlEnergyMeter()
 
 
 def require_token(request: Request, settings: SettingsDep) -> None:

@@ -73,6 +73,10 @@ class PayloadTooLarge(LlemServiceError):
     status, title, slug = 413, "Payload too large", "payload-too-large"
 
 
+class TimeseriesNotRecorded(LlemServiceError):
+    status, title, slug = 404, "No timeseries", "timeseries-not-recorded"
+
+
 class ResultUnavailable(LlemServiceError):
     status, title, slug = 500, "Result unavailable", "result-unavailable"
 

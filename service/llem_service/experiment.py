@@ -1,7 +1,13 @@
-"""One experiment, start to finish, inside the child process: load, warm up, measure, report.
+"""One experiment, start to finish, inside the child process: baseline, load, warm up, measure.
 
-The backend and the meter are injected; this module owns the order of the phases, where the
-energy window opens and closes, and the arithmetic of the result.
+The backend and the meter are injected; this module owns the order of the phases and where the
+energy counters are read. The meter's session runs from before the model loads to after the
+last repeat; its marks cut that span into phases:
+
+    [baseline_start .. baseline_end]  load_start .. load_end .. warmup_end ..
+    repeat_0_end .. repeat_{n-1}_end
+
+The device is synchronised before every mark, so a counter read never misses queued work.
 """
 
 from __future__ import annotations
@@ -9,25 +15,45 @@ from __future__ import annotations
 import os
 import platform
 import socket
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from llem_client import (
-    DeviceEnergy,
     Environment,
     ExperimentConfig,
     ExperimentResult,
+    GpuEnvironment,
+    GpuProcess,
     JobProgress,
-    LatencyStats,
+    RepeatResult,
+    RepeatSummary,
     ResultWarning,
     __version__,
     measurement_config_hash,
 )
 
-from llem_service.backends.base import InferenceBackend, WorkloadReport
-from llem_service.energy.base import EnergyMeter, EnergyReading, MeterProbe
+from llem_service.backends.base import (
+    InferenceBackend,
+    LoadReport,
+    WarmupReport,
+    WorkloadReport,
+)
+from llem_service.energy.base import Baseline, EnergyMeter, MeterProbe, MeterRecord, MeterSession
+from llem_service.energy.report import RepeatEnergy, Span, Work, build_energy
+from llem_service.energy.timeseries import Columns, timeline_table
+from llem_service.summary import latency_stats, sample_stats
 
 ProgressSink = Callable[[JobProgress], None]
+
+
+@dataclass(frozen=True)
+class ExperimentOutput:
+    """The result, and the power timeline as columns when a meter recorded one."""
+
+    result: ExperimentResult
+    timeseries: Columns | None = None
 
 
 def run_experiment(
@@ -36,52 +62,92 @@ def run_experiment(
     backend: InferenceBackend,
     meter: EnergyMeter,
     report: ProgressSink,
-) -> ExperimentResult:
+    baselines: Sequence[Baseline] = (),
+) -> ExperimentOutput:
     """Run ``config`` on ``backend``, metered by ``meter``; return the full result.
 
-    The energy window covers exactly the measured workload (every repeat), not load or
-    warm-up. Without an available meter the energy fields stay ``None`` and a warning says why.
+    Args:
+        baselines: Idle baselines the service kept from earlier experiments; one of the same
+            GPU younger than ``config.baseline.max_age_s`` is reused instead of measured.
+
+    Without an available meter the result's ``energy`` is ``None`` and a warning says why.
     """
     started_at = datetime.now(timezone.utc)
     probe = meter.probe()
-    warnings: list[ResultWarning] = []
+    session: MeterSession | None = None
+    record: MeterRecord | None = None
+    workloads: list[WorkloadReport] = []
+
+    def mark(label: str) -> None:
+        if session is not None:
+            backend.synchronize()
+            session.mark(label)
+
     try:
         report(JobProgress(phase="loading"))
+        uuids = backend.prepare(config)
+        if probe.available and uuids:
+            session = meter.open(uuids, config.energy)
+            session.start()
+            session.baselines(config.baseline, baselines, now=time.time())
+        mark("load_start")
         loaded = backend.load(config)
+        mark("load_end")
         report(JobProgress(phase="warmup"))
         warm = backend.warmup(config)
-
+        mark("warmup_end")
         total = config.n_prompts * config.repeats
-
-        def on_progress(completed: int, _total: int, *, done_before: int = 0) -> None:
-            report(
-                JobProgress(
-                    phase="measuring",
-                    completed=done_before + completed,
-                    total=total,
-                    unit="requests",
-                )
-            )
-
         report(JobProgress(phase="measuring", completed=0, total=total, unit="requests"))
-        reading: EnergyReading | None = None
-        if probe.available:
-            meter.begin(loaded.device_uuids)
-        workloads: list[WorkloadReport] = []
         for repeat in range(config.repeats):
-            before = repeat * config.n_prompts
-            workloads.append(
-                backend.run(
-                    config,
-                    lambda done, n, before=before: on_progress(done, n, done_before=before),
-                )
-            )
-        if probe.available:
-            reading = meter.end()
+            progress = _MeasuringProgress(report, repeat * config.n_prompts, total)
+            workloads.append(backend.run(config, progress))
+            mark(f"repeat_{repeat}_end")
     finally:
-        backend.close()
+        try:
+            if session is not None:
+                record = session.close()
+        finally:
+            backend.close()
 
-    warnings.extend(ResultWarning(code=c, message=m) for w in workloads for c, m in w.warnings)
+    return _assemble(
+        experiment_id, config, backend, probe, loaded, warm, workloads,
+        record=record, started_at=started_at, uuids=uuids,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _MeasuringProgress:
+    """Turns one repeat's request count into the whole workload's progress."""
+
+    report: ProgressSink
+    done_before: int
+    total: int
+
+    def __call__(self, completed: int, total: int) -> None:
+        self.report(
+            JobProgress(
+                phase="measuring",
+                completed=self.done_before + completed,
+                total=self.total,
+                unit="requests",
+            )
+        )
+
+
+def _assemble(
+    experiment_id: str,
+    config: ExperimentConfig,
+    backend: InferenceBackend,
+    probe: MeterProbe,
+    loaded: LoadReport,
+    warm: WarmupReport,
+    workloads: list[WorkloadReport],
+    *,
+    record: MeterRecord | None,
+    started_at: datetime,
+    uuids: tuple[str, ...],
+) -> ExperimentOutput:
+    warnings = [ResultWarning(code=c, message=m) for w in workloads for c, m in w.warnings]
     if not probe.available:
         warnings.append(
             ResultWarning(
@@ -89,8 +155,14 @@ def run_experiment(
                 message=f"Energy not measured: {probe.reason}. Energy fields are null.",
             )
         )
-    if reading is not None:
-        warnings.extend(ResultWarning(code=c, message=m) for c, m in reading.warnings)
+    elif record is None:
+        warnings.append(
+            ResultWarning(
+                code="energy_unavailable",
+                message="Energy not measured: the experiment ran on no GPU (device "
+                f"{config.pytorch.device!r}). Energy fields are null.",
+            )
+        )
 
     per_request = [n for w in workloads for n in w.output_tokens_per_request]
     input_tokens = sum(w.input_tokens for w in workloads)
@@ -100,8 +172,39 @@ def run_experiment(
     itl = [gap for w in workloads for gap in w.itl_s]
     prefill_flops = sum(w.prefill_flops for w in workloads)
     decode_flops = sum(w.decode_flops for w in workloads)
-    energy_j = reading.total_j if reading is not None else None
-    return ExperimentResult(
+
+    energy = None
+    repeat_energy: list[RepeatEnergy] = []
+    timeseries = None
+    if record is not None:
+        spans = tuple(Span(*s) for w in workloads for s in w.batch_spans_s)
+        work = Work(
+            spans=spans,
+            output_tokens_per_request=tuple(per_request),
+            output_tokens_per_repeat=tuple(w.output_tokens for w in workloads),
+        )
+        energy, repeat_energy, energy_warnings = build_energy(
+            record,
+            loaded.device_uuids or uuids,
+            work,
+            cross_check_threshold=config.energy.cross_check_threshold,
+            now=time.time(),
+        )
+        for baseline in record.baselines:
+            warnings.extend(ResultWarning(code=c, message=m) for c, m in baseline.warnings)
+        warnings.extend(ResultWarning(code=c, message=m) for c, m in energy_warnings)
+        missing = sorted(set(loaded.device_uuids) - {d.uuid for d in record.devices})
+        if missing:
+            warnings.append(
+                ResultWarning(
+                    code="device_not_metered",
+                    message=f"The model also occupies {', '.join(missing)}, which was not "
+                    "metered; set energy.devices to include it.",
+                )
+            )
+        timeseries = timeline_table(record, spans)
+
+    result = ExperimentResult(
         experiment_id=experiment_id,
         measurement_config_hash=measurement_config_hash(config),
         config=config,
@@ -130,46 +233,53 @@ def run_experiment(
             [w.peak_memory_allocated_bytes for w in workloads]
         ),
         peak_memory_reserved_bytes=_max_or_none([w.peak_memory_reserved_bytes for w in workloads]),
-        energy_meter_available=reading is not None,
-        total_energy_j=energy_j,
-        avg_energy_per_token_j=_ratio(energy_j, output_tokens) if energy_j is not None else None,
-        avg_power_w=_ratio(energy_j, duration) if energy_j is not None else None,
-        energy_per_device=(
-            [
-                DeviceEnergy(device_uuid=uuid, energy_j=joules)
-                for uuid, joules in sorted(reading.energy_j_by_device.items())
-            ]
-            if reading is not None
-            else None
-        ),
+        repeats=_repeat_summary(workloads, repeat_energy),
+        energy_meter_available=energy is not None,
+        energy=energy,
         total_flops=prefill_flops + decode_flops,
         prefill_flops=prefill_flops,
         decode_flops=decode_flops,
         flops_method=workloads[0].flops_method,
-        environment=snapshot_environment(backend, probe),
+        environment=snapshot_environment(backend, probe, record),
         warnings=warnings,
     )
+    return ExperimentOutput(result=result, timeseries=timeseries)
 
 
-def latency_stats(values_s: Sequence[float]) -> LatencyStats:
-    """Mean, linearly interpolated p50/p90/p99 and max of a non-empty set, seconds."""
-    ordered = sorted(values_s)
-    if not ordered:
-        raise ValueError("latency_stats of an empty set")
-
-    def percentile(q: float) -> float:
-        position = (len(ordered) - 1) * q
-        low = int(position)
-        high = min(low + 1, len(ordered) - 1)
-        return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-    return LatencyStats(
-        n=len(ordered),
-        mean=sum(ordered) / len(ordered),
-        p50=percentile(0.50),
-        p90=percentile(0.90),
-        p99=percentile(0.99),
-        max=ordered[-1],
+def _repeat_summary(
+    workloads: Sequence[WorkloadReport], energies: Sequence[RepeatEnergy]
+) -> RepeatSummary:
+    rows = []
+    for i, w in enumerate(workloads):
+        e = energies[i] if i < len(energies) else None
+        tokens = w.output_tokens
+        rows.append(
+            RepeatResult(
+                index=i,
+                duration_s=w.duration_s,
+                output_tokens=tokens,
+                tokens_per_second=_ratio(tokens, w.duration_s),
+                energy_j=e.energy_j if e else None,
+                adjusted_energy_j=e.adjusted_energy_j if e else None,
+                energy_per_output_token_j=e.energy_j / tokens if e and tokens else None,
+                adjusted_energy_per_output_token_j=(
+                    e.adjusted_energy_j / tokens
+                    if e and tokens and e.adjusted_energy_j is not None
+                    else None
+                ),
+            )
+        )
+    raw = [r.energy_per_output_token_j for r in rows]
+    adjusted = [r.adjusted_energy_per_output_token_j for r in rows]
+    return RepeatSummary(
+        per_repeat=rows,
+        tokens_per_second=sample_stats([r.tokens_per_second for r in rows]),
+        energy_per_output_token_j=(
+            sample_stats([x for x in raw if x is not None]) if None not in raw else None
+        ),
+        adjusted_energy_per_output_token_j=(
+            sample_stats([x for x in adjusted if x is not None]) if None not in adjusted else None
+        ),
     )
 
 
@@ -183,8 +293,25 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator > 0 else 0.0
 
 
-def snapshot_environment(backend: InferenceBackend, probe: MeterProbe) -> Environment:
-    """Where this ran: versions, host, devices and, in a container, the image."""
+def snapshot_environment(
+    backend: InferenceBackend, probe: MeterProbe, record: MeterRecord | None = None
+) -> Environment:
+    """Where this ran: versions, host, devices, the metered GPUs and, in a container, the
+    image."""
+    gpus = [
+        GpuEnvironment(
+            uuid=m.uuid,
+            name=m.name,
+            nvml_index=m.nvml_index,
+            memory_total_bytes=m.memory_total_bytes,
+            power_limit_w=m.power_limit_w,
+            persistence_mode=m.persistence_mode,
+            compute_processes=[
+                GpuProcess(pid=pid, used_memory_bytes=mem) for pid, mem in m.compute_processes
+            ],
+        )
+        for m in (record.devices if record else ())
+    ]
     return Environment(
         llem_version=__version__,
         python_version=platform.python_version(),
@@ -195,4 +322,8 @@ def snapshot_environment(backend: InferenceBackend, probe: MeterProbe) -> Enviro
         energy_meter=probe.name,
         devices=list(probe.devices),
         container_image=os.environ.get("LLEM_IMAGE") or None,
+        driver_version=record.driver_version if record else None,
+        nvml_version=record.nvml_version if record else None,
+        cuda_driver_version=record.cuda_driver_version if record else None,
+        gpus=gpus,
     )

@@ -1,16 +1,20 @@
-"""Result files: one JSON file per experiment, written atomically (temp file, fsync, rename).
+"""Result files: per experiment a JSON result and, when power was sampled, a Parquet timeline.
 
-A reader never sees a half-written result, and a crash while writing leaves the previous
-state (no file) rather than a truncated one.
+Every file is written atomically (temp file, fsync, rename, fsync of the directory): a reader
+never sees a half-written file, and a crash while writing leaves no file rather than a
+truncated one.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from llem_client import ExperimentResult
+
+from llem_service.energy.timeseries import Columns, write_parquet
 
 
 class ResultFiles:
@@ -21,24 +25,38 @@ class ResultFiles:
         directory.mkdir(parents=True, exist_ok=True)
 
     def write(self, result: ExperimentResult) -> Path:
-        """Write atomically; return the final path."""
+        """Write the result atomically; return the final path."""
         path = self.directory / f"{result.experiment_id}.json"
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".json")
+        data = result.model_dump_json(indent=2).encode()
+        self._atomic(path, lambda tmp: tmp.write_bytes(data))
+        return path
+
+    def timeseries_path(self, experiment_id: str) -> Path:
+        return self.directory / f"{experiment_id}.timeseries.parquet"
+
+    def write_timeseries(self, experiment_id: str, columns: Columns) -> Path:
+        """Write the power timeline as Parquet, atomically; return the final path."""
+        path = self.timeseries_path(experiment_id)
+        self._atomic(path, lambda tmp: write_parquet(columns, tmp))
+        return path
+
+    def _atomic(self, path: Path, write: Callable[[Path], object]) -> None:
+        fd, name = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=path.suffix)
+        os.close(fd)
+        tmp = Path(name)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(result.model_dump_json(indent=2).encode())
-                f.flush()
+            write(tmp)
+            with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
         dir_fd = os.open(self.directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)  # the rename itself survives a power cut
         finally:
             os.close(dir_fd)
-        return path
 
     @staticmethod
     def read_bytes(path: str | Path) -> bytes:

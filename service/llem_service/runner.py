@@ -2,7 +2,8 @@
 kill inside the experiment fails that job and never the server.
 
 The child speaks to the parent over a one-way pipe: ``("progress", {...})`` any number of
-times, then exactly one ``("result", json)`` or ``("error", {...})``. Dying without either is
+times, then exactly one ``("result", (json, timeseries columns or None))`` or
+``("error", {...})``. Dying without either is
 itself an outcome: the exit code or signal becomes the job's error.
 """
 
@@ -12,7 +13,7 @@ import multiprocessing
 import signal
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
@@ -20,7 +21,8 @@ from typing import Any, Protocol
 from llem_client import ExperimentConfig, ExperimentResult, JobProgress, JobStatus, ProblemDetail
 
 from llem_service.backends.base import BackendError, InferenceBackend
-from llem_service.energy.base import EnergyMeter, MeterError
+from llem_service.energy.base import Baseline, EnergyMeter, MeterError
+from llem_service.energy.timeseries import Columns
 from llem_service.experiment import run_experiment
 
 ProgressCallback = Callable[[JobProgress], None]
@@ -33,6 +35,7 @@ class RunOutcome:
     status: JobStatus
     result: ExperimentResult | None = None
     error: ProblemDetail | None = None
+    timeseries: Columns | None = None
 
 
 class ExperimentRunner(Protocol):
@@ -42,8 +45,10 @@ class ExperimentRunner(Protocol):
         config: ExperimentConfig,
         on_progress: ProgressCallback,
         cancel: threading.Event,
+        baselines: Sequence[Baseline] = (),
     ) -> RunOutcome:
-        """Run to the end, or until ``cancel`` is set; blocking."""
+        """Run to the end, or until ``cancel`` is set; blocking. ``baselines`` are the idle
+        baselines the service keeps for reuse."""
         ...
 
 
@@ -58,6 +63,7 @@ def _child_main(
     config_json: str,
     backend: InferenceBackend,
     meter: EnergyMeter,
+    baselines: Sequence[Baseline],
     conn: Connection,
 ) -> None:
     """Entry point of the child process."""
@@ -69,8 +75,8 @@ def _child_main(
         def report(progress: JobProgress) -> None:
             conn.send(("progress", progress.model_dump(mode="json")))
 
-        result = run_experiment(job_id, config, backend, meter, report)
-        conn.send(("result", result.model_dump_json()))
+        output = run_experiment(job_id, config, backend, meter, report, baselines)
+        conn.send(("result", (output.result.model_dump_json(), output.timeseries)))
     except BackendError as exc:
         conn.send(("error", ("backend-error", "Experiment failed", str(exc), None)))
     except MeterError as exc:
@@ -133,6 +139,7 @@ class ProcessRunner:
         config: ExperimentConfig,
         on_progress: ProgressCallback,
         cancel: threading.Event,
+        baselines: Sequence[Baseline] = (),
     ) -> RunOutcome:
         if cancel.is_set():
             return RunOutcome(JobStatus.CANCELLED)
@@ -140,7 +147,14 @@ class ProcessRunner:
         receiver, sender = ctx.Pipe(duplex=False)
         process = ctx.Process(
             target=_child_main,
-            args=(job_id, config.model_dump_json(), self.backend, self.meter, sender),
+            args=(
+                job_id,
+                config.model_dump_json(),
+                self.backend,
+                self.meter,
+                tuple(baselines),
+                sender,
+            ),
             name=f"llem-experiment-{job_id[:8]}",
         )
         process.start()
@@ -178,8 +192,11 @@ class ProcessRunner:
             if kind == "progress":
                 on_progress(JobProgress.model_validate(payload))
             elif kind == "result":
+                result_json, timeseries = payload
                 return RunOutcome(
-                    JobStatus.SUCCEEDED, result=ExperimentResult.model_validate_json(payload)
+                    JobStatus.SUCCEEDED,
+                    result=ExperimentResult.model_validate_json(result_json),
+                    timeseries=timeseries,
                 )
             else:
                 slug, title, detail, trace = payload

@@ -10,16 +10,42 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from llem_client import JobProgress, JobStatus
+from llem_client import BaselineInfo, JobProgress, JobStatus
 
+from llem_service.energy.base import Baseline
 from llem_service.events import ChangeFeed
 from llem_service.results import ResultFiles
 from llem_service.runner import ExperimentRunner, RunOutcome, experiment_problem
 from llem_service.store import ClaimedJob, JobStore
 
 _log = logging.getLogger("llem.worker")
+
+
+class BaselineCache:
+    """The latest idle baseline of each GPU, kept by the service across experiments (a child
+    process lives for one experiment only). Each experiment decides by its own
+    ``baseline.max_age_s`` whether a cached one is fresh enough."""
+
+    def __init__(self) -> None:
+        self._by_device: dict[str, Baseline] = {}
+
+    def all(self) -> tuple[Baseline, ...]:
+        return tuple(self._by_device.values())
+
+    def update(self, infos: Sequence[BaselineInfo]) -> None:
+        for info in infos:
+            if info.reused:
+                continue
+            self._by_device[info.device_uuid] = Baseline(
+                device_uuid=info.device_uuid,
+                power_w=info.power_w,
+                power_uncertainty_w=info.power_uncertainty_w,
+                duration_s=info.duration_s,
+                measured_at=info.measured_at.timestamp(),
+                method=info.method,
+            )
 
 
 class Worker:
@@ -48,6 +74,7 @@ class Worker:
         self._stopping = False
         self._current: tuple[str, threading.Event] | None = None
         self._task: asyncio.Task[None] | None = None
+        self.baselines = BaselineCache()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run_forever(), name="llem-worker")
@@ -113,7 +140,7 @@ class Worker:
         try:
             runner = self.make_runner()
             outcome = await asyncio.to_thread(
-                runner.run, job_id, claimed.config, on_progress, cancel
+                runner.run, job_id, claimed.config, on_progress, cancel, self.baselines.all()
             )
         except Exception as exc:
             _log.exception("job %s: could not run", job_id)
@@ -144,8 +171,16 @@ class Worker:
             _log.info("job %s: %s", job_id, outcome.status.value)
             return
         self.store.update_progress(job_id, progress.model_copy(update={"phase": "saving"}))
+        result = outcome.result
+        if result.energy is not None:
+            self.baselines.update(result.energy.baselines)
         try:
-            path = await asyncio.to_thread(self.results.write, outcome.result)
+            if outcome.timeseries is not None:
+                await asyncio.to_thread(self.results.write_timeseries, job_id, outcome.timeseries)
+                result = result.model_copy(
+                    update={"timeseries": f"/v1/experiments/{job_id}/timeseries"}
+                )
+            path = await asyncio.to_thread(self.results.write, result)
         except OSError as exc:
             self.store.finish(
                 job_id,

@@ -98,8 +98,11 @@ def test_run_a_tiny_local_model_end_to_end(service: str, tmp_path: Path) -> None
     assert result.output_tokens_per_request == [16] * 8
     assert result.total_flops == result.prefill_flops + result.decode_flops > 0
     assert result.avg_tokens_per_second > 0
-    assert result.total_energy_j is None
-    assert "energy_unavailable" in [w.code for w in result.warnings]
+    assert result.energy is None
+    assert result.timeseries is None
+    (no_energy,) = [w for w in result.warnings if w.code == "energy_unavailable"]
+    assert "NVML" in no_energy.message  # nvidia-ml-py is installed, the driver is not
+    assert result.repeats.tokens_per_second.n == 1
     assert result.environment.backend_versions["torch"]
     assert "tokens/s" in done.stdout or "tok/s" in done.stdout
 
@@ -129,4 +132,6 @@ def test_info_answers(service: str, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     info = json.loads(done.stdout)
     assert info["energy_meter_available"] is False
+    assert info["energy_meter"] == "nvml"
+    assert "NVML" in info["energy_meter_reason"]
     assert info["backends"] == ["pytorch"]

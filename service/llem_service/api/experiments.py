@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
@@ -12,12 +12,14 @@ from llem_client import ExperimentConfig, ExperimentResult, Job, JobList, JobSta
 
 from llem_service.api.problems import problem_responses
 from llem_service.deps import FeedDep, ResultsDep, SettingsDep, StoreDep, WorkerDep
+from llem_service.energy.timeseries import parquet_to_csv
 from llem_service.errors import (
     JobAlreadyFinished,
     JobHasNoResult,
     JobNotFinished,
     JobNotFound,
     ResultUnavailable,
+    TimeseriesNotRecorded,
 )
 from llem_service.store import JobStore
 
@@ -99,6 +101,53 @@ def get_result(job_id: str, store: StoreDep, results: ResultsDep) -> Response:
     if content is None:
         raise ResultUnavailable(f"job {job_id} succeeded but no result file is recorded")
     return Response(content=content, media_type="application/json")
+
+
+PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
+
+
+@router.get(
+    "/{job_id}/timeseries",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The power timeline: one row per GPU per sampling round",
+            "content": {PARQUET_MEDIA_TYPE: {}, "text/csv": {}},
+        },
+        **problem_responses(401, 404, 409, 500),
+    },
+)
+def get_timeseries(
+    job_id: str,
+    store: StoreDep,
+    results: ResultsDep,
+    format: Annotated[Literal["parquet", "csv"], Query(description="File format.")] = "parquet",
+) -> Response:
+    """The power timeline of a succeeded job, as Parquet (default) or CSV. Columns: t_s,
+    device_uuid, power_w, temperature_c, sm_clock_mhz, memory_used_bytes, utilization_pct,
+    clock_event_reasons, phase."""
+    job = _job_or_404(store, job_id)
+    if not job.status.terminal:
+        raise JobNotFinished(f"job {job_id} is {job.status.value}; its timeseries is not ready")
+    if job.status is not JobStatus.SUCCEEDED:
+        raise JobHasNoResult(f"job {job_id} ended {job.status.value} and has no timeseries")
+    path = results.timeseries_path(job_id)
+    try:
+        content = results.read_bytes(path)
+    except FileNotFoundError:
+        raise TimeseriesNotRecorded(
+            f"no power timeseries was recorded for job {job_id} (the service measured no "
+            "energy for it; see the result's warnings)"
+        ) from None
+    except OSError as exc:
+        raise ResultUnavailable(f"the timeseries of job {job_id} cannot be read: {exc}") from exc
+    if format == "csv":
+        content = parquet_to_csv(content)
+    media_type = "text/csv" if format == "csv" else PARQUET_MEDIA_TYPE
+    disposition = f'attachment; filename="{job_id}.timeseries.{format}"'
+    return Response(
+        content=content, media_type=media_type, headers={"Content-Disposition": disposition}
+    )
 
 
 @router.post(

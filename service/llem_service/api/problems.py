@@ -9,7 +9,7 @@ from llem_client import ProblemDetail
 _DESCRIPTIONS = {
     400: "Bad request",
     401: "Missing or wrong bearer token",
-    404: "No such job",
+    404: "No such job (or, for a timeseries, none was recorded)",
     409: "The job is not in a state that allows this",
     413: "Request body too large",
     422: "Validation failed; `errors` lists each field",

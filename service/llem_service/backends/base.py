@@ -4,7 +4,9 @@ A backend object is built in the server process, pickled into the experiment's c
 (spawn) and used only there. So it must be picklable and cheap to construct: heavy imports
 (torch) and all device work belong in its methods, never in ``__init__``.
 
-Call order in the child: `load`, `warmup`, then `run` once per repeat, then `close` (always).
+Call order in the child: `prepare`, `load`, `warmup`, then `run` once per repeat, then `close`
+(always). `synchronize` may be called between any two of them: the meter reads the energy
+counters only after the device has finished its queued work.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ class WorkloadReport:
         peak_memory_allocated_bytes: torch's peak allocated device memory (CUDA only).
         peak_memory_reserved_bytes: torch's peak reserved device memory (CUDA only).
         warnings: ``(code, message)`` pairs for the result.
+        batch_spans_s: Each batch's start, first token and end on ``time.perf_counter``
+            (the meter's clock), for the prefill / decode energy split.
     """
 
     n_requests: int
@@ -87,6 +91,7 @@ class WorkloadReport:
     peak_memory_allocated_bytes: int | None = None
     peak_memory_reserved_bytes: int | None = None
     warnings: tuple[tuple[str, str], ...] = field(default=())
+    batch_spans_s: tuple[tuple[float, float, float], ...] = field(default=())
 
     @property
     def output_tokens(self) -> int:
@@ -107,6 +112,16 @@ class InferenceBackend(Protocol):
 
     def versions(self) -> dict[str, str]:
         """Versions of the libraries that matter for the numbers (torch, transformers, ...)."""
+        ...
+
+    def prepare(self, config: ExperimentConfig) -> tuple[str, ...]:
+        """Bring up the device context of every accelerator the experiment will use (so an
+        idle baseline can be taken before the model loads); return their UUIDs (``GPU-...``),
+        empty on CPU. ``config.energy.devices``, when set, names the CUDA indices to meter."""
+        ...
+
+    def synchronize(self) -> None:
+        """Wait until the devices have finished all queued work."""
         ...
 
     def load(self, config: ExperimentConfig) -> LoadReport: ...

@@ -76,6 +76,7 @@ class _BatchRun:
     step_gaps_s: list[float]
     output_lens: list[int]
     hook_overhead_s: float
+    span: tuple[float, float, float]
 
 
 @dataclass
@@ -109,6 +110,70 @@ class PytorchBackend:
         if torch.version.cuda:
             versions["cuda"] = torch.version.cuda
         return versions
+
+    # -- devices ---------------------------------------------------------------------------
+
+    def prepare(self, config: ExperimentConfig) -> tuple[str, ...]:
+        torch = self._import_torch()
+        self._state["torch"] = torch
+        device = self._device(torch, config.pytorch.device)
+        if not torch.cuda.is_available():
+            return ()
+        count = torch.cuda.device_count()
+        indices = config.energy.devices or self._planned_indices(config, device, count)
+        for index in indices:
+            if index >= count:
+                raise BackendError(
+                    f"energy.devices names CUDA device {index}, but this process sees {count} "
+                    "(CUDA_VISIBLE_DEVICES renumbers them from 0)"
+                )
+            # A context and one allocation on each: the idle baseline is then taken in the
+            # state the GPU will be in while the model runs, minus the work.
+            torch.zeros(1, device=f"cuda:{index}")
+        self._state["cuda_indices"] = tuple(indices)
+        self.synchronize()
+        return tuple(self._uuid(torch, i) for i in indices)
+
+    @staticmethod
+    def _planned_indices(config: ExperimentConfig, device: str, count: int) -> list[int]:
+        """CUDA devices the model will occupy, known before it loads."""
+        device_map = config.pytorch.device_map
+        if isinstance(device_map, str):  # "auto", "balanced", "sequential": any visible GPU
+            return list(range(count))
+        if isinstance(device_map, dict):
+            found = set()
+            for place in device_map.values():
+                if isinstance(place, int):
+                    found.add(place)
+                elif place.startswith("cuda"):
+                    found.add(int(place.partition(":")[2] or 0))
+            return sorted(found)
+        if device.startswith("cuda"):
+            return [int(device.partition(":")[2] or 0)]
+        return []
+
+    @staticmethod
+    def _uuid(torch: Any, index: int) -> str:
+        uuid = str(torch.cuda.get_device_properties(index).uuid)
+        return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+
+    def synchronize(self) -> None:
+        torch = self._state.get("torch")
+        if torch is None or not torch.cuda.is_available():
+            return
+        for index in self._state.get("cuda_indices", ()) or (torch.cuda.current_device(),):
+            torch.cuda.synchronize(index)
+
+    @staticmethod
+    def _import_torch() -> Any:
+        try:
+            import torch
+        except ImportError as exc:
+            raise BackendError(
+                "the pytorch backend needs torch and transformers (torch is missing): "
+                "install llem[pytorch]"
+            ) from exc
+        return torch
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -211,7 +276,7 @@ class PytorchBackend:
             dev = torch.device(place if not isinstance(place, int) else f"cuda:{place}")
             if dev.type == "cuda":
                 indices.add(dev.index if dev.index is not None else torch.cuda.current_device())
-        return tuple(f"GPU-{torch.cuda.get_device_properties(i).uuid}" for i in sorted(indices))
+        return tuple(PytorchBackend._uuid(torch, i) for i in sorted(indices))
 
     @staticmethod
     def _batches(
@@ -282,9 +347,11 @@ class PytorchBackend:
         ended = time.perf_counter()
         generated = output[:, batch.input_ids.shape[1] :].tolist()
         marks = [started, *timer.step_times]
+        first = timer.step_times[0] if timer.step_times else ended
         return _BatchRun(
             latency_s=ended - started,
-            ttft_s=(timer.step_times[0] if timer.step_times else ended) - started,
+            ttft_s=first - started,
+            span=(started, first, ended),
             step_gaps_s=[b - a for a, b in itertools.pairwise(marks[1:])],
             output_lens=[self._count_output(row, config) for row in generated],
             hook_overhead_s=timer.overhead_s,
@@ -372,6 +439,7 @@ class PytorchBackend:
             peak_memory_allocated_bytes=torch.cuda.max_memory_allocated() if cuda else None,
             peak_memory_reserved_bytes=torch.cuda.max_memory_reserved() if cuda else None,
             warnings=tuple(warnings),
+            batch_spans_s=tuple(r.span for r in runs),
         )
 
     def close(self) -> None:

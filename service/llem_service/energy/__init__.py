@@ -1,6 +1,21 @@
-"""Energy meters: the `EnergyMeter` seam and its implementations."""
+"""Energy metering: the `EnergyMeter` seam, the NVML meter, and the arithmetic of a result."""
 
-from llem_service.energy.base import EnergyMeter, EnergyReading, MeterError, MeterProbe
+from llem_service.energy.base import (
+    Baseline,
+    EnergyMeter,
+    MeterError,
+    MeterProbe,
+    MeterRecord,
+    MeterSession,
+)
 from llem_service.energy.null import NullEnergyMeter
 
-__all__ = ["EnergyMeter", "EnergyReading", "MeterError", "MeterProbe", "NullEnergyMeter"]
+__all__ = [
+    "Baseline",
+    "EnergyMeter",
+    "MeterError",
+    "MeterProbe",
+    "MeterRecord",
+    "MeterSession",
+    "NullEnergyMeter",
+]

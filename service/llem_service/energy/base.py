@@ -1,21 +1,24 @@
-"""The `EnergyMeter` seam.
+"""The `EnergyMeter` seam and the records a metering session produces.
 
-Like a backend, a meter is built in the server process (where `probe` answers ``/v1/info``)
-and pickled into the experiment's child process, where `begin` and `end` bracket the measured
-window. Device work belongs in the methods, not in ``__init__``.
+A meter is built in the server process (where `EnergyMeter.probe` answers ``/v1/info``) and
+pickled into the experiment's child process, where `EnergyMeter.open` starts a session on the
+GPUs the experiment uses. Device work belongs in the methods, never in ``__init__``.
+
+The session's clock is ``time.perf_counter`` unless a test injects another; the backend stamps
+its batches with the same clock, so spans and samples share one time axis (seconds).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
-from llem_client import DeviceInfo
+from llem_client import BaselineConfig, DeviceInfo, EnergyConfig
 
 
 class MeterError(Exception):
-    """The meter failed during a window (lost device, driver error)."""
+    """The meter failed (lost device, driver error); the experiment fails with this message."""
 
 
 @dataclass(frozen=True)
@@ -29,35 +32,158 @@ class MeterProbe:
 
 
 @dataclass(frozen=True)
-class EnergyReading:
-    """Energy over one window.
+class Baseline:
+    """Idle power of one GPU, measured before a model loaded.
 
     Attributes:
-        energy_j_by_device: Joules per device UUID.
-        source: How it was measured, e.g. ``nvml_energy_counter``.
+        device_uuid: The GPU.
+        power_w: Mean power over the idle window, watts.
+        power_uncertainty_w: Error bound of ``power_w`` (counter quantisation / window).
+        duration_s: Length of the idle window, seconds.
+        measured_at: Wall-clock time of the measurement, seconds since the epoch.
+        method: How it was measured, in words.
+        warnings: ``(code, message)`` pairs (e.g. the GPU was busy).
     """
 
-    energy_j_by_device: Mapping[str, float]
-    source: str
-    warnings: tuple[tuple[str, str], ...] = field(default=())
+    device_uuid: str
+    power_w: float
+    power_uncertainty_w: float
+    duration_s: float
+    measured_at: float
+    method: str
+    warnings: tuple[tuple[str, str], ...] = ()
 
-    @property
-    def total_j(self) -> float:
-        return float(sum(self.energy_j_by_device.values()))
+
+@dataclass(frozen=True)
+class DeviceMeta:
+    """A metered GPU as NVML described it when the session opened."""
+
+    uuid: str
+    name: str
+    nvml_index: int
+    memory_total_bytes: int
+    power_limit_w: float | None
+    persistence_mode: bool | None
+    has_energy_counter: bool
+    counter_update_period_s: float | None
+    power_field: Literal["instant", "average"] | None
+    compute_processes: tuple[tuple[int, int | None], ...] = ()
+
+
+@dataclass(frozen=True)
+class CounterMark:
+    """Every GPU's energy counter read at one instant (after the device was synchronised).
+
+    Attributes:
+        label: What the instant is (``load_start``, ``warmup_end``, ``repeat_0_end``, ...).
+        t_s: Session clock, seconds.
+        energy_mj: Counter per GPU UUID, millijoules; ``None`` for a GPU without one.
+        foreign_pids: Processes other than the experiment's seen on each GPU at this instant.
+    """
+
+    label: str
+    t_s: float
+    energy_mj: dict[str, int | None]
+    foreign_pids: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+#: Timeline columns, in file order. ``t_s`` is the session clock; the rest are per GPU.
+TIMELINE_COLUMNS = (
+    "t_s",
+    "device_uuid",
+    "power_w",
+    "temperature_c",
+    "sm_clock_mhz",
+    "memory_used_bytes",
+    "utilization_pct",
+    "clock_event_reasons",
+)
+
+
+@dataclass
+class Timeline:
+    """Power samples as columns (one row per GPU per sampling round); ``None`` = unsupported."""
+
+    t_s: list[float] = field(default_factory=list)
+    device_uuid: list[str] = field(default_factory=list)
+    power_w: list[float | None] = field(default_factory=list)
+    temperature_c: list[int | None] = field(default_factory=list)
+    sm_clock_mhz: list[int | None] = field(default_factory=list)
+    memory_used_bytes: list[int | None] = field(default_factory=list)
+    utilization_pct: list[int | None] = field(default_factory=list)
+    clock_event_reasons: list[int | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.t_s)
+
+    def device(self, uuid: str) -> Timeline:
+        """The rows of one GPU, in time order."""
+        keep = [i for i, u in enumerate(self.device_uuid) if u == uuid]
+        out = Timeline()
+        for name in TIMELINE_COLUMNS:
+            column: list[object] = getattr(self, name)
+            getattr(out, name).extend(column[i] for i in keep)
+        return out
+
+    def columns(self) -> dict[str, list[object]]:
+        return {name: list(getattr(self, name)) for name in TIMELINE_COLUMNS}
+
+
+@dataclass(frozen=True)
+class MeterRecord:
+    """Everything a session measured: the raw material of the result's energy section."""
+
+    devices: tuple[DeviceMeta, ...]
+    marks: tuple[CounterMark, ...]
+    timeline: Timeline
+    sample_interval_s: float
+    round_starts_s: tuple[float, ...]
+    round_costs_s: tuple[float, ...]
+    baselines: tuple[Baseline, ...]
+    reused_baselines: frozenset[str]
+    driver_version: str | None
+    nvml_version: str | None
+    cuda_driver_version: str | None
+    warnings: tuple[tuple[str, str], ...] = ()
+
+    def mark(self, label: str) -> CounterMark:
+        for mark in self.marks:
+            if mark.label == label:
+                return mark
+        raise KeyError(label)
+
+
+class MeterSession(Protocol):
+    """An open metering session on a set of GPUs."""
+
+    def baselines(
+        self, plan: BaselineConfig, cached: Sequence[Baseline], *, now: float
+    ) -> tuple[Baseline, ...]:
+        """Idle power of each GPU: a cached one of the same GPU younger than
+        ``plan.max_age_s``, else measured now (the caller keeps the GPUs idle)."""
+        ...
+
+    def start(self) -> None:
+        """Start the power sampler."""
+        ...
+
+    def mark(self, label: str) -> None:
+        """Read every GPU's energy counter now; raises `MeterError` if the meter failed."""
+        ...
+
+    def close(self) -> MeterRecord:
+        """Stop sampling and return the record. Safe to call after a failure."""
+        ...
 
 
 @runtime_checkable
 class EnergyMeter(Protocol):
-    """Measures the energy of the devices a model uses over a window."""
+    """Measures the energy of the GPUs an experiment uses."""
 
     name: str
 
     def probe(self) -> MeterProbe: ...
 
-    def begin(self, device_uuids: Sequence[str]) -> None:
-        """Open the window on these devices (after the backend synchronised them)."""
-        ...
-
-    def end(self) -> EnergyReading:
-        """Close the window and return its energy."""
+    def open(self, device_uuids: Sequence[str], plan: EnergyConfig) -> MeterSession:
+        """Open a session on these GPUs (their CUDA contexts are up)."""
         ...

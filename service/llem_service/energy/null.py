@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from llem_service.energy.base import EnergyReading, MeterError, MeterProbe
+from llem_client import EnergyConfig
+
+from llem_service.energy.base import MeterError, MeterProbe, MeterSession
 
 
 class NullEnergyMeter:
-    """No energy meter: `probe` reports unavailable with a reason; a window cannot be opened."""
+    """No energy meter: `probe` reports unavailable with a reason; a session cannot be opened."""
 
     name = "none"
 
@@ -18,8 +20,5 @@ class NullEnergyMeter:
     def probe(self) -> MeterProbe:
         return MeterProbe(name=self.name, available=False, reason=self.reason)
 
-    def begin(self, device_uuids: Sequence[str]) -> None:
-        raise MeterError(f"no energy meter: {self.reason}")
-
-    def end(self) -> EnergyReading:
+    def open(self, device_uuids: Sequence[str], plan: EnergyConfig) -> MeterSession:
         raise MeterError(f"no energy meter: {self.reason}")

@@ -162,7 +162,7 @@ def test_run_json_prints_only_the_result_and_writes_no_file(
     result = ExperimentResult.model_validate_json(out)
     assert result.config.prompts.source == "synthetic"
     assert result.config.prompts.input_len == 8
-    assert result.total_energy_j is not None
+    assert result.energy is not None
     assert list(cwd.iterdir()) == []
     assert "submitted job" in err
 
@@ -193,7 +193,7 @@ def test_run_without_meter_prints_no_meter_not_zero(start_server, tmp_path, caps
     assert re.search(r"mean power\s+n/a \(no meter\)", out)
     assert "warnings:" in out
     [written] = tmp_path.glob("tiny-test-model-*.json")
-    assert ExperimentResult.model_validate_json(written.read_text()).total_energy_j is None
+    assert ExperimentResult.model_validate_json(written.read_text()).energy is None
 
 
 def test_run_of_a_failing_experiment_exits_1_with_its_error(start_server, tmp_path, capsys):
@@ -359,7 +359,7 @@ def test_unknown_job_exits_1_with_one_line(live_server, capsys):
 def test_info(live_server, capsys):
     code, out, _ = cli(capsys, "--server", live_server.base_url, "info")
     assert code == 0
-    assert re.search(r"^energy meter\s+fake \(available\)$", out, re.MULTILINE)
+    assert re.search(r"^energy meter\s+nvml \(available\)$", out, re.MULTILINE)
     assert re.search(r"^queue length\s+0$", out, re.MULTILINE)
 
     code, out, _ = cli(capsys, "--server", live_server.base_url, "info", "--json")

@@ -44,9 +44,13 @@ def render(result_or_job: object) -> str:
 def test_summary_shows_energy_with_units():
     rows = dict(result_rows(make_result()))
 
-    assert rows["energy"] == "100.00 J"
-    assert rows["energy per token"] == "6.25 J/token"
+    assert rows["energy (raw)"] == "100.00 ± 2.50 J"
+    assert rows["energy (minus idle)"] == "80.00 ± 2.60 J"
+    assert rows["J/token (raw)"] == "6.25 J/token"
+    assert rows["J/token (minus idle)"] == "5 J/token"
     assert rows["mean power"] == "200.0 W"
+    assert rows["idle power"] == "40.0 W"
+    assert rows["counter vs samples"] == "+2.0%"
     assert rows["tokens/s (output)"] == "32.0"
     assert rows["measured duration"] == "0.500 s"
 
@@ -54,10 +58,7 @@ def test_summary_shows_energy_with_units():
 def test_summary_says_no_meter_instead_of_zero():
     result = make_result(
         energy_meter_available=False,
-        total_energy_j=None,
-        avg_energy_per_token_j=None,
-        avg_power_w=None,
-        energy_per_device=None,
+        energy=None,
         warnings=[ResultWarning(code="no_energy_meter", message="no NVML on this host")],
     )
 

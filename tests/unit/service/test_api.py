@@ -213,7 +213,7 @@ def test_info_reports_versions_devices_meter_and_queue(slow_http: TestClient) ->
     info = slow_http.get("/v1/info").json()
 
     assert info["schema_version"] == "1"
-    assert info["energy_meter"] == "fake"
+    assert info["energy_meter"] == "nvml"
     assert info["energy_meter_available"] is True
     assert info["devices"][0]["uuid"].startswith("GPU-")
     assert info["queue_length"] + (info["running_job"] is not None) == 3
@@ -261,6 +261,7 @@ def test_openapi_describes_every_route_and_its_problems(http: TestClient) -> Non
         "/v1/experiments/{job_id}/result",
         "/v1/experiments/{job_id}/cancel",
         "/v1/experiments/{job_id}/events",
+        "/v1/experiments/{job_id}/timeseries",
     }
     submit = paths["/v1/experiments"]["post"]["responses"]
     problem_ref = submit["422"]["content"][PROBLEM]["schema"]["$ref"]
@@ -269,6 +270,9 @@ def test_openapi_describes_every_route_and_its_problems(http: TestClient) -> Non
     assert "409" in paths["/v1/experiments/{job_id}/result"]["get"]["responses"]
     events = paths["/v1/experiments/{job_id}/events"]["get"]["responses"]["200"]
     assert "text/event-stream" in events["content"]
+    timeseries = paths["/v1/experiments/{job_id}/timeseries"]["get"]["responses"]
+    assert set(timeseries["200"]["content"]) == {"application/vnd.apache.parquet", "text/csv"}
+    assert PROBLEM in timeseries["404"]["content"]
 
 
 def test_the_seam_override_reaches_the_api(tmp_path: Path) -> None:

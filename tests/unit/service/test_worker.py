@@ -18,12 +18,12 @@ from llem_client import (
     JobStatus,
     NotFoundError,
 )
-from llem_service.deps import get_inference_backend
+from llem_service.deps import get_energy_meter, get_inference_backend
 from llem_service.energy import NullEnergyMeter
 from llem_service.store import SqliteJobStore
 
 from tests.conftest import LiveServer, make_config
-from tests.fakes import FakeEnergyMeter, FakeInferenceBackend
+from tests.fakes import FAKE_DEVICE, FakeInferenceBackend, fake_meter
 
 StartServer = Callable[..., LiveServer]
 
@@ -41,7 +41,7 @@ def wait_status(client: Client, job_id: str, status: JobStatus, timeout_s: float
 def test_submit_wait_result_with_exact_figures(start_server: StartServer) -> None:
     server = start_server(
         backend=FakeInferenceBackend(measured_time_s=2.0, input_tokens_per_request=8),
-        meter=FakeEnergyMeter(energy_j=50.0),
+        meter=fake_meter(power_w=200.0, counter_period_s=0.001),
     )
     config = make_config(n_prompts=4, max_output_tokens=4, repeats=2)
 
@@ -56,14 +56,59 @@ def test_submit_wait_result_with_exact_figures(start_server: StartServer) -> Non
     assert result.total_inference_time_sec == 4.0
     assert result.avg_tokens_per_second == 8.0
     assert result.requests_per_second == 2.0
-    assert result.total_energy_j == 50.0
-    assert result.avg_energy_per_token_j == 50.0 / 32
-    assert result.avg_power_w == 12.5
+    energy = result.energy
+    assert energy is not None
+    assert energy.energy_j == pytest.approx(
+        200.0 * energy.window_s, abs=energy.energy_uncertainty_j
+    )
+    assert energy.energy_per_output_token_j == energy.energy_j / 32
+    assert [r.output_tokens for r in result.repeats.per_repeat] == [16, 16]
     assert result.warmup_batches == 1
     assert result.environment.backend == "fake"
     assert result.environment.backend_versions == {"fake-backend": "1.0"}
-    assert result.warnings == []
+    # the fake's measured window takes no real time: too short to trust, and it says so
+    assert "window_short" in [w.code for w in result.warnings]
+    assert result.timeseries == f"/v1/experiments/{job.id}/timeseries"
     assert (server.data_dir / "results" / f"{job.id}.json").is_file()
+    assert (server.data_dir / "results" / f"{job.id}.timeseries.parquet").is_file()
+
+
+def test_the_service_keeps_a_baseline_and_the_next_experiment_reuses_it(
+    start_server: StartServer,
+) -> None:
+    server = start_server(meter=fake_meter(power_w=120.0))
+    config = make_config(baseline={"enabled": True, "duration_s": 0.2, "max_age_s": 600})
+
+    with Client(server.base_url) as client:
+        first = client.result(client.wait(client.submit(config).id, timeout=30).id)
+        second = client.result(client.wait(client.submit(config).id, timeout=30).id)
+
+    assert first.energy is not None
+    assert second.energy is not None
+    (measured,) = first.energy.baselines
+    (reused,) = second.energy.baselines
+    assert (measured.reused, reused.reused) == (False, True)
+    assert reused.device_uuid == FAKE_DEVICE.uuid
+    assert reused.power_w == measured.power_w
+    assert reused.measured_at == measured.measured_at
+
+
+def test_a_gpu_lost_mid_run_fails_the_job_and_the_next_one_runs(
+    start_server: StartServer,
+) -> None:
+    lost = fake_meter(lost_at_s=0.3)
+    server = start_server(backend=FakeInferenceBackend(sleep_s=1.0), meter=lost)
+
+    with Client(server.base_url) as client:
+        failed = client.wait(client.submit(make_config(n_prompts=4, batch_size=1)).id, timeout=30)
+        server.app.dependency_overrides[get_energy_meter] = lambda: fake_meter(power_w=300.0)
+        ok = client.wait(client.submit(make_config(name="after")).id, timeout=30)
+
+    assert failed.status is JobStatus.FAILED
+    assert failed.error is not None
+    assert failed.error.type == "urn:llem:problem:meter-error"
+    assert "GPU is lost" in (failed.error.detail or "")
+    assert ok.status is JobStatus.SUCCEEDED
 
 
 def test_without_a_meter_energy_is_null_and_a_warning_says_why(
@@ -76,9 +121,8 @@ def test_without_a_meter_energy_is_null_and_a_warning_says_why(
         result = client.result(job.id)
 
     assert result.energy_meter_available is False
-    assert result.total_energy_j is None
-    assert result.avg_energy_per_token_j is None
-    assert result.avg_power_w is None
+    assert result.energy is None
+    assert result.timeseries is None
     assert [w.code for w in result.warnings] == ["energy_unavailable"]
     assert "no NVIDIA GPU on this host" in result.warnings[0].message
 

@@ -1,0 +1,286 @@
+"""The one NVML adapter: every ``pynvml`` call of the service goes through here.
+
+`Nvml` wraps a library object with pynvml's function surface (the real module, or a scripted
+fake in the tests), turns NVML error codes into typed errors in one place, and hands out
+`GpuDevice` objects whose methods return plain values with units in their names.
+
+NVML numbers every GPU on the host and ignores ``CUDA_VISIBLE_DEVICES``; devices are therefore
+always addressed by UUID (``GPU-...``), which both NVML and torch report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from llem_service.energy.base import MeterError
+
+T = TypeVar("T")
+
+# pynvml's constants, repeated so the adapter can be typed and tested without the package.
+NVML_ERROR_UNINITIALIZED = 1
+NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_NO_PERMISSION = 4
+NVML_ERROR_NOT_FOUND = 6
+NVML_ERROR_DRIVER_NOT_LOADED = 9
+NVML_ERROR_LIBRARY_NOT_FOUND = 12
+NVML_ERROR_FUNCTION_NOT_FOUND = 13
+NVML_ERROR_GPU_IS_LOST = 15
+NVML_SUCCESS = 0
+NVML_FI_DEV_POWER_AVERAGE = 185
+NVML_FI_DEV_POWER_INSTANT = 186
+NVML_TEMPERATURE_GPU = 0
+NVML_CLOCK_SM = 1
+
+#: Clock-event (throttle) reasons that mean the GPU is slowed by power or heat. Idle, an
+#: application clock setting, sync boost and display clocks are not throttling.
+THROTTLE_REASONS: dict[int, str] = {
+    0x04: "software power cap",
+    0x08: "hardware slowdown",
+    0x20: "software thermal slowdown",
+    0x40: "hardware thermal slowdown",
+    0x80: "hardware power brake",
+}
+
+
+class NvmlError(MeterError):
+    """An NVML call failed. ``code`` is NVML's return code."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class NvmlNotSupported(NvmlError):
+    """This device or driver does not support the query."""
+
+
+class NvmlGpuLost(NvmlError):
+    """The GPU fell off the bus or stopped answering: nothing it reports can be trusted."""
+
+
+class NvmlUnavailable(NvmlError):
+    """NVML itself cannot be used here: no library, no driver, no permission."""
+
+
+class NvmlLibrary(Protocol):
+    """The part of pynvml's function surface the adapter uses."""
+
+    NVMLError: type[Exception]
+
+    def nvmlInit(self) -> None: ...
+    def nvmlShutdown(self) -> None: ...
+    def nvmlSystemGetDriverVersion(self) -> str | bytes: ...
+    def nvmlSystemGetNVMLVersion(self) -> str | bytes: ...
+    def nvmlSystemGetCudaDriverVersion(self) -> int: ...
+    def nvmlDeviceGetCount(self) -> int: ...
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> Any: ...
+    def nvmlDeviceGetHandleByUUID(self, uuid: str | bytes) -> Any: ...
+    def nvmlDeviceGetIndex(self, handle: Any) -> int: ...
+    def nvmlDeviceGetUUID(self, handle: Any) -> str | bytes: ...
+    def nvmlDeviceGetName(self, handle: Any) -> str | bytes: ...
+    def nvmlDeviceGetMemoryInfo(self, handle: Any) -> Any: ...
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: Any) -> int: ...
+    def nvmlDeviceGetPowerUsage(self, handle: Any) -> int: ...
+    def nvmlDeviceGetFieldValues(self, handle: Any, field_ids: list[int]) -> Sequence[Any]: ...
+    def nvmlDeviceGetTemperature(self, handle: Any, sensor: int) -> int: ...
+    def nvmlDeviceGetClockInfo(self, handle: Any, clock: int) -> int: ...
+    def nvmlDeviceGetUtilizationRates(self, handle: Any) -> Any: ...
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: Any) -> int: ...
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle: Any) -> int: ...
+    def nvmlDeviceGetPersistenceMode(self, handle: Any) -> int: ...
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> Sequence[Any]: ...
+
+
+def load_pynvml() -> NvmlLibrary:
+    """The real library (package ``nvidia-ml-py``), or `NvmlUnavailable` saying how to get it."""
+    try:
+        import pynvml
+    except ImportError as exc:
+        raise NvmlUnavailable(
+            "the nvidia-ml-py package is not installed (install llem[nvml])"
+        ) from exc
+    return pynvml  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    """A process holding a compute context on a GPU."""
+
+    pid: int
+    used_memory_bytes: int | None
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Nvml:
+    """An initialised NVML session. Use as a context manager, or `open` / `close`.
+
+    Args:
+        library: pynvml or a fake with the same surface.
+    """
+
+    def __init__(self, library: NvmlLibrary) -> None:
+        self.lib = library
+        self._open = False
+
+    def call(self, fn: Callable[..., T], *args: Any, what: str) -> T:
+        """Call ``fn(*args)``, turning an NVML error into the matching typed error."""
+        try:
+            return fn(*args)
+        except self.lib.NVMLError as exc:
+            code: int | None = getattr(exc, "value", None)
+            message = f"NVML could not {what}: {exc}"
+            if code == NVML_ERROR_NOT_SUPPORTED:
+                raise NvmlNotSupported(message, code) from exc
+            if code == NVML_ERROR_GPU_IS_LOST:
+                raise NvmlGpuLost(
+                    f"{message} (the GPU fell off the bus or stopped answering; check "
+                    "`nvidia-smi` and the kernel log)",
+                    code,
+                ) from exc
+            if code in {
+                NVML_ERROR_UNINITIALIZED,
+                NVML_ERROR_DRIVER_NOT_LOADED,
+                NVML_ERROR_LIBRARY_NOT_FOUND,
+                NVML_ERROR_NO_PERMISSION,
+            }:
+                raise NvmlUnavailable(message, code) from exc
+            raise NvmlError(message, code) from exc
+
+    def open(self) -> Nvml:
+        self.call(self.lib.nvmlInit, what="initialise (is the NVIDIA driver loaded?)")
+        self._open = True
+        return self
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            # Shutting down a broken session must not hide the error that broke it.
+            with contextlib.suppress(NvmlError):
+                self.call(self.lib.nvmlShutdown, what="shut down")
+
+    def __enter__(self) -> Nvml:
+        return self.open()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def driver_version(self) -> str:
+        return _text(self.call(self.lib.nvmlSystemGetDriverVersion, what="read the driver"))
+
+    def nvml_version(self) -> str:
+        return _text(self.call(self.lib.nvmlSystemGetNVMLVersion, what="read its version"))
+
+    def cuda_driver_version(self) -> str:
+        """The CUDA version the driver supports, as ``major.minor`` (12040 -> ``12.4``)."""
+        raw = self.call(self.lib.nvmlSystemGetCudaDriverVersion, what="read the CUDA version")
+        return f"{raw // 1000}.{raw % 1000 // 10}"
+
+    def devices(self) -> list[GpuDevice]:
+        """Every GPU on the host, in NVML's (PCI bus) order."""
+        count = self.call(self.lib.nvmlDeviceGetCount, what="count GPUs")
+        return [
+            GpuDevice(self, self.call(self.lib.nvmlDeviceGetHandleByIndex, i, what="open a GPU"))
+            for i in range(count)
+        ]
+
+    def device(self, uuid: str) -> GpuDevice:
+        """The GPU with this UUID (``GPU-...``); `NvmlError` when there is none."""
+        handle = self.call(self.lib.nvmlDeviceGetHandleByUUID, uuid, what=f"find GPU {uuid}")
+        return GpuDevice(self, handle)
+
+
+class GpuDevice:
+    """One GPU. Each method is one NVML query; units are in the names."""
+
+    def __init__(self, nvml: Nvml, handle: Any) -> None:
+        self._nvml = nvml
+        self._lib = nvml.lib
+        self.handle = handle
+        self.uuid = _text(nvml.call(self._lib.nvmlDeviceGetUUID, handle, what="read a GPU's UUID"))
+
+    def _call(self, fn: Callable[..., T], *args: Any, what: str) -> T:
+        return self._nvml.call(fn, self.handle, *args, what=f"{what} of {self.uuid}")
+
+    def index(self) -> int:
+        """NVML's index (PCI order over the whole host, not CUDA's)."""
+        return self._call(self._lib.nvmlDeviceGetIndex, what="read the index")
+
+    def name(self) -> str:
+        return _text(self._call(self._lib.nvmlDeviceGetName, what="read the name"))
+
+    def memory_total_bytes(self) -> int:
+        return int(self._call(self._lib.nvmlDeviceGetMemoryInfo, what="read memory").total)
+
+    def memory_used_bytes(self) -> int:
+        return int(self._call(self._lib.nvmlDeviceGetMemoryInfo, what="read memory").used)
+
+    def energy_mj(self) -> int:
+        """Cumulative energy since the driver loaded, millijoules (Volta and newer)."""
+        return int(
+            self._call(self._lib.nvmlDeviceGetTotalEnergyConsumption, what="read the energy")
+        )
+
+    def power_average_mw(self) -> int:
+        """``nvmlDeviceGetPowerUsage``: on Ampere and newer a 1-second average, milliwatts."""
+        return int(self._call(self._lib.nvmlDeviceGetPowerUsage, what="read the power"))
+
+    def power_instant_mw(self) -> int:
+        """Instantaneous power (``NVML_FI_DEV_POWER_INSTANT``), milliwatts."""
+        (value,) = self._call(
+            self._lib.nvmlDeviceGetFieldValues,
+            [NVML_FI_DEV_POWER_INSTANT],
+            what="read the instant power",
+        )
+        if value.nvmlReturn != NVML_SUCCESS:
+            # A field's own return code: the call succeeded but this field did not.
+            self._nvml.call(_raise_field_error(self._lib, value.nvmlReturn), what="read a field")
+        return int(value.value.uiVal)
+
+    def temperature_c(self) -> int:
+        return self._call(
+            self._lib.nvmlDeviceGetTemperature, NVML_TEMPERATURE_GPU, what="read the temperature"
+        )
+
+    def sm_clock_mhz(self) -> int:
+        return self._call(self._lib.nvmlDeviceGetClockInfo, NVML_CLOCK_SM, what="read the clock")
+
+    def utilization_pct(self) -> int:
+        """Percent of the last sample period in which a kernel ran."""
+        return int(self._call(self._lib.nvmlDeviceGetUtilizationRates, what="read use").gpu)
+
+    def clock_event_reasons(self) -> int:
+        """Bit mask of why clocks are held down (see `THROTTLE_REASONS`)."""
+        return int(
+            self._call(self._lib.nvmlDeviceGetCurrentClocksEventReasons, what="read clock events")
+        )
+
+    def power_limit_w(self) -> float:
+        return self._call(self._lib.nvmlDeviceGetEnforcedPowerLimit, what="read the limit") / 1e3
+
+    def persistence_mode(self) -> bool:
+        return bool(self._call(self._lib.nvmlDeviceGetPersistenceMode, what="read persistence"))
+
+    def compute_processes(self) -> list[GpuProcess]:
+        procs = self._call(self._lib.nvmlDeviceGetComputeRunningProcesses, what="list processes")
+        return [
+            GpuProcess(pid=int(p.pid), used_memory_bytes=getattr(p, "usedGpuMemory", None))
+            for p in procs
+        ]
+
+
+def _raise_field_error(lib: NvmlLibrary, code: int) -> Callable[[], None]:
+    def fail() -> None:
+        raise lib.NVMLError(code)
+
+    return fail
+
+
+def throttle_names(mask: int) -> list[str]:
+    """The throttling reasons set in a clock-event mask, in words."""
+    return [name for bit, name in THROTTLE_REASONS.items() if mask & bit]

@@ -1,0 +1,157 @@
+"""The power sampler: a thread that reads every metered GPU at a fixed interval.
+
+A thread, not a process: each round is a handful of NVML calls (tens of microseconds, released
+from the GIL inside the C library), and a thread shares the experiment's clock and needs no
+pipe. ``benchmarks/sampler_cost.py`` measures its cost per round and its timing jitter.
+
+Rounds are scheduled on absolute deadlines (start + k x interval), so a slow round delays only
+itself, never the rounds after it. A field a GPU does not support is probed once and then
+recorded as ``None``; a lost GPU ends the sampling and the error is raised at the next mark.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+from llem_service.energy.base import Timeline
+from llem_service.energy.nvml import GpuDevice, NvmlError, NvmlNotSupported
+
+Clock = Callable[[], float]
+
+_OPTIONAL_FIELDS: tuple[tuple[str, str], ...] = (
+    ("temperature_c", "temperature_c"),
+    ("sm_clock_mhz", "sm_clock_mhz"),
+    ("memory_used_bytes", "memory_used_bytes"),
+    ("utilization_pct", "utilization_pct"),
+    ("clock_event_reasons", "clock_event_reasons"),
+)
+
+
+class _DeviceReader:
+    """Reads one GPU's sample, remembering which fields it does not support."""
+
+    def __init__(self, device: GpuDevice) -> None:
+        self.device = device
+        self.power_field: Literal["instant", "average"] | None = None
+        self._unsupported: set[str] = set()
+        self._choose_power_field()
+
+    def _choose_power_field(self) -> None:
+        for name, read in (
+            ("instant", self.device.power_instant_mw),
+            ("average", self.device.power_average_mw),
+        ):
+            try:
+                read()
+            except NvmlNotSupported:
+                continue
+            self.power_field = name  # type: ignore[assignment]
+            return
+
+    def power_w(self) -> float | None:
+        if self.power_field == "instant":
+            return self.device.power_instant_mw() / 1e3
+        if self.power_field == "average":
+            return self.device.power_average_mw() / 1e3
+        return None
+
+    def optional(self, method: str) -> int | None:
+        if method in self._unsupported:
+            return None
+        try:
+            value: int = getattr(self.device, method)()
+        except NvmlNotSupported:
+            self._unsupported.add(method)
+            return None
+        return value
+
+
+class PowerSampler:
+    """Samples power and device state of ``devices`` every ``interval_s`` seconds.
+
+    Args:
+        devices: The GPUs to sample.
+        interval_s: Target time between rounds.
+        clock: Monotonic clock, seconds; shared with the rest of the session.
+    """
+
+    def __init__(
+        self,
+        devices: Sequence[GpuDevice],
+        interval_s: float,
+        clock: Clock = time.perf_counter,
+    ) -> None:
+        self.interval_s = interval_s
+        self.clock = clock
+        self.readers = [_DeviceReader(d) for d in devices]
+        self.timeline = Timeline()
+        self.round_starts_s: list[float] = []
+        self.round_costs_s: list[float] = []
+        self.error: NvmlError | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def power_field(self, uuid: str) -> Literal["instant", "average"] | None:
+        for reader in self.readers:
+            if reader.device.uuid == uuid:
+                return reader.power_field
+        raise KeyError(uuid)
+
+    def sample_once(self) -> None:
+        """One round: read every GPU, append a row each, record the round's cost."""
+        started = self.clock()
+        powers = [reader.power_w() for reader in self.readers]
+        optional = [
+            [reader.optional(method) for _, method in _OPTIONAL_FIELDS] for reader in self.readers
+        ]
+        ended = self.clock()
+        with self._lock:
+            timeline = self.timeline
+            for reader, power, values in zip(self.readers, powers, optional, strict=True):
+                timeline.t_s.append(started)  # powers are read first, together
+                timeline.device_uuid.append(reader.device.uuid)
+                timeline.power_w.append(power)
+                for (column, _), value in zip(_OPTIONAL_FIELDS, values, strict=True):
+                    getattr(timeline, column).append(value)
+            self.round_starts_s.append(started)
+            self.round_costs_s.append(ended - started)
+
+    def _loop(self) -> None:
+        start = self.clock()
+        k = 0
+        while not self._stop.is_set():
+            try:
+                self.sample_once()
+            except NvmlError as exc:
+                self.error = exc
+                return
+            k += 1
+            deadline = start + k * self.interval_s
+            now = self.clock()
+            if deadline < now:  # fell behind: skip missed rounds rather than burst
+                k = int((now - start) / self.interval_s) + 1
+                deadline = start + k * self.interval_s
+            self._stop.wait(deadline - now)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="llem-power-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the thread; it ends within one round. A stuck NVML call is left behind
+        (daemon thread) after ``timeout_s`` rather than hanging the experiment."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def snapshot(self) -> Timeline:
+        """A copy of the samples so far (safe while the thread runs)."""
+        with self._lock:
+            copy = Timeline()
+            for name, column in self.timeline.columns().items():
+                getattr(copy, name).extend(column)
+            return copy
