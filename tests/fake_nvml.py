@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pynvml
+from llem_client import EnergyConfig
+from llem_service.energy.base import MeterRecord
+from llem_service.energy.meter import NvmlEnergyMeter, NvmlSession
 
 
 @dataclass(frozen=True)
@@ -276,3 +279,47 @@ class ManualClock:
         self.t += seconds
 
     sleep = advance
+
+
+class ScriptedSession:
+    """A real `NvmlSession` over fake GPUs, driven by hand: a manual clock, and sampling
+    rounds taken by `run_for` rather than by the sampler's thread. Times it returns are the
+    fake GPUs' (seconds since ``nvmlInit``), so they index the power profiles directly."""
+
+    def __init__(self, gpus: Sequence[FakeGpu], *, interval_ms: float | None = 10.0) -> None:
+        self.clock = ManualClock()
+        self.lib = FakeNvml(gpus=gpus, clock=self.clock)
+        meter = NvmlEnergyMeter(library=self.lib, clock=self.clock, sleep=self.clock.sleep)
+        session = meter.open([g.uuid for g in gpus], EnergyConfig(sample_interval_ms=interval_ms))
+        assert isinstance(session, NvmlSession)
+        self.session = session
+        assert self.lib._t0 is not None
+        self.t0 = self.lib._t0
+
+    def now(self) -> float:
+        return self.clock() - self.t0
+
+    def at(self, fake_time: float) -> float:
+        """The session clock at a fake-GPU time."""
+        return self.t0 + fake_time
+
+    def run_for(self, seconds: float) -> None:
+        """Sample every interval for ``seconds``, starting with a sample now."""
+        interval = self.session.sampler.interval_s
+        end = self.clock() + seconds
+        while self.clock() < end - 1e-12:
+            self.session.sampler.sample_once()
+            self.clock.advance(min(interval, end - self.clock()))
+
+    def run_until(self, fake_time: float) -> None:
+        """Sample until the fake GPUs' clock reads ``fake_time``."""
+        if fake_time < self.now():
+            raise ValueError(f"already past {fake_time} s (now {self.now()} s)")
+        self.run_for(fake_time - self.now())
+
+    def mark(self, label: str) -> float:
+        self.session.mark(label)
+        return self.now()
+
+    def close(self) -> MeterRecord:
+        return self.session.close()

@@ -103,13 +103,11 @@ class EnergyAccount:
         peak = curve.peak_w(a.t_s, b.t_s) if curve else None
         start, end = a.energy_mj.get(meta.uuid), b.energy_mj.get(meta.uuid)
         reset = start is not None and end is not None and end < start
-        # The power near the edges bounds what a lagging read can miss; a window shorter
-        # than the sampling interval may hold no sample, so the edges' power counts too.
-        near = [curve.power_at(a.t_s), curve.power_at(b.t_s)] if curve else []
+        period = meta.counter_update_period_s or DEFAULT_COUNTER_PERIOD_S
+        near = self._edge_power(curve, (a.t_s, b.t_s), period)
         if start is not None and end is not None and not reset:
             energy = (end - start) / 1e3
             top = max([peak or 0.0, energy / span if span > 0 else 0.0, *near])
-            period = meta.counter_update_period_s or DEFAULT_COUNTER_PERIOD_S
             disagreement = abs(integrated - energy) / 2 if integrated is not None else 0.0
             return Window(
                 energy_j=energy,
@@ -131,6 +129,23 @@ class EnergyAccount:
             peak_w=peak,
             counter_reset=reset,
         )
+
+    def _edge_power(
+        self, curve: PowerCurve, edges: tuple[float, float], period: float
+    ) -> list[float]:
+        """Highest power around each edge: a read lags by up to one counter period, so what
+        it misses was drawn in the period before the edge (plus a sampling interval's margin,
+        and the interpolated power, for edges no sample is near)."""
+        if not curve:
+            return []
+        margin = self.record.sample_interval_s
+        found = []
+        for t in edges:
+            found.append(curve.power_at(t))
+            peak = curve.peak_w(t - period - margin, t + margin)
+            if peak is not None:
+                found.append(peak)
+        return found
 
     def total(self, a: CounterMark, b: CounterMark) -> tuple[float, float]:
         """Energy and uncertainty over all used GPUs."""

@@ -1,0 +1,138 @@
+"""Each condition that weakens a figure raises a warning that says what to do about it."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from llem_client import BaselineConfig, EnergyConfig
+from llem_service.energy import MeterError
+from llem_service.energy.meter import NvmlEnergyMeter
+from llem_service.energy.report import Span, Work, build_energy
+
+from tests.fake_nvml import FakeGpu, FakeNvml, PowerProfile, ScriptedSession
+
+BUSY = PowerProfile(((100.0, 300.0),))
+
+
+def warnings_of(gpu: FakeGpu, *, measure_s: float = 2.0, prefill_s: float = 0.2) -> dict[str, str]:
+    scripted = ScriptedSession([gpu])
+    for label in ("load_start", "load_end", "warmup_end"):
+        scripted.mark(label)
+    start = scripted.clock()
+    scripted.run_for(measure_s)
+    span = Span(start, start + min(prefill_s, measure_s / 2), scripted.clock())
+    scripted.mark("repeat_0_end")
+    work = Work(spans=(span,), output_tokens_per_request=(16,), output_tokens_per_repeat=(16,))
+    _, _, found = build_energy(
+        scripted.close(), [gpu.uuid], work, cross_check_threshold=0.1, now=0.0
+    )
+    return dict(found)
+
+
+def test_a_steady_well_measured_run_has_no_warnings() -> None:
+    assert warnings_of(FakeGpu(profile=BUSY)) == {}
+
+
+@pytest.mark.parametrize(
+    ("gpu", "code", "advice"),
+    [
+        (FakeGpu(profile=BUSY, clock_event_reasons=0x04), "gpu_throttled", "software power cap"),
+        (FakeGpu(profile=BUSY, temperature_c=(40, 15.0)), "temperature_drift", "warmup.mode"),
+        (FakeGpu(profile=BUSY, persistence=0), "persistence_mode_off", "nvidia-smi -pm 1"),
+        (FakeGpu(profile=BUSY, foreign_pids=(4242,)), "foreign_process", "4242"),
+        (
+            FakeGpu(profile=BUSY, unsupported=frozenset({"field_values"})),
+            "power_average_only",
+            "1-second",
+        ),
+        (FakeGpu(profile=BUSY, unsupported=frozenset({"energy"})), "no_energy_counter", "vGPU"),
+    ],
+)
+def test_a_weakening_condition_is_named(gpu: FakeGpu, code: str, advice: str) -> None:
+    found = warnings_of(gpu)
+
+    assert code in found
+    assert advice in found[code]
+
+
+def test_a_short_window_says_how_long_to_measure() -> None:
+    found = warnings_of(FakeGpu(profile=BUSY), measure_s=0.3)
+
+    assert "window_short" in found
+    assert "at least 1 s" in found["window_short"]
+
+
+def test_counter_and_samples_disagreeing_is_flagged() -> None:
+    # The averaged power lags a step up, so samples under-read a short burst.
+    gpu = FakeGpu(
+        profile=PowerProfile(((1.0, 60.0), (100.0, 600.0))),
+        unsupported=frozenset({"field_values"}),
+    )
+
+    found = warnings_of(gpu, measure_s=1.5)
+
+    assert "cross_check_disagreement" in found
+
+
+def test_prefill_shorter_than_the_sampling_interval_is_flagged() -> None:
+    found = warnings_of(FakeGpu(profile=BUSY), prefill_s=0.004)
+
+    assert "phase_split_coarse" in found
+
+
+def test_a_foreign_process_is_not_mistaken_for_ours_in_a_container() -> None:
+    # In a container NVML may report host PIDs: one process that is not ours is us.
+    ours_hidden = FakeNvml(gpus=(FakeGpu(),), own_pid_on_gpu=False)
+    session = NvmlEnergyMeter(library=ours_hidden).open([FakeGpu().uuid], EnergyConfig())
+    session.mark("a")
+    record = session.close()
+
+    assert record.marks[0].foreign_pids == {FakeGpu().uuid: ()}
+    assert os.getpid() not in [p for p, _ in record.devices[0].compute_processes]
+
+    # Two processes there, neither with our PID: one is us, one is not; both are named.
+    two = FakeNvml(gpus=(FakeGpu(foreign_pids=(1111, 4242)),), own_pid_on_gpu=False)
+    session = NvmlEnergyMeter(library=two).open([FakeGpu().uuid], EnergyConfig())
+    session.mark("a")
+    assert session.close().marks[0].foreign_pids == {FakeGpu().uuid: (1111, 4242)}
+
+
+@pytest.mark.parametrize(
+    ("gpu", "busy"),
+    [
+        (FakeGpu(profile=PowerProfile(((100.0, 60.0),))), False),
+        (FakeGpu(profile=BUSY), True),
+        (FakeGpu(profile=PowerProfile(((100.0, 60.0),)), foreign_pids=(777,)), True),
+    ],
+)
+def test_a_gpu_that_is_not_idle_during_its_baseline_is_flagged(gpu: FakeGpu, busy: bool) -> None:
+    session = NvmlEnergyMeter(library=FakeNvml(gpus=(gpu,))).open(
+        [gpu.uuid], EnergyConfig(sample_interval_ms=10)
+    )
+    session.start()
+    try:
+        (baseline,) = session.baselines(
+            BaselineConfig(enabled=True, duration_s=0.3), (), now=time.time()
+        )
+    finally:
+        session.close()
+
+    assert baseline.power_w == pytest.approx(gpu.profile.power_w(0.0), rel=0.1)
+    assert [code for code, _ in baseline.warnings] == (["baseline_gpu_busy"] if busy else [])
+
+
+def test_a_lost_gpu_stops_the_sampler_and_fails_the_next_mark_without_hanging() -> None:
+    meter = NvmlEnergyMeter(library=FakeNvml(gpus=(FakeGpu(lost_at_s=0.7),)))
+    session = meter.open([FakeGpu().uuid], EnergyConfig(sample_interval_ms=10))
+    session.start()
+    deadline = time.monotonic() + 5
+    while session.sampler.error is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    with pytest.raises(MeterError, match="GPU is lost"):
+        session.mark("after")
+    started = time.monotonic()
+    session.close()
+    assert time.monotonic() - started < 1
