@@ -17,6 +17,7 @@ dataclass so a meter holding one pickles into the experiment's child process.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +36,7 @@ class PowerProfile:
 
     segments: tuple[tuple[float, float], ...] = ((1.0, 100.0),)
 
+    @functools.cached_property
     def _edges(self) -> list[float]:
         edges, t = [], 0.0
         for duration, _ in self.segments:
@@ -43,7 +45,7 @@ class PowerProfile:
         return edges
 
     def power_w(self, t: float) -> float:
-        i = bisect.bisect_right(self._edges(), t)
+        i = bisect.bisect_right(self._edges, t)
         return self.segments[min(i, len(self.segments) - 1)][1]
 
     def energy_j(self, t0: float, t1: float) -> float:

@@ -27,16 +27,28 @@ def save_tokenizer(directory: Path) -> None:
     tokenizer.save_pretrained(directory)
 
 
-def build_gpt2(directory: Path, *, n_embd: int = 32, n_layer: int = 2) -> Path:
-    """A GPT-2-shaped model with random weights (4 heads), saved with the tokenizer."""
+def build_gpt2(
+    directory: Path,
+    *,
+    n_embd: int = 32,
+    n_layer: int = 2,
+    n_head: int = 4,
+    vocab_size: int = len(WORDS) + 3,
+    n_positions: int = 256,
+) -> Path:
+    """A GPT-2-shaped model with random weights, saved with the word-level tokenizer.
+
+    ``build_gpt2(d, n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=1024)``
+    is GPT-2 small's shape; ids past the tokenizer's 63 words are generated but never decoded.
+    """
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(
-        vocab_size=len(WORDS) + 3,
-        n_positions=256,
+        vocab_size=vocab_size,
+        n_positions=n_positions,
         n_embd=n_embd,
         n_layer=n_layer,
-        n_head=4,
+        n_head=n_head,
         bos_token_id=2,
         eos_token_id=2,
         pad_token_id=1,

@@ -128,13 +128,17 @@ class Nvml:
         self.lib = library
         self._open = False
 
-    def call(self, fn: Callable[..., T], *args: Any, what: str) -> T:
-        """Call ``fn(*args)``, turning an NVML error into the matching typed error."""
+    def call(self, fn: Callable[..., T], *args: Any, what: str, subject: str = "") -> T:
+        """Call ``fn(*args)``, turning an NVML error into the matching typed error.
+
+        The message is built only on failure (``what``, then `` of {subject}``): this sits on
+        the sampler's hot path."""
         try:
             return fn(*args)
         except self.lib.NVMLError as exc:
             code: int | None = getattr(exc, "value", None)
-            message = f"NVML could not {what}: {exc}"
+            target = f" of {subject}" if subject else ""
+            message = f"NVML could not {what}{target}: {exc}"
             if code == NVML_ERROR_NOT_SUPPORTED:
                 raise NvmlNotSupported(message, code) from exc
             if code == NVML_ERROR_GPU_IS_LOST:
@@ -205,7 +209,7 @@ class GpuDevice:
         self.uuid = _text(nvml.call(self._lib.nvmlDeviceGetUUID, handle, what="read a GPU's UUID"))
 
     def _call(self, fn: Callable[..., T], *args: Any, what: str) -> T:
-        return self._nvml.call(fn, self.handle, *args, what=f"{what} of {self.uuid}")
+        return self._nvml.call(fn, self.handle, *args, what=what, subject=self.uuid)
 
     def index(self) -> int:
         """NVML's index (PCI order over the whole host, not CUDA's)."""

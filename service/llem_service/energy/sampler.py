@@ -37,6 +37,7 @@ class _DeviceReader:
         self.device = device
         self.power_field: Literal["instant", "average"] | None = None
         self._unsupported: set[str] = set()
+        self._reads = {method: getattr(device, method) for _, method in _OPTIONAL_FIELDS}
         self._choose_power_field()
 
     def _choose_power_field(self) -> None:
@@ -62,7 +63,7 @@ class _DeviceReader:
         if method in self._unsupported:
             return None
         try:
-            value: int = getattr(self.device, method)()
+            value: int = self._reads[method]()
         except NvmlNotSupported:
             self._unsupported.add(method)
             return None
