@@ -219,6 +219,8 @@ def print_info(info: ServiceInfo, server: str, client_schema: str, console: Cons
         for device in info.devices
     ]
     meter = "available" if info.energy_meter_available else "not available"
+    if not info.energy_meter_available and info.energy_meter_reason:
+        meter = f"{meter}: {info.energy_meter_reason}"
     pairs = [
         ("server", server),
         ("service version", info.service_version),

@@ -367,6 +367,19 @@ def test_info(live_server, capsys):
     assert ServiceInfo.model_validate_json(out).energy_meter_available
 
 
+def test_info_says_why_there_is_no_meter(start_server, capsys):
+    server = start_server(meter=NullEnergyMeter("nvidia-ml-py is not installed"))
+
+    code, out, _ = cli(capsys, "--server", server.base_url, "info")
+
+    assert code == 0
+    assert re.search(
+        r"^energy meter\s+none \(not available: nvidia-ml-py is not installed\)$",
+        out,
+        re.MULTILINE,
+    )
+
+
 def test_server_and_token_come_from_the_environment(start_server, capsys, monkeypatch):
     server = start_server(token="s3cret")
     monkeypatch.setenv("LLEM_SERVER", server.base_url)
