@@ -33,6 +33,15 @@ def _job_or_404(store: JobStore, job_id: str) -> Job:
     return job
 
 
+def _succeeded_or_409(store: JobStore, job_id: str, what: str) -> None:
+    """404 for an unknown job, 409 unless it succeeded (``what`` names the missing thing)."""
+    job = _job_or_404(store, job_id)
+    if not job.status.terminal:
+        raise JobNotFinished(f"job {job_id} is {job.status.value}; its {what} is not ready yet")
+    if job.status is not JobStatus.SUCCEEDED:
+        raise JobHasNoResult(f"job {job_id} ended {job.status.value} and has no {what}")
+
+
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
@@ -88,11 +97,7 @@ def get_experiment(job_id: str, store: StoreDep) -> Job:
 )
 def get_result(job_id: str, store: StoreDep, results: ResultsDep) -> Response:
     """The result of a succeeded job; 409 while it is queued or running, or if it failed."""
-    job = _job_or_404(store, job_id)
-    if not job.status.terminal:
-        raise JobNotFinished(f"job {job_id} is {job.status.value}; its result is not ready yet")
-    if job.status is not JobStatus.SUCCEEDED:
-        raise JobHasNoResult(f"job {job_id} ended {job.status.value} and has no result")
+    _succeeded_or_409(store, job_id, "result")
     path = store.result_path(job_id)
     try:
         content = results.read_bytes(path) if path else None
@@ -126,11 +131,7 @@ def get_timeseries(
     """The power timeline of a succeeded job, as Parquet (default) or CSV. Columns: t_s,
     device_uuid, power_w, temperature_c, sm_clock_mhz, memory_used_bytes, utilization_pct,
     clock_event_reasons, phase."""
-    job = _job_or_404(store, job_id)
-    if not job.status.terminal:
-        raise JobNotFinished(f"job {job_id} is {job.status.value}; its timeseries is not ready")
-    if job.status is not JobStatus.SUCCEEDED:
-        raise JobHasNoResult(f"job {job_id} ended {job.status.value} and has no timeseries")
+    _succeeded_or_409(store, job_id, "timeseries")
     path = results.timeseries_path(job_id)
     try:
         content = results.read_bytes(path)

@@ -91,6 +91,7 @@ class PowerSampler:
         self.timeline = Timeline()
         self.round_starts_s: list[float] = []
         self.round_costs_s: list[float] = []
+        self.round_cpu_s: list[float] = []  # the thread's CPU time per round (no preemption)
         self.error: NvmlError | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -105,11 +106,13 @@ class PowerSampler:
     def sample_once(self) -> None:
         """One round: read every GPU, append a row each, record the round's cost."""
         started = self.clock()
+        cpu_started = time.thread_time()
         powers = [reader.power_w() for reader in self.readers]
         optional = [
             [reader.optional(method) for _, method in _OPTIONAL_FIELDS] for reader in self.readers
         ]
         ended = self.clock()
+        cpu = time.thread_time() - cpu_started
         with self._lock:
             timeline = self.timeline
             for reader, power, values in zip(self.readers, powers, optional, strict=True):
@@ -120,6 +123,7 @@ class PowerSampler:
                     getattr(timeline, column).append(value)
             self.round_starts_s.append(started)
             self.round_costs_s.append(ended - started)
+            self.round_cpu_s.append(cpu)
 
     def _loop(self) -> None:
         start = self.clock()

@@ -111,3 +111,14 @@ def test_unknown_format_is_a_422(finished: tuple[LiveServer, str]) -> None:
 
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_a_running_job_has_no_timeseries_yet(start_server: StartServer) -> None:
+    from llem_client import ConflictError
+
+    server = start_server(backend=FakeInferenceBackend(sleep_s=3.0))
+    with Client(server.base_url) as client:
+        job = client.submit(make_config(n_prompts=4, batch_size=1))
+        with pytest.raises(ConflictError, match="not ready yet"):
+            client.timeseries(job.id)
+        client.cancel(job.id)
