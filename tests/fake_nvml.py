@@ -6,7 +6,8 @@ and models what makes NVML hard to measure with:
 - the energy counter advances in steps (``counter_period_s``, 100 ms by default), so a read
   lags the truth by up to one period;
 - ``nvmlDeviceGetPowerUsage`` is a 1-second moving average;
-- fields can answer NotSupported (``unsupported``), the counter can reset (``counter_reset_at_s``),
+- fields can answer NotSupported (``unsupported``) or any other error (``errors``), a driver
+  can predate a query (``old_driver``), the counter can reset (``counter_reset_at_s``),
   the GPU can be lost (``lost_at_s``), another process can appear (``foreign_pids``).
 
 Time is ``clock() - t0`` where ``t0`` is the clock at ``nvmlInit``; with the default clock a
@@ -83,6 +84,8 @@ class FakeGpu:
     counter_start_mj: int = 5_000_000
     average_window_s: float = 1.0
     unsupported: frozenset[str] = frozenset()
+    errors: tuple[tuple[str, int], ...] = ()  # (query, NVML error code) that always fail
+    old_driver: bool = False  # before R535: no nvmlDeviceGetCurrentClocksEventReasons
     counter_reset_at_s: float | None = None
     lost_at_s: float | None = None
     foreign_pids: tuple[int, ...] = ()
@@ -154,6 +157,9 @@ class FakeNvml:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
         if what in gpu.unsupported:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        for query, code in gpu.errors:
+            if query == what:
+                raise pynvml.NVMLError(code)
         return gpu, t
 
     # -- system -------------------------------------------------------------------------------
@@ -247,6 +253,12 @@ class FakeNvml:
         return pynvml.c_nvmlUtilization_t(gpu=busy, memory=busy // 2)
 
     def nvmlDeviceGetCurrentClocksEventReasons(self, handle: _Handle) -> int:
+        if handle.gpu.old_driver:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+        gpu, _ = self._gpu(handle, "clock_events")
+        return gpu.clock_event_reasons
+
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, handle: _Handle) -> int:
         gpu, _ = self._gpu(handle, "clock_events")
         return gpu.clock_event_reasons
 

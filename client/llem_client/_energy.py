@@ -32,6 +32,10 @@ class BaselineInfo(_Wire):
     measured_at: datetime
     age_s: float = Field(ge=0, description="Age when this experiment started.")
     reused: bool = Field(description="Taken from an earlier experiment on the same GPU.")
+    contaminated: bool = Field(
+        default=False,
+        description="The GPU was not idle while it was taken (see warnings); never reused.",
+    )
 
 
 class DeviceEnergy(_Wire):

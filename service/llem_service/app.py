@@ -5,6 +5,7 @@ so tests build as many as they like, and uvicorn calls `create_app_from_env` wit
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -37,6 +38,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # CUDA numbers GPUs fastest-first unless told otherwise, NVML by PCI bus: one order for
+        # both (inherited by every experiment process) keeps /v1/info's indices true.
+        os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = SqliteJobStore(settings.db_path)
         interrupted = store.recover_interrupted()

@@ -40,7 +40,15 @@ from llem_service.backends.base import (
     WarmupReport,
     WorkloadReport,
 )
-from llem_service.energy.base import Baseline, EnergyMeter, MeterProbe, MeterRecord, MeterSession
+from llem_service.energy.base import (
+    Baseline,
+    EnergyMeter,
+    MeterError,
+    MeterProbe,
+    MeterRecord,
+    MeterSession,
+)
+from llem_service.energy.nvml import NVML_ERROR_NOT_FOUND, NvmlError
 from llem_service.energy.report import RepeatEnergy, Span, Work, build_energy
 from llem_service.energy.timeseries import Columns, timeline_table
 from llem_service.summary import latency_stats, sample_stats
@@ -63,17 +71,21 @@ def run_experiment(
     meter: EnergyMeter,
     report: ProgressSink,
     baselines: Sequence[Baseline] = (),
+    on_meter_failure: Callable[[MeterError], None] | None = None,
 ) -> ExperimentOutput:
     """Run ``config`` on ``backend``, metered by ``meter``; return the full result.
 
     Args:
         baselines: Idle baselines the service kept from earlier experiments; one of the same
             GPU younger than ``config.baseline.max_age_s`` is reused instead of measured.
+        on_meter_failure: Told at once, from the meter's thread, when metering fails (a lost
+            GPU) so the caller can stop a run that may be stuck on the dead device.
 
     Without an available meter the result's ``energy`` is ``None`` and a warning says why.
     """
     started_at = datetime.now(timezone.utc)
     probe = meter.probe()
+    unmetered: str | None = None
     session: MeterSession | None = None
     record: MeterRecord | None = None
     workloads: list[WorkloadReport] = []
@@ -87,7 +99,14 @@ def run_experiment(
         report(JobProgress(phase="loading"))
         uuids = backend.prepare(config)
         if probe.available and uuids:
-            session = meter.open(uuids, config.energy)
+            try:
+                session = meter.open(uuids, config.energy, on_meter_failure)
+            except NvmlError as exc:
+                if exc.code != NVML_ERROR_NOT_FOUND:
+                    raise
+                # e.g. a MIG instance: NVML meters only whole GPUs
+                unmetered = f"NVML does not know the device the model runs on ({exc})"
+        if session is not None:
             session.start()
             session.baselines(config.baseline, baselines, now=time.time())
         mark("load_start")
@@ -111,7 +130,7 @@ def run_experiment(
 
     return _assemble(
         experiment_id, config, backend, probe, loaded, warm, workloads,
-        record=record, started_at=started_at, uuids=uuids,
+        record=record, started_at=started_at, uuids=uuids, unmetered=unmetered,
     )  # fmt: skip
 
 
@@ -146,6 +165,7 @@ def _assemble(
     record: MeterRecord | None,
     started_at: datetime,
     uuids: tuple[str, ...],
+    unmetered: str | None,
 ) -> ExperimentOutput:
     warnings = [ResultWarning(code=c, message=m) for w in workloads for c, m in w.warnings]
     if not probe.available:
@@ -156,11 +176,11 @@ def _assemble(
             )
         )
     elif record is None:
+        why = unmetered or (f"the experiment ran on no GPU (device {config.pytorch.device!r})")
         warnings.append(
             ResultWarning(
                 code="energy_unavailable",
-                message="Energy not measured: the experiment ran on no GPU (device "
-                f"{config.pytorch.device!r}). Energy fields are null.",
+                message=f"Energy not measured: {why}. Energy fields are null.",
             )
         )
 
@@ -183,12 +203,15 @@ def _assemble(
             output_tokens_per_request=tuple(per_request),
             output_tokens_per_repeat=tuple(w.output_tokens for w in workloads),
         )
+        # Explicit energy.devices are metered as asked; otherwise the GPUs the model occupies.
+        metered = {d.uuid for d in record.devices}
+        used = [u for u in loaded.device_uuids if u in metered]
         energy, repeat_energy, energy_warnings = build_energy(
             record,
-            loaded.device_uuids or uuids,
+            uuids if config.energy.devices or not used else used,
             work,
             cross_check_threshold=config.energy.cross_check_threshold,
-            now=time.time(),
+            now=started_at.timestamp(),
         )
         for baseline in record.baselines:
             warnings.extend(ResultWarning(code=c, message=m) for c, m in baseline.warnings)

@@ -10,6 +10,7 @@ itself an outcome: the exit code or signal becomes the job's error.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import threading
 import traceback
@@ -58,6 +59,12 @@ def experiment_problem(slug: str, title: str, detail: str, **extra: Any) -> Prob
     )
 
 
+#: After the meter fails (a lost GPU), how long the experiment may take to fail on its own at
+#: its next counter mark before the child reports the failure and exits: a run can be stuck in
+#: a CUDA call on a dead GPU, which no exception reaches.
+METER_FAILURE_GRACE_S = 5.0
+
+
 def _child_main(
     job_id: str,
     config_json: str,
@@ -69,20 +76,42 @@ def _child_main(
     """Entry point of the child process."""
     # The server handles Ctrl-C; the child must not die of the terminal's SIGINT first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    send_lock = threading.Lock()
+    finished = threading.Event()
+
+    def send(message: tuple[str, Any]) -> None:
+        with send_lock:
+            conn.send(message)
+
+    def meter_failed(error: MeterError) -> None:
+        def give_up() -> None:
+            if finished.wait(METER_FAILURE_GRACE_S):
+                return  # the experiment failed (or finished) by itself
+            try:
+                send(("error", ("meter-error", "Energy measurement failed", str(error), None)))
+            finally:
+                os._exit(1)
+
+        threading.Thread(target=give_up, name="llem-meter-watchdog", daemon=True).start()
+
     try:
         config = ExperimentConfig.model_validate_json(config_json)
 
         def report(progress: JobProgress) -> None:
-            conn.send(("progress", progress.model_dump(mode="json")))
+            send(("progress", progress.model_dump(mode="json")))
 
-        output = run_experiment(job_id, config, backend, meter, report, baselines)
-        conn.send(("result", (output.result.model_dump_json(), output.timeseries)))
+        output = run_experiment(job_id, config, backend, meter, report, baselines, meter_failed)
+        finished.set()
+        send(("result", (output.result.model_dump_json(), output.timeseries)))
     except BackendError as exc:
-        conn.send(("error", ("backend-error", "Experiment failed", str(exc), None)))
+        finished.set()
+        send(("error", ("backend-error", "Experiment failed", str(exc), None)))
     except MeterError as exc:
-        conn.send(("error", ("meter-error", "Energy measurement failed", str(exc), None)))
+        finished.set()
+        send(("error", ("meter-error", "Energy measurement failed", str(exc), None)))
     except BaseException as exc:
-        conn.send(
+        finished.set()
+        send(
             (
                 "error",
                 (
@@ -94,7 +123,8 @@ def _child_main(
             )
         )
     finally:
-        conn.close()
+        with send_lock:
+            conn.close()
 
 
 def _describe_exit(exitcode: int | None) -> str:

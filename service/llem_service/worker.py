@@ -36,7 +36,7 @@ class BaselineCache:
 
     def update(self, infos: Sequence[BaselineInfo]) -> None:
         for info in infos:
-            if info.reused:
+            if info.reused or info.contaminated:
                 continue
             self._by_device[info.device_uuid] = Baseline(
                 device_uuid=info.device_uuid,

@@ -82,6 +82,9 @@ def test_a_real_experiment_is_metered_by_the_energy_counter(
 
     table = pq.read_table(io.BytesIO(parquet))
     assert table.num_rows == energy.sampler.n_samples * len(energy.devices)
+    times = table.column("t_s").to_pylist()
+    expected = (max(times) - min(times)) / energy.sampler.interval_s
+    assert energy.sampler.n_samples >= 0.8 * expected  # the sampler kept up the whole run
     assert energy.sampler.achieved_interval_p50_s is not None
     assert energy.sampler.achieved_interval_p50_s == pytest.approx(
         energy.sampler.interval_s, rel=0.2

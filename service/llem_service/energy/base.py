@@ -10,7 +10,7 @@ its batches with the same clock, so spans and samples share one time axis (secon
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -144,6 +144,7 @@ class MeterRecord:
     driver_version: str | None
     nvml_version: str | None
     cuda_driver_version: str | None
+    failed_reads: int = 0
     warnings: tuple[tuple[str, str], ...] = ()
 
     def mark(self, label: str) -> CounterMark:
@@ -184,6 +185,13 @@ class EnergyMeter(Protocol):
 
     def probe(self) -> MeterProbe: ...
 
-    def open(self, device_uuids: Sequence[str], plan: EnergyConfig) -> MeterSession:
-        """Open a session on these GPUs (their CUDA contexts are up)."""
+    def open(
+        self,
+        device_uuids: Sequence[str],
+        plan: EnergyConfig,
+        on_failure: Callable[[MeterError], None] | None = None,
+    ) -> MeterSession:
+        """Open a session on these GPUs (their CUDA contexts are up). ``on_failure`` is called
+        from the meter's own thread as soon as it fails (the next `MeterSession.mark` raises
+        the same error)."""
         ...

@@ -10,6 +10,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from llem_client import BaselineConfig, DeviceInfo, EnergyConfig
 
@@ -24,13 +25,16 @@ from llem_service.energy.base import (
 from llem_service.energy.integrate import integrate_power
 from llem_service.energy.nvml import (
     GpuDevice,
+    GpuProcess,
     Nvml,
     NvmlError,
+    NvmlGpuLost,
     NvmlLibrary,
-    NvmlNotSupported,
     load_pynvml,
 )
 from llem_service.energy.sampler import Clock, PowerSampler
+
+T = TypeVar("T")
 
 #: Sampling interval bounds when it is derived from the counter's update period, seconds.
 MIN_INTERVAL_S = 0.010
@@ -45,8 +49,9 @@ def visible_devices(devices: Sequence[GpuDevice], cuda_visible: str | None) -> l
     """The GPUs a CUDA process here can use, in CUDA's order.
 
     ``CUDA_VISIBLE_DEVICES`` holds indices or UUID prefixes; CUDA stops at the first entry it
-    cannot resolve. Indices assume PCI order (``CUDA_DEVICE_ORDER=PCI_BUS_ID``, as the image
-    sets). MIG instances are skipped: NVML reports energy only for their parent GPU.
+    cannot resolve. Indices assume PCI order (``CUDA_DEVICE_ORDER=PCI_BUS_ID``, which the
+    service sets unless the environment says otherwise). MIG instances are skipped: NVML
+    reports energy only for their parent GPU.
     """
     if cuda_visible is None:
         return list(devices)
@@ -74,7 +79,8 @@ def probe_counter_period(
     poll_s: float = 0.002,
 ) -> dict[str, float | None]:
     """Update period of each GPU's energy counter: poll it, take the median gap between
-    changes. ``None`` where it did not change at least three times within ``max_s``."""
+    changes. Where it changed fewer than three times within ``max_s`` the period is long, and
+    ``max_s`` / (changes seen) is taken as a conservative estimate."""
     changes: dict[str, list[float]] = {d.uuid: [] for d in devices}
     last = {d.uuid: d.energy_mj() for d in devices}
     deadline = clock() + max_s
@@ -89,14 +95,17 @@ def probe_counter_period(
     periods: dict[str, float | None] = {}
     for uuid, times in changes.items():
         gaps = [b - a for a, b in itertools.pairwise(times)]
-        periods[uuid] = statistics.median(gaps) if len(gaps) >= 2 else None
+        periods[uuid] = statistics.median(gaps) if len(gaps) >= 2 else max_s / max(1, len(times))
     return periods
 
 
-def _optional(read: Callable[[], object]) -> object | None:
+def _optional(read: Callable[[], T]) -> T | None:
+    """A descriptive query that may fail (not supported, no permission) without harm."""
     try:
         return read()
-    except NvmlNotSupported:
+    except NvmlGpuLost:
+        raise
+    except NvmlError:
         return None
 
 
@@ -139,10 +148,17 @@ class NvmlEnergyMeter:
             )
         return MeterProbe(name=self.name, available=True, devices=infos)
 
-    def open(self, device_uuids: Sequence[str], plan: EnergyConfig) -> NvmlSession:
+    def open(
+        self,
+        device_uuids: Sequence[str],
+        plan: EnergyConfig,
+        on_failure: Callable[[MeterError], None] | None = None,
+    ) -> NvmlSession:
         nvml = Nvml(self.library()).open()
         try:
-            return NvmlSession(nvml, list(device_uuids), plan, self.clock, self.sleep)
+            return NvmlSession(
+                nvml, list(device_uuids), plan, self.clock, self.sleep, on_failure=on_failure
+            )
         except BaseException:
             nvml.close()
             raise
@@ -158,6 +174,7 @@ class NvmlSession:
         plan: EnergyConfig,
         clock: Clock,
         sleep: Callable[[float], None],
+        on_failure: Callable[[MeterError], None] | None = None,
     ) -> None:
         if not device_uuids:
             raise MeterError("no GPU to meter: the experiment runs on no CUDA device")
@@ -177,7 +194,7 @@ class NvmlSession:
                 if known
                 else DEFAULT_INTERVAL_S
             )
-        self.sampler = PowerSampler(self.devices, interval_s, clock)
+        self.sampler = PowerSampler(self.devices, interval_s, clock, on_failure=on_failure)
         self.metas = tuple(
             self._describe(d, counters[d.uuid], periods.get(d.uuid)) for d in self.devices
         )
@@ -192,23 +209,18 @@ class NvmlSession:
         self._closed: MeterRecord | None = None
 
     def _describe(self, device: GpuDevice, has_counter: bool, period: float | None) -> DeviceMeta:
-        processes = _optional(device.compute_processes) or []
-        limit = _optional(device.power_limit_w)
-        persistence = _optional(device.persistence_mode)
+        processes: list[GpuProcess] = _optional(device.compute_processes) or []
         return DeviceMeta(
             uuid=device.uuid,
             name=device.name(),
             nvml_index=device.index(),
             memory_total_bytes=device.memory_total_bytes(),
-            power_limit_w=limit if isinstance(limit, float) else None,
-            persistence_mode=persistence if isinstance(persistence, bool) else None,
+            power_limit_w=_optional(device.power_limit_w),
+            persistence_mode=_optional(device.persistence_mode),
             has_energy_counter=has_counter,
             counter_update_period_s=period,
             power_field=self.sampler.power_field(device.uuid),
-            compute_processes=tuple(
-                (p.pid, p.used_memory_bytes)
-                for p in processes  # type: ignore[attr-defined]
-            ),
+            compute_processes=tuple((p.pid, p.used_memory_bytes) for p in processes),
         )
 
     # -- the session protocol ---------------------------------------------------------------
@@ -219,19 +231,19 @@ class NvmlSession:
     def mark(self, label: str) -> None:
         if self.sampler.error is not None:
             raise MeterError(f"power sampling failed: {self.sampler.error}")
+        # Counters first, all together at t; the slower process lists after.
         t = self.clock()
-        energy: dict[str, int | None] = {}
-        foreign: dict[str, tuple[int, ...]] = {}
-        for device, meta in zip(self.devices, self.metas, strict=True):
-            energy[device.uuid] = device.energy_mj() if meta.has_energy_counter else None
-            foreign[device.uuid] = self._foreign_pids(device)
+        energy: dict[str, int | None] = {
+            device.uuid: device.energy_mj() if meta.has_energy_counter else None
+            for device, meta in zip(self.devices, self.metas, strict=True)
+        }
+        foreign = {device.uuid: self._foreign_pids(device) for device in self.devices}
         self.marks.append(CounterMark(label=label, t_s=t, energy_mj=energy, foreign_pids=foreign))
 
     def _foreign_pids(self, device: GpuDevice) -> tuple[int, ...]:
         """Processes on the GPU other than this one. In a container NVML may report host PIDs,
         so when this process's PID is not among them, one of them is assumed to be ours."""
-        processes = _optional(device.compute_processes)
-        pids = sorted(p.pid for p in processes or [])  # type: ignore[attr-defined]
+        pids = sorted(p.pid for p in _optional(device.compute_processes) or [])
         if self._own_pid in pids:
             pids.remove(self._own_pid)
             return tuple(pids)
@@ -243,10 +255,14 @@ class NvmlSession:
         if not plan.enabled:
             return ()
         wanted = {d.uuid for d in self.devices}
+        # Reused only if clean, young enough, and at least (about) as long as asked for.
         fresh = {
             b.device_uuid: b
             for b in cached
-            if b.device_uuid in wanted and 0 <= now - b.measured_at <= plan.max_age_s
+            if b.device_uuid in wanted
+            and not b.warnings
+            and 0 <= now - b.measured_at <= plan.max_age_s
+            and b.duration_s >= 0.9 * plan.duration_s
         }
         missing = [m for m in self.metas if m.uuid not in fresh]
         measured: dict[str, Baseline] = {}
@@ -314,20 +330,24 @@ class NvmlSession:
     def close(self) -> MeterRecord:
         if self._closed is not None:
             return self._closed
-        self.sampler.stop()
-        self.nvml.close()
+        if self.sampler.stop():
+            self.nvml.close()
+        # else: the sampler thread is stuck inside NVML; shutting NVML down under it could
+        # crash the process, and it ends with the process anyway.
+        starts, costs = self.sampler.rounds()
         driver, nvml_version, cuda = self._versions
         self._closed = MeterRecord(
             devices=self.metas,
             marks=tuple(self.marks),
             timeline=self.sampler.snapshot(),
             sample_interval_s=self.sampler.interval_s,
-            round_starts_s=tuple(self.sampler.round_starts_s),
-            round_costs_s=tuple(self.sampler.round_costs_s),
+            round_starts_s=starts,
+            round_costs_s=costs,
+            failed_reads=self.sampler.failed_reads,
             baselines=self._baselines,
             reused_baselines=self._reused,
-            driver_version=driver if isinstance(driver, str) else None,
-            nvml_version=nvml_version if isinstance(nvml_version, str) else None,
-            cuda_driver_version=cuda if isinstance(cuda, str) else None,
+            driver_version=driver,
+            nvml_version=nvml_version,
+            cuda_driver_version=cuda,
         )
         return self._closed

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from llem_client import EnergyConfig
 
@@ -20,5 +20,10 @@ class NullEnergyMeter:
     def probe(self) -> MeterProbe:
         return MeterProbe(name=self.name, available=False, reason=self.reason)
 
-    def open(self, device_uuids: Sequence[str], plan: EnergyConfig) -> MeterSession:
+    def open(
+        self,
+        device_uuids: Sequence[str],
+        plan: EnergyConfig,
+        on_failure: Callable[[MeterError], None] | None = None,
+    ) -> MeterSession:
         raise MeterError(f"no energy meter: {self.reason}")

@@ -89,6 +89,7 @@ class NvmlLibrary(Protocol):
     def nvmlDeviceGetClockInfo(self, handle: Any, clock: int) -> int: ...
     def nvmlDeviceGetUtilizationRates(self, handle: Any) -> Any: ...
     def nvmlDeviceGetCurrentClocksEventReasons(self, handle: Any) -> int: ...
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, handle: Any) -> int: ...
     def nvmlDeviceGetEnforcedPowerLimit(self, handle: Any) -> int: ...
     def nvmlDeviceGetPersistenceMode(self, handle: Any) -> int: ...
     def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> Sequence[Any]: ...
@@ -139,7 +140,8 @@ class Nvml:
             code: int | None = getattr(exc, "value", None)
             target = f" of {subject}" if subject else ""
             message = f"NVML could not {what}{target}: {exc}"
-            if code == NVML_ERROR_NOT_SUPPORTED:
+            if code in {NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND}:
+                # A function the driver predates is as unsupported as a field the GPU lacks.
                 raise NvmlNotSupported(message, code) from exc
             if code == NVML_ERROR_GPU_IS_LOST:
                 raise NvmlGpuLost(
@@ -157,7 +159,11 @@ class Nvml:
             raise NvmlError(message, code) from exc
 
     def open(self) -> Nvml:
-        self.call(self.lib.nvmlInit, what="initialise (is the NVIDIA driver loaded?)")
+        mismatch: Any = getattr(self.lib, "NVMLLibraryMismatchError", ())
+        try:
+            self.call(self.lib.nvmlInit, what="initialise (is the NVIDIA driver loaded?)")
+        except mismatch as exc:  # not an NVMLError: nvidia-ml-py and the driver disagree
+            raise NvmlUnavailable(f"NVML could not initialise: {exc}") from exc
         self._open = True
         return self
 
@@ -259,9 +265,21 @@ class GpuDevice:
         return int(self._call(self._lib.nvmlDeviceGetUtilizationRates, what="read use").gpu)
 
     def clock_event_reasons(self) -> int:
-        """Bit mask of why clocks are held down (see `THROTTLE_REASONS`)."""
+        """Bit mask of why clocks are held down (see `THROTTLE_REASONS`). Drivers before R535
+        only have the query's older name."""
+        try:
+            return int(
+                self._call(
+                    self._lib.nvmlDeviceGetCurrentClocksEventReasons, what="read clock events"
+                )
+            )
+        except NvmlNotSupported as exc:
+            if exc.code != NVML_ERROR_FUNCTION_NOT_FOUND:
+                raise
         return int(
-            self._call(self._lib.nvmlDeviceGetCurrentClocksEventReasons, what="read clock events")
+            self._call(
+                self._lib.nvmlDeviceGetCurrentClocksThrottleReasons, what="read clock events"
+            )
         )
 
     def power_limit_w(self) -> float:

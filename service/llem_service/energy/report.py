@@ -92,7 +92,10 @@ class EnergyAccount:
 
     def __init__(self, record: MeterRecord, used: Sequence[str]) -> None:
         self.record = record
-        self.metas = [m for m in record.devices if m.uuid in set(used)] or list(record.devices)
+        wanted = set(used)
+        self.metas = [m for m in record.devices if m.uuid in wanted]
+        if not self.metas:
+            raise ValueError(f"none of {sorted(wanted)} was metered")
         self.curves = {m.uuid: PowerCurve(*_columns(record, m.uuid)) for m in self.metas}
         self.baselines = {b.device_uuid: b for b in record.baselines}
 
@@ -335,17 +338,24 @@ def _phases(
     high = summed.peak_w(warm_end.t_s, last.t_s) if summed else None
     power_range = (high - low) if high is not None and low is not None else 0.0
     reach = record.sample_interval_s * len(work.spans)
+    limits = [m.power_limit_w for m in account.metas]
     for name, share, duration in (
         ("prefill", shares[0], prefill_s),
         ("decode", shares[1], decode_s),
         ("between_batches", between_share, between_s),
     ):
+        spans = len(work.spans) or 1
+        phase_range = power_range
+        if low is not None and None not in limits and duration / spans < record.sample_interval_s:
+            # Spans shorter than the sampling interval can hide a spike no sample saw: bound
+            # the power by the GPUs' power limits instead of the sampled range.
+            phase_range = max(power_range, sum(x or 0.0 for x in limits) - low)
         phases.append(
             PhaseEnergy(
                 phase=name,
                 duration_s=duration,
                 energy_j=measured_j * share,
-                energy_uncertainty_j=share * measured_u + power_range * min(duration, reach),
+                energy_uncertainty_j=share * measured_u + phase_range * min(duration, reach),
                 method="timeline_share",
             )
         )
@@ -440,7 +450,9 @@ def _device_warnings(
             (
                 "foreign_process",
                 f"Other processes ({', '.join(map(str, pids))}) used {gpu} during the "
-                "experiment; their work is in the energy figures. Measure on a dedicated GPU.",
+                "experiment; their work is in the energy figures. Measure on a dedicated GPU. "
+                "(In a container NVML lists host PIDs; when this experiment's own PID is not "
+                "among them, one of those listed is this experiment.)",
             )
         )
     return out
@@ -459,11 +471,20 @@ def _window_warnings(
                 f"The measured window ({window_s:.2f} s) spans only {window_s / period:.0f} "
                 f"energy-counter updates (every {period * 1e3:.0f} ms), so its energy is "
                 "coarsely quantised (see the uncertainty). Raise n_prompts or repeats for a "
-                f"window of at least {MIN_COUNTER_UPDATES * period:.0f} s; MLPerf Power asks "
+                f"window of at least {MIN_COUNTER_UPDATES * period:.2g} s; MLPerf Power asks "
                 "for 60 s.",
             )
         )
     prefill = sorted(s.first_token - s.start for s in work.spans)
+    if record.failed_reads:
+        out.append(
+            (
+                "sampler_read_errors",
+                f"{record.failed_reads} power-sampler reads failed and are null in the "
+                "timeline; the counter energy is unaffected, the cross-check and phase split "
+                "use fewer samples.",
+            )
+        )
     if prefill and percentile(prefill, 0.5) < record.sample_interval_s:
         out.append(
             (
@@ -487,6 +508,7 @@ def _baseline_info(b: Baseline, record: MeterRecord, now: float) -> BaselineInfo
         measured_at=datetime.fromtimestamp(b.measured_at, timezone.utc),
         age_s=max(0.0, now - b.measured_at),
         reused=b.device_uuid in record.reused_baselines,
+        contaminated=bool(b.warnings),
     )
 
 

@@ -6,7 +6,9 @@ pipe. ``benchmarks/sampler_cost.py`` measures its cost per round and its timing 
 
 Rounds are scheduled on absolute deadlines (start + k x interval), so a slow round delays only
 itself, never the rounds after it. A field a GPU does not support is probed once and then
-recorded as ``None``; a lost GPU ends the sampling and the error is raised at the next mark.
+recorded as ``None``; any other failed read is ``None`` for that round (and counted). A lost GPU
+ends the sampling: the error is raised at the next mark, and ``on_failure`` hears of it at once
+(the experiment's process uses it to stop a run stuck on the dead GPU).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from llem_service.energy.base import Timeline
-from llem_service.energy.nvml import GpuDevice, NvmlError, NvmlNotSupported
+from llem_service.energy.base import MeterError, Timeline
+from llem_service.energy.nvml import GpuDevice, NvmlError, NvmlGpuLost, NvmlNotSupported
 
 Clock = Callable[[], float]
 
@@ -38,6 +40,7 @@ class _DeviceReader:
         self.power_field: Literal["instant", "average"] | None = None
         self._unsupported: set[str] = set()
         self._reads = {method: getattr(device, method) for _, method in _OPTIONAL_FIELDS}
+        self.failed_reads = 0
         self._choose_power_field()
 
     def _choose_power_field(self) -> None:
@@ -47,7 +50,9 @@ class _DeviceReader:
         ):
             try:
                 read()
-            except NvmlNotSupported:
+            except NvmlGpuLost:
+                raise
+            except NvmlError:  # not supported, no permission, an unknown field: try the next
                 continue
             self.power_field = name  # type: ignore[assignment]
             return
@@ -67,7 +72,21 @@ class _DeviceReader:
         except NvmlNotSupported:
             self._unsupported.add(method)
             return None
+        except NvmlGpuLost:
+            raise
+        except NvmlError:
+            self.failed_reads += 1
+            return None
         return value
+
+    def power_or_none(self) -> float | None:
+        try:
+            return self.power_w()
+        except NvmlGpuLost:
+            raise
+        except NvmlError:
+            self.failed_reads += 1
+            return None
 
 
 class PowerSampler:
@@ -84,6 +103,7 @@ class PowerSampler:
         devices: Sequence[GpuDevice],
         interval_s: float,
         clock: Clock = time.perf_counter,
+        on_failure: Callable[[MeterError], None] | None = None,
     ) -> None:
         self.interval_s = interval_s
         self.clock = clock
@@ -92,7 +112,8 @@ class PowerSampler:
         self.round_starts_s: list[float] = []
         self.round_costs_s: list[float] = []
         self.round_cpu_s: list[float] = []  # the thread's CPU time per round (no preemption)
-        self.error: NvmlError | None = None
+        self.error: MeterError | None = None
+        self.on_failure = on_failure
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -107,7 +128,7 @@ class PowerSampler:
         """One round: read every GPU, append a row each, record the round's cost."""
         started = self.clock()
         cpu_started = time.thread_time()
-        powers = [reader.power_w() for reader in self.readers]
+        powers = [reader.power_or_none() for reader in self.readers]
         optional = [
             [reader.optional(method) for _, method in _OPTIONAL_FIELDS] for reader in self.readers
         ]
@@ -131,8 +152,11 @@ class PowerSampler:
         while not self._stop.is_set():
             try:
                 self.sample_once()
-            except NvmlError as exc:
-                self.error = exc
+            except Exception as exc:  # a lost GPU, or a bug: sampling must not die silently
+                error = exc if isinstance(exc, MeterError) else MeterError(f"crashed: {exc!r}")
+                self.error = error
+                if self.on_failure is not None:
+                    self.on_failure(error)
                 return
             k += 1
             deadline = start + k * self.interval_s
@@ -146,12 +170,24 @@ class PowerSampler:
         self._thread = threading.Thread(target=self._loop, name="llem-power-sampler", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout_s: float = 5.0) -> None:
+    def stop(self, timeout_s: float = 5.0) -> bool:
         """Stop the thread; it ends within one round. A stuck NVML call is left behind
-        (daemon thread) after ``timeout_s`` rather than hanging the experiment."""
+        (daemon thread) after ``timeout_s`` rather than hanging the experiment: returns False
+        then."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
+            return not self._thread.is_alive()
+        return True
+
+    @property
+    def failed_reads(self) -> int:
+        return sum(reader.failed_reads for reader in self.readers)
+
+    def rounds(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Start time and wall cost of every round so far (safe while the thread runs)."""
+        with self._lock:
+            return tuple(self.round_starts_s), tuple(self.round_costs_s)
 
     def snapshot(self) -> Timeline:
         """A copy of the samples so far (safe while the thread runs)."""

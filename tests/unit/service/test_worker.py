@@ -6,12 +6,14 @@ import asyncio
 import itertools
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
 import pytest
 from llem_client import (
     AsyncClient,
+    BaselineInfo,
     Client,
     ConflictError,
     Job,
@@ -21,6 +23,7 @@ from llem_client import (
 from llem_service.deps import get_energy_meter, get_inference_backend
 from llem_service.energy import NullEnergyMeter
 from llem_service.store import SqliteJobStore
+from llem_service.worker import BaselineCache
 
 from tests.conftest import LiveServer, make_config
 from tests.fakes import FAKE_DEVICE, FakeInferenceBackend, fake_meter
@@ -93,6 +96,25 @@ def test_the_service_keeps_a_baseline_and_the_next_experiment_reuses_it(
     assert reused.measured_at == measured.measured_at
 
 
+def test_the_baseline_cache_keeps_only_clean_measured_baselines() -> None:
+    def info(uuid: str, **flags: bool) -> BaselineInfo:
+        return BaselineInfo(
+            device_uuid=uuid,
+            power_w=60.0,
+            power_uncertainty_w=0.5,
+            method="counter",
+            duration_s=10.0,
+            measured_at=datetime.now(timezone.utc),
+            age_s=0.0,
+            **{"reused": False, **flags},
+        )
+
+    cache = BaselineCache()
+    cache.update([info("GPU-a"), info("GPU-b", contaminated=True), info("GPU-c", reused=True)])
+
+    assert [b.device_uuid for b in cache.all()] == ["GPU-a"]
+
+
 def test_a_gpu_lost_mid_run_fails_the_job_and_the_next_one_runs(
     start_server: StartServer,
 ) -> None:
@@ -109,6 +131,26 @@ def test_a_gpu_lost_mid_run_fails_the_job_and_the_next_one_runs(
     assert failed.error.type == "urn:llem:problem:meter-error"
     assert "GPU is lost" in (failed.error.detail or "")
     assert ok.status is JobStatus.SUCCEEDED
+
+
+def test_a_run_stuck_on_a_lost_gpu_is_stopped_with_the_meter_error(
+    start_server: StartServer,
+) -> None:
+    # The backend "hangs" for two minutes, as a CUDA call on a dead GPU can; the meter's
+    # failure must end the job long before that.
+    server = start_server(
+        backend=FakeInferenceBackend(sleep_s=120.0), meter=fake_meter(lost_at_s=0.3)
+    )
+    started = time.monotonic()
+
+    with Client(server.base_url) as client:
+        job = client.wait(client.submit(make_config(n_prompts=2, batch_size=2)).id, timeout=60)
+
+    assert time.monotonic() - started < 30
+    assert job.status is JobStatus.FAILED
+    assert job.error is not None
+    assert job.error.type == "urn:llem:problem:meter-error"
+    assert "GPU is lost" in (job.error.detail or "")
 
 
 def test_without_a_meter_energy_is_null_and_a_warning_says_why(

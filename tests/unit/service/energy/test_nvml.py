@@ -117,3 +117,15 @@ def test_probe_says_why_it_cannot_measure(monkeypatch: pytest.MonkeyPatch) -> No
     assert not missing.available
     assert missing.reason is not None
     assert "NVML Shared Library Not Found" in missing.reason
+
+
+def test_an_old_driver_reads_clock_events_by_their_older_name() -> None:
+    device = opened(FakeGpu(old_driver=True, clock_event_reasons=0x04)).devices()[0]
+
+    assert device.clock_event_reasons() == 0x04
+
+
+def test_a_library_that_predates_a_query_counts_as_not_supported() -> None:
+    device = opened(FakeGpu(errors=(("energy", pynvml.NVML_ERROR_FUNCTION_NOT_FOUND),)))
+    with pytest.raises(NvmlNotSupported):
+        device.devices()[0].energy_mj()

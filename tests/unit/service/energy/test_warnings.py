@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 
+import pynvml
 import pytest
 from llem_client import BaselineConfig, EnergyConfig
 from llem_service.energy import MeterError
@@ -55,6 +56,21 @@ def test_a_weakening_condition_is_named(gpu: FakeGpu, code: str, advice: str) ->
 
     assert code in found
     assert advice in found[code]
+
+
+def test_failed_reads_degrade_the_timeline_not_the_measurement() -> None:
+    gpu = FakeGpu(
+        profile=BUSY,
+        errors=(
+            ("field_values", pynvml.NVML_ERROR_NO_PERMISSION),  # instant power: fall back
+            ("temperature", pynvml.NVML_ERROR_TIMEOUT),  # every read fails, none fatal
+        ),
+    )
+
+    found = warnings_of(gpu)
+
+    assert "power_average_only" in found
+    assert "sampler_read_errors" in found
 
 
 def test_a_short_window_says_how_long_to_measure() -> None:
