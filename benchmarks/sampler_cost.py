@@ -89,6 +89,29 @@ def tight_loop(devices: tuple[FakeGpu, ...], rounds: int = 3000) -> tuple[float,
     return whole, alone
 
 
+def platform_control(rounds: int = 300) -> tuple[float, float]:
+    """A fixed pure-Python workload timed back to back and after a 10 ms sleep (median us):
+    how much slower any code runs when it wakes on this machine, independent of ours."""
+
+    def work() -> int:
+        total = 0
+        for i in range(300):
+            total += i * i
+        return total
+
+    hot, cold = [], []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        work()
+        hot.append(time.perf_counter() - started)
+    for _ in range(rounds):
+        time.sleep(0.01)
+        started = time.perf_counter()
+        work()
+        cold.append(time.perf_counter() - started)
+    return percentile(sorted(hot), 0.5) * 1e6, percentile(sorted(cold), 0.5) * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -96,6 +119,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = [measure(ms, args.seconds, args.gpus) for ms in (10.0, 50.0, 100.0)]
     at_10 = rows[0]
+    control_hot, control_cold = platform_control()
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU (scripted NVML)",
@@ -103,6 +127,8 @@ def main() -> None:
         "seconds_per_interval": args.seconds,
         "gpus": args.gpus,
         "rows": rows,
+        "control_us": {"back_to_back": control_hot, "after_10ms_sleep": control_cold},
+        "load_average_1min": os.getloadavg()[0],
         "goal": {"cost_us_mean_max": 50.0, "jitter_ms_p99_at_10ms_max": 2.0},
         "meets_goal": at_10["cost_us_mean"] < 50.0 and at_10["jitter_ms_p99"] < 2.0,
     }
@@ -133,7 +159,10 @@ def main() -> None:
         f"{at_10['cost_us_tight_loop']:.1f} us, of which the fake library's own calls are "
         f"{at_10['fake_library_us_tight_loop']:.1f} us. The in-thread figures above are higher: "
         "after each sleep the round runs with cold caches, and on a shared machine the thread "
-        "can be preempted mid-round.",
+        "can be preempted mid-round. Control: a fixed pure-Python loop takes "
+        f"{control_hot:.1f} us back to back and {control_cold:.1f} us right after a 10 ms "
+        f"sleep on this machine ({control_cold / control_hot:.1f}x); the 1-minute load "
+        f"average at the end was {report['load_average_1min']:.2f} on {os.cpu_count()} CPUs.",
         "",
         f"Goal: under 50 us per round and p99 jitter under 2 ms at 10 ms: "
         f"**{'met' if report['meets_goal'] else 'not met'}** "
