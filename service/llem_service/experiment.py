@@ -6,7 +6,6 @@ energy window opens and closes, and the arithmetic of the result.
 
 from __future__ import annotations
 
-import os
 import platform
 import socket
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ from llem_client import (
 )
 
 from llem_service.backends.base import InferenceBackend, WorkloadReport
+from llem_service.container import image_identity
 from llem_service.energy.base import EnergyMeter, EnergyReading, MeterProbe
 
 ProgressSink = Callable[[JobProgress], None]
@@ -194,5 +194,5 @@ def snapshot_environment(backend: InferenceBackend, probe: MeterProbe) -> Enviro
         backend_versions=backend.versions(),
         energy_meter=probe.name,
         devices=list(probe.devices),
-        container_image=os.environ.get("LLEM_IMAGE") or None,
+        container_image=image_identity(),
     )
