@@ -55,7 +55,16 @@ def compose(docker: str) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def cpu_image(docker: str) -> Iterator[BuiltImage]:
+def wheelhouse() -> Path:
+    """docker/wheelhouse, filled for an offline CPU build (skipped when up to date)."""
+    started = time.monotonic()
+    harness.run(["scripts/docker-wheelhouse"], env={**os.environ, "PYTHON": sys.executable})
+    harness.timed("wheelhouse", time.monotonic() - started)
+    return harness.REPO / "docker" / "wheelhouse"
+
+
+@pytest.fixture(scope="session")
+def cpu_image(docker: str, wheelhouse: Path) -> Iterator[BuiltImage]:
     """The service image with torch's CPU build, built from this working tree once per run."""
     prebuilt = os.environ.get("LLEM_TEST_IMAGE")
     if prebuilt:
@@ -69,12 +78,8 @@ def cpu_image(docker: str) -> Iterator[BuiltImage]:
         harness.run(["scripts/docker-base", base], env={**os.environ, "DOCKER": docker})
         harness.timed("base image bootstrap (debootstrap + import)", time.monotonic() - started)
 
-    started = time.monotonic()
-    harness.run(["scripts/docker-wheelhouse"], env={**os.environ, "PYTHON": sys.executable})
-    harness.timed("wheelhouse", time.monotonic() - started)
-
     tag = f"llem:test-{uuid.uuid4().hex[:8]}"
-    build_id = harness.build_image(
+    build = harness.build_image(
         docker,
         tag,
         build_args={
@@ -85,7 +90,7 @@ def cpu_image(docker: str) -> Iterator[BuiltImage]:
     )
     size = harness.run([docker, "image", "inspect", "--format", "{{.Size}}", tag]).stdout
     harness.NOTES.append(f"image {tag} on {base}: {int(size) / 1e9:.2f} GB")
-    yield BuiltImage(tag, build_id)
+    yield BuiltImage(tag, build.build_id)
     harness.run([docker, "rmi", tag], check=False)
 
 

@@ -15,6 +15,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -116,15 +117,24 @@ def revision() -> str:
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
+@dataclass(frozen=True)
+class Build:
+    """A finished ``docker build``: the build id it was given, and its log (plain progress)."""
+
+    build_id: str
+    log: str
+
+
 def build_image(
     docker: str,
     tag: str,
     *,
     build_args: Mapping[str, str],
     secrets: Mapping[str, str] | None = None,
+    no_cache: bool = False,
     step: str = "image build",
-) -> str:
-    """``docker build -f docker/Dockerfile`` of the repository with BuildKit; returns the build id.
+) -> Build:
+    """``docker build -f docker/Dockerfile`` of the repository with BuildKit.
 
     The build id (``BUILD_ID``) is made here, so a test can look for it in a result.
     """
@@ -135,10 +145,13 @@ def build_image(
         argv += ["--build-arg", f"{key}={value}"]
     for name, source in (secrets or {}).items():
         argv += ["--secret", f"id={name},src={source}"]
+    if no_cache:
+        argv.append("--no-cache")
     started = time.monotonic()
-    run([*argv, "."], env={**os.environ, "DOCKER_BUILDKIT": "1"}, timeout=3600)
+    env = {**os.environ, "DOCKER_BUILDKIT": "1", "BUILDKIT_PROGRESS": "plain"}
+    done = run([*argv, "--progress", "plain", "."], env=env, timeout=3600)
     timed(step, time.monotonic() - started)
-    return build_id
+    return Build(build_id, done.stdout + done.stderr)
 
 
 def free_port() -> int:

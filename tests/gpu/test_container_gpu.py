@@ -46,6 +46,7 @@ CONFIG = ExperimentConfig.model_validate(
         "warmup": {"mode": "fixed", "batches": 2},
         "baseline": {"enabled": False},
         "repeats": 2,
+        "pytorch": {"device": "cuda"},
     }
 )
 """Long enough (several seconds of decoding) that the energy counter, which updates about
@@ -103,14 +104,14 @@ def gpu_image(nvidia_docker: str) -> Iterator[tuple[str, str]]:
     )
     ca = os.environ.get("LLEM_BUILD_CA")
     tag = f"llem:gpu-test-{uuid.uuid4().hex[:8]}"
-    build_id = harness.build_image(
+    build = harness.build_image(
         nvidia_docker,
         tag,
         build_args=extra,
         secrets={"ca": ca} if ca else None,
         step="image build (CUDA)",
     )
-    yield tag, build_id
+    yield tag, build.build_id
     harness.run([nvidia_docker, "rmi", tag], check=False)
 
 
