@@ -33,6 +33,7 @@ class BuiltImage:
 
     tag: str
     build_id: str
+    built_here: bool = True
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +70,7 @@ def cpu_image(docker: str, wheelhouse: Path) -> Iterator[BuiltImage]:
     prebuilt = os.environ.get("LLEM_TEST_IMAGE")
     if prebuilt:
         info = harness.run([docker, "run", "--rm", prebuilt, "cat", "/etc/llem/image.json"])
-        yield BuiltImage(prebuilt, json.loads(info.stdout)["build_id"])
+        yield BuiltImage(prebuilt, json.loads(info.stdout)["build_id"], built_here=False)
         return
 
     base = os.environ.get("LLEM_TEST_BASE_IMAGE", harness.DEFAULT_BASE_IMAGE)

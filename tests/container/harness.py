@@ -138,8 +138,17 @@ def build_image(
 
     The build id (``BUILD_ID``) is made here, so a test can look for it in a result.
     """
+    from llem_client import __version__
+
     build_id = f"test-{uuid.uuid4().hex[:12]}"
-    args = {"BUILD_ID": build_id, "VCS_REF": revision(), "IMAGE_NAME": tag, **build_args}
+    args = {
+        "BUILD_ID": build_id,
+        "VCS_REF": revision(),
+        "IMAGE_NAME": tag,
+        "VERSION": __version__,
+        "CREATED": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **build_args,
+    }
     argv = [docker, "build", "-f", "docker/Dockerfile", "-t", tag]
     for key, value in args.items():
         argv += ["--build-arg", f"{key}={value}"]

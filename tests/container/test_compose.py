@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from llem_client import ExperimentResult
+from llem_client import ExperimentResult, __version__
 
 from tests.container import harness
 from tests.container.conftest import BuiltImage
@@ -105,6 +105,27 @@ def stack(
         yield stack
     finally:
         stack.run("down", "-v", "--remove-orphans", check=False)
+
+
+def test_the_image_declares_its_user_command_health_volumes_and_labels(
+    docker: str, cpu_image: BuiltImage
+) -> None:
+    config = json.loads(
+        harness.run(
+            [docker, "image", "inspect", "--format", "{{json .Config}}", cpu_image.tag]
+        ).stdout
+    )
+
+    assert config["User"] == "10001:10001"
+    assert config["Cmd"] == ["llem-service"]
+    assert config["Healthcheck"]["Test"][0] == "CMD"
+    assert config["Healthcheck"]["StartPeriod"] > 0
+    assert set(config["Volumes"]) == {"/data", "/cache/huggingface"}
+    labels = config["Labels"]
+    assert labels["org.opencontainers.image.title"] == "llem"
+    if cpu_image.built_here:
+        assert labels["org.opencontainers.image.version"] == __version__
+        assert labels["org.opencontainers.image.revision"] == harness.revision()
 
 
 def test_the_service_is_healthy_unprivileged_and_guarded_by_the_token(stack: Stack) -> None:
