@@ -12,7 +12,6 @@ The device is synchronised before every mark, so a counter read never misses que
 
 from __future__ import annotations
 
-import os
 import platform
 import socket
 import time
@@ -40,6 +39,7 @@ from llem_service.backends.base import (
     WarmupReport,
     WorkloadReport,
 )
+from llem_service.container import image_identity
 from llem_service.energy.base import (
     Baseline,
     EnergyMeter,
@@ -344,7 +344,7 @@ def snapshot_environment(
         backend_versions=backend.versions(),
         energy_meter=probe.name,
         devices=list(probe.devices),
-        container_image=os.environ.get("LLEM_IMAGE") or None,
+        container_image=image_identity(),
         driver_version=record.driver_version if record else None,
         nvml_version=record.nvml_version if record else None,
         cuda_driver_version=record.cuda_driver_version if record else None,

@@ -1,0 +1,55 @@
+"""``compose.yaml`` as the compose CLI reads it: GPU reservation, secure by default."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+import yaml
+
+from tests.container import harness
+
+pytestmark = pytest.mark.docker
+
+
+def config(compose: list[str], *extra: str, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k != "LLEM_API_TOKEN"}
+    return harness.run(
+        [*compose, "-f", "compose.yaml", *extra, "config"], env={**base, **env}, check=False
+    )
+
+
+def test_the_gpu_service_reserves_every_gpu_in_the_long_form(compose: list[str]) -> None:
+    done = config(compose, LLEM_API_TOKEN="t")
+
+    assert done.returncode == 0, done.stderr
+    service = yaml.safe_load(done.stdout)["services"]["llem"]
+    devices = service["deploy"]["resources"]["reservations"]["devices"]
+    assert len(devices) == 1
+    assert devices[0]["driver"] == "nvidia"
+    assert devices[0]["count"] in {"all", -1}  # Compose v2 writes "all" as -1
+    assert devices[0]["capabilities"] == ["gpu"]
+    assert service["environment"]["LLEM_API_TOKEN"] == "t"
+    assert service["environment"]["LLEM_HOST"] == "0.0.0.0"
+    assert service["restart"] == "unless-stopped"
+    assert "healthcheck" in service
+    assert not service.get("privileged", False)
+    mounts = str(service.get("volumes", []))
+    assert "docker.sock" not in mounts
+
+
+def test_without_a_token_compose_refuses_to_start(compose: list[str]) -> None:
+    done = config(compose)
+
+    assert done.returncode != 0
+    assert "LLEM_API_TOKEN" in done.stderr
+
+
+def test_the_cpu_variant_has_no_gpu_reservation(compose: list[str]) -> None:
+    done = config(compose, "--profile", "cpu", LLEM_API_TOKEN="t")
+
+    assert done.returncode == 0, done.stderr
+    service = yaml.safe_load(done.stdout)["services"]["llem-cpu"]
+    assert "deploy" not in service
+    assert service["volumes"] == yaml.safe_load(done.stdout)["services"]["llem"]["volumes"]
