@@ -12,6 +12,8 @@ from pathlib import Path
 
 from llem_client import ExperimentResult
 
+_TMP_PREFIX = ".tmp-"
+
 
 class ResultFiles:
     """Stores results under one directory, named by experiment id."""
@@ -19,11 +21,14 @@ class ResultFiles:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
+        # A server killed mid-write leaves its temp file; no job points at it.
+        for stale in directory.glob(f"{_TMP_PREFIX}*"):
+            stale.unlink(missing_ok=True)
 
     def write(self, result: ExperimentResult) -> Path:
         """Write atomically; return the final path."""
         path = self.directory / f"{result.experiment_id}.json"
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".json")
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=_TMP_PREFIX, suffix=".json")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(result.model_dump_json(indent=2).encode())
