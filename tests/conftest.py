@@ -27,6 +27,7 @@ from llem_client import (
 )
 
 from tests.fakes import FakeEnergyMeter, FakeInferenceBackend
+from tests.server_process import ServerProcess
 
 
 def make_config(**overrides: Any) -> ExperimentConfig:
@@ -200,3 +201,26 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
 def live_server(start_server: Callable[..., LiveServer]) -> LiveServer:
     """A server with the default fake backend and meter."""
     return start_server()
+
+
+@pytest.fixture
+def server_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """``server_process(**llem_env)`` -> a started `ServerProcess` (a real, separate process
+    with the scripted fake backend); stopped at the end of the test."""
+    started: list[ServerProcess] = []
+
+    def start(data_dir: Path | None = None, **env: str) -> ServerProcess:
+        n = len(started)
+        server = ServerProcess(
+            data_dir or tmp_path / "data",
+            tmp_path / "pids",
+            tmp_path / f"server-{n}.log",
+            {f"LLEM_{key.upper()}": value for key, value in env.items()},
+        )
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
