@@ -63,7 +63,7 @@ def submit_experiment(
 
 
 @router.get("", response_model=JobList, responses=problem_responses(400, 401, 422))
-def list_experiments(
+async def list_experiments(
     store: StoreDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -75,7 +75,7 @@ def list_experiments(
 
 
 @router.get("/{job_id}", response_model=Job, responses=problem_responses(401, 404))
-def get_experiment(job_id: str, store: StoreDep) -> Job:
+async def get_experiment(job_id: str, store: StoreDep) -> Job:
     return _job_or_404(store, job_id)
 
 
