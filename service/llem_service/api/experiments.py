@@ -35,7 +35,7 @@ def _job_or_404(store: JobStore, job_id: str) -> Job:
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Job,
-    responses=problem_responses(401, 413, 422),
+    responses=problem_responses(400, 401, 413, 422),
     summary="Submit an experiment",
 )
 def submit_experiment(
