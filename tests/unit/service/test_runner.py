@@ -1,14 +1,22 @@
-"""`ProcessRunner` on its own: each way an experiment process can end, and the reason given."""
+"""`ProcessRunner` on its own: each way an experiment process can end, and the reason given;
+and the worker around it when recording an outcome fails."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from llem_client import JobProgress, JobStatus
+from llem_client import Job, JobProgress, JobStatus
+from llem_service.events import ChangeFeed
 from llem_service.results import ResultFiles
-from llem_service.runner import ProcessRunner
+from llem_service.runner import ProcessRunner, RunOutcome
+from llem_service.store import SqliteJobStore
+from llem_service.worker import Worker
 
 from tests.conftest import make_config, make_result
 from tests.fakes import FakeEnergyMeter, ScriptedBackend
@@ -63,3 +71,49 @@ def test_stale_temp_files_of_a_killed_writer_are_removed(tmp_path: Path) -> None
     ResultFiles(tmp_path)
 
     assert sorted(p.name for p in tmp_path.iterdir()) == [kept.name]
+
+
+class DiskFullStore(SqliteJobStore):
+    """A real store whose first ``failures`` calls to `finish` fail as SQLite does on a full
+    disk."""
+
+    def __init__(self, path: Path, failures: int) -> None:
+        super().__init__(path)
+        self.failures = failures
+
+    def finish(self, job_id: str, status: JobStatus, **kwargs: Any) -> Job:
+        if self.failures > 0:
+            self.failures -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return super().finish(job_id, status, **kwargs)
+
+
+@dataclass
+class InstantRunner:
+    """An `ExperimentRunner` that fails every job at once, in-process."""
+
+    def run(self, job_id: str, *args: Any) -> RunOutcome:
+        return RunOutcome(JobStatus.FAILED)
+
+
+def test_the_worker_outlives_a_store_that_cannot_record(tmp_path: Path) -> None:
+    store = DiskFullStore(tmp_path / "jobs.sqlite3", failures=2)
+    first = store.submit(make_config()).job.id
+    second = store.submit(make_config()).job.id
+
+    async def scenario() -> None:
+        worker = Worker(store, ResultFiles(tmp_path / "results"), ChangeFeed(), InstantRunner)
+        worker.start()
+        deadline = time.monotonic() + 20
+        while (job := store.get(second)) is None or not job.status.terminal:
+            assert time.monotonic() < deadline, "the worker stopped taking jobs"
+            await asyncio.sleep(0.05)
+        await worker.stop()
+
+    asyncio.run(scenario())
+
+    first_job, second_job = store.get(first), store.get(second)
+    assert first_job is not None
+    assert first_job.status is JobStatus.RUNNING  # its end could not be written
+    assert second_job is not None
+    assert second_job.status is JobStatus.FAILED

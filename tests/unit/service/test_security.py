@@ -333,3 +333,14 @@ def test_secrets_never_reach_logs_results_or_the_api(
     for text in seen:
         assert TOKEN not in text
         assert HF_SECRET not in text
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_the_uvicorn_factory_refuses_what_it_can_see(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llem_service.app import create_app_from_env
+
+    monkeypatch.setenv("LLEM_HOST", "0.0.0.0")
+    with pytest.raises(RuntimeError, match=r"refusing to listen on 0\.0\.0\.0"):
+        create_app_from_env()
+    monkeypatch.setenv("LLEM_API_TOKEN", TOKEN)
+    assert create_app_from_env().state.settings.host == "0.0.0.0"
