@@ -5,10 +5,18 @@
 - `start_server`: a real uvicorn server on a free loopback port, in a thread, running the real
   app, worker and child processes, with the fakes of `tests.fakes` injected through
   ``app.dependency_overrides``.
+- `server_process`: the same app as a separate process (`tests.server_process`), for the tiers
+  that signal or kill it.
+- `figures`: the load, chaos, stress and perf tiers report what they measured; the figures
+  are printed at the end of the run and, with ``--record-figures``, written to
+  ``benchmarks/results/<name>.json``.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +36,7 @@ from llem_client import (
 )
 
 from tests.fakes import FakeInferenceBackend, fake_meter
+from tests.server_process import ServerProcess
 
 
 def make_config(**overrides: Any) -> ExperimentConfig:
@@ -261,3 +270,79 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
 def live_server(start_server: Callable[..., LiveServer]) -> LiveServer:
     """A server with the default fake backend and meter."""
     return start_server()
+
+
+@pytest.fixture
+def server_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """``server_process(**llem_env)`` -> a started `ServerProcess` (a real, separate process
+    with the scripted fake backend); stopped at the end of the test."""
+    started: list[ServerProcess] = []
+
+    def start(data_dir: Path | None = None, **env: str) -> ServerProcess:
+        n = len(started)
+        server = ServerProcess(
+            data_dir or tmp_path / "data",
+            tmp_path / "pids",
+            tmp_path / f"server-{n}.log",
+            {f"LLEM_{key.upper()}": value for key, value in env.items()},
+        )
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO / "benchmarks" / "results"
+_FIGURES: dict[str, dict[str, Any]] = {}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("llem")
+    group.addoption(
+        "--record-figures",
+        action="store_true",
+        help="write the figures of the load, chaos, stress and perf tiers to benchmarks/results",
+    )
+    group.addoption(
+        "--update-perf-baseline",
+        action="store_true",
+        help="re-record benchmarks/results/perf_baseline.json instead of checking against it",
+    )
+
+
+def machine() -> dict[str, Any]:
+    """Where figures were measured."""
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Callable[[str, dict[str, Any]], None]:
+    """``figures(name, data)``: report a tier's measurements (see the module docstring)."""
+
+    def record(name: str, data: dict[str, Any]) -> None:
+        data = {**data, "machine": machine()}
+        _FIGURES[name] = data
+        if request.config.getoption("--record-figures"):
+            RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+            (RESULTS_DIR / f"{name}.json").write_text(text)
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _FIGURES:
+        terminalreporter.section("llem figures")
+        for name, data in _FIGURES.items():
+            shown = {k: v for k, v in data.items() if k != "machine"}
+            terminalreporter.write_line(f"{name}: {json.dumps(shown, sort_keys=True)}")

@@ -20,10 +20,11 @@ from __future__ import annotations
 import bisect
 import functools
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import pynvml
 from llem_client import EnergyConfig
@@ -86,6 +87,10 @@ class FakeGpu:
     unsupported: frozenset[str] = frozenset()
     errors: tuple[tuple[str, int], ...] = ()  # (query, NVML error code) that always fail
     old_driver: bool = False  # before R535: no nvmlDeviceGetCurrentClocksEventReasons
+    # Faults on cue, across processes: while the file ``cue_file`` exists, the GPU is lost
+    # (``cue="lost"``) or its power readings answer NotSupported (``cue="power_not_supported"``).
+    cue_file: str | None = None
+    cue: Literal["lost", "power_not_supported"] = "lost"
     counter_reset_at_s: float | None = None
     lost_at_s: float | None = None
     foreign_pids: tuple[int, ...] = ()
@@ -153,8 +158,11 @@ class FakeNvml:
         self.calls += 1
         t = self.now()
         gpu = handle.gpu
-        if gpu.lost_at_s is not None and t >= gpu.lost_at_s:
+        cued = gpu.cue_file is not None and os.path.exists(gpu.cue_file)
+        if (gpu.lost_at_s is not None and t >= gpu.lost_at_s) or (cued and gpu.cue == "lost"):
             raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+        if cued and what in {"power_average", "field_values"}:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
         if what in gpu.unsupported:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
         for query, code in gpu.errors:
@@ -271,8 +279,6 @@ class FakeNvml:
         return gpu.persistence
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: _Handle) -> list[_Process]:
-        import os
-
         gpu, t = self._gpu(handle, "processes")
         procs = [_Process(os.getpid(), 2**30)] if self.own_pid_on_gpu else []
         if t >= gpu.foreign_from_s:

@@ -153,3 +153,62 @@ def fake_meter(
         **gpu,
     )
     return NvmlEnergyMeter(library=FakeNvml(gpus=(device,)))
+
+
+@dataclass
+class ScriptedBackend(FakeInferenceBackend):
+    """`FakeInferenceBackend` whose behaviour each experiment picks through its config's tags,
+    so one real server process can run healthy, slow, hanging, crashing and OOM experiments in
+    turn (the load, chaos, stress and perf tiers drive a server they cannot reconfigure).
+
+    Tags read by `run` (all optional):
+
+    - ``fake.sleep_s``: seconds the run really takes (spread over its batches).
+    - ``fake.fault``: ``hang`` sleeps for an hour; ``oom`` lowers the process's address-space
+      limit to ``oom_limit_bytes`` above its current size and allocates until Python raises
+      `MemoryError` (a real allocation failure, not a raised stand-in); ``exit`` ends the
+      process with ``os._exit(crash_exit_code)``.
+    - ``fake.pid_name``: before anything else, write the process id to
+      ``{pid_dir}/{pid_name}.pid``, so a test can signal this very process.
+    """
+
+    pid_dir: str | None = None
+    oom_limit_bytes: int = 256 * 2**20
+
+    def run(self, config: ExperimentConfig, progress: ProgressFn) -> WorkloadReport:
+        tags = config.tags
+        pid_name = tags.get("fake.pid_name")
+        if pid_name is not None and self.pid_dir is not None:
+            path = os.path.join(self.pid_dir, f"{pid_name}.pid")
+            with open(path + ".part", "w") as f:
+                f.write(str(os.getpid()))
+            os.replace(path + ".part", path)  # the test never reads half a pid
+        fault = tags.get("fake.fault")
+        if fault == "hang":
+            time.sleep(3600)
+        elif fault == "exit":
+            os._exit(self.crash_exit_code)
+        elif fault == "oom":
+            self._exhaust_memory()
+        sleep_s = float(tags.get("fake.sleep_s", self.sleep_s))
+        scripted = FakeInferenceBackend(
+            measured_time_s=self.measured_time_s,
+            sleep_s=sleep_s,
+            input_tokens_per_request=self.input_tokens_per_request,
+            flops_per_token=self.flops_per_token,
+        )
+        return scripted.run(config, progress)
+
+    def _exhaust_memory(self) -> None:
+        import resource
+
+        with open("/proc/self/statm") as f:
+            size_bytes = int(f.read().split()[0]) * resource.getpagesize()
+        limit = size_bytes + self.oom_limit_bytes
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        hog: list[bytearray] = []
+        try:
+            while True:
+                hog.append(bytearray(16 * 2**20))
+        finally:
+            hog.clear()  # as a real workload's frames would, when MemoryError unwinds them

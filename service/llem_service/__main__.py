@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 
 def main(argv: list[str] | None = None) -> None:
+    from pydantic import ValidationError
+
     from llem_service.settings import Settings
 
     parser = argparse.ArgumentParser(
@@ -23,7 +26,16 @@ def main(argv: list[str] | None = None) -> None:
         for key, value in (("host", args.host), ("port", args.port), ("data_dir", args.data_dir))
         if value is not None
     }
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "settings"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        sys.exit(f"llem-service: invalid setting {where}: {message}")
+    problem = settings.exposure_problem()
+    if problem is not None:
+        sys.exit(f"llem-service: {problem}")
 
     import uvicorn
 

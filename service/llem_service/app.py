@@ -6,23 +6,19 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from llem_client import __version__
 
 from llem_service.api import experiments, info
 from llem_service.deps import get_energy_meter, get_inference_backend, require_token, resolve
-from llem_service.errors import (
-    PROBLEM_MEDIA_TYPE,
-    PayloadTooLarge,
-    install_error_handlers,
-    problem_response,
-)
+from llem_service.errors import PROBLEM_MEDIA_TYPE, install_error_handlers
 from llem_service.events import ChangeFeed
+from llem_service.limits import BodySizeLimit
 from llem_service.results import ResultFiles
 from llem_service.runner import ExperimentRunner, ProcessRunner
 from llem_service.settings import Settings
@@ -52,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 resolve(app, get_inference_backend),
                 resolve(app, get_energy_meter),
                 cancel_grace_s=settings.cancel_grace_s,
+                timeout_s=settings.experiment_timeout_s or None,
             )
 
         feed = ChangeFeed()
@@ -79,17 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(experiments.router, prefix="/v1", dependencies=v1)
     app.include_router(info.router, prefix="/v1", dependencies=v1)
 
-    @app.middleware("http")
-    async def limit_body_size(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
-            error = PayloadTooLarge(
-                f"the request body is {length} bytes; the limit is {settings.max_body_bytes}"
-            )
-            return problem_response(error.problem(request.url.path))
-        return await call_next(request)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
 
     app.openapi = lambda: _openapi_with_problems(app)  # type: ignore[method-assign]
     return app
@@ -115,5 +102,13 @@ def _openapi_with_problems(app: FastAPI) -> dict[str, Any]:
 
 
 def create_app_from_env() -> FastAPI:
-    """For ``uvicorn --factory llem_service.app:create_app_from_env``."""
-    return create_app(Settings())
+    """For ``uvicorn --factory llem_service.app:create_app_from_env``.
+
+    uvicorn binds the address given to it, not ``LLEM_HOST``; this refuses what it can see
+    (``LLEM_HOST`` non-loopback without a token). ``llem-service`` is the checked entry point.
+    """
+    settings = Settings()
+    problem = settings.exposure_problem()
+    if problem is not None:
+        raise RuntimeError(problem)
+    return create_app(settings)

@@ -16,6 +16,8 @@ from llem_client import ExperimentResult
 
 from llem_service.energy.timeseries import Columns, write_parquet
 
+_TMP_PREFIX = ".tmp-"
+
 
 class ResultFiles:
     """Stores results under one directory, named by experiment id."""
@@ -23,6 +25,9 @@ class ResultFiles:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
+        # A server killed mid-write leaves its temp file; no job points at it.
+        for stale in directory.glob(f"{_TMP_PREFIX}*"):
+            stale.unlink(missing_ok=True)
 
     def write(self, result: ExperimentResult) -> Path:
         """Write the result atomically; return the final path."""
@@ -41,7 +46,7 @@ class ResultFiles:
         return path
 
     def _atomic(self, path: Path, write: Callable[[Path], object]) -> None:
-        fd, name = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=path.suffix)
+        fd, name = tempfile.mkstemp(dir=self.directory, prefix=_TMP_PREFIX, suffix=path.suffix)
         os.close(fd)
         tmp = Path(name)
         try:

@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -94,6 +95,7 @@ def _child_main(
 
         threading.Thread(target=give_up, name="llem-meter-watchdog", daemon=True).start()
 
+    _exit_when_orphaned()
     try:
         config = ExperimentConfig.model_validate_json(config_json)
 
@@ -111,6 +113,12 @@ def _child_main(
         send(("error", ("meter-error", "Energy measurement failed", str(exc), None)))
     except BaseException as exc:
         finished.set()
+        if _is_out_of_memory(exc):
+            # No traceback: formatting one may need the memory that just ran out.
+            said = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            detail = f"the experiment ran out of memory ({said})"
+            send(("error", ("out-of-memory", "Experiment ran out of memory", detail, None)))
+            return
         send(
             (
                 "error",
@@ -125,6 +133,29 @@ def _child_main(
     finally:
         with send_lock:
             conn.close()
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """Host memory (MemoryError) or device memory (torch's OutOfMemoryError, by name: the
+    runner does not import torch)."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+
+
+def _exit_when_orphaned(poll_s: float = 1.0) -> None:
+    """End this child soon after the server that started it dies (SIGKILL, crash).
+
+    Otherwise an orphaned experiment would keep the GPU busy, and the restarted server would
+    start the next experiment next to it.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                os._exit(70)
+
+    threading.Thread(target=watch, name="llem-orphan-watch", daemon=True).start()
 
 
 def _describe_exit(exitcode: int | None) -> str:
@@ -148,6 +179,8 @@ class ProcessRunner:
         meter: Pickled into the child; see `EnergyMeter`.
         cancel_grace_s: After SIGTERM on cancel, wait this long before SIGKILL.
         poll_s: How often to look for cancellation while the child runs.
+        timeout_s: Stop the child and fail the job if it has not reported a result after
+            this many seconds (load and warm-up included); None: no limit.
     """
 
     def __init__(
@@ -157,11 +190,13 @@ class ProcessRunner:
         *,
         cancel_grace_s: float = 5.0,
         poll_s: float = 0.05,
+        timeout_s: float | None = None,
     ) -> None:
         self.backend = backend
         self.meter = meter
         self.cancel_grace_s = cancel_grace_s
         self.poll_s = poll_s
+        self.timeout_s = timeout_s
 
     def run(
         self,
@@ -205,10 +240,20 @@ class ProcessRunner:
         on_progress: ProgressCallback,
         cancel: threading.Event,
     ) -> RunOutcome:
+        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
         while True:
             if cancel.is_set():
                 self._stop(process)
                 return RunOutcome(JobStatus.CANCELLED)
+            if deadline is not None and time.monotonic() > deadline:
+                self._stop(process)
+                problem = experiment_problem(
+                    "experiment-timed-out",
+                    "Experiment timed out",
+                    f"the experiment did not finish within {self.timeout_s:g} s "
+                    "(LLEM_EXPERIMENT_TIMEOUT_S) and was stopped",
+                )
+                return RunOutcome(JobStatus.FAILED, error=problem)
             if not receiver.poll(self.poll_s):
                 continue
             try:

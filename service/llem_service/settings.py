@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,6 +23,11 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         default=None, description="Bearer token required on /v1 routes when set."
     )
+    allow_unauthenticated: bool = Field(
+        default=False,
+        description="Without api_token the server binds only loopback addresses; true lets it "
+        "run open on any address (anyone who can reach it can run any model on its GPUs).",
+    )
     log_level: str = "info"
     max_body_bytes: int = Field(
         default=4 * 2**20, gt=0, description="Requests with a larger body are refused (413)."
@@ -30,6 +36,15 @@ class Settings(BaseSettings):
         default=5.0, ge=0, description="After SIGTERM, wait this long before SIGKILL."
     )
     sse_keepalive_s: float = Field(default=15.0, gt=0)
+    experiment_timeout_s: float = Field(
+        default=6 * 3600.0,
+        ge=0,
+        description="An experiment running longer than this (load and warm-up included) is "
+        "stopped and its job fails; 0 for no limit.",
+    )
+    max_dataset_bytes: int = Field(
+        default=256 * 2**20, gt=0, description="JSONL prompt files larger than this are refused."
+    )
     model_roots: str = Field(
         default="",
         description="Directories (separated by ':') that local models and JSONL prompt files "
@@ -38,6 +53,28 @@ class Settings(BaseSettings):
     allow_remote_code: bool = Field(
         default=False, description="Allow configs that set pytorch.trust_remote_code."
     )
+
+    @field_validator("api_token")
+    @classmethod
+    def _token_not_blank(cls, token: SecretStr | None) -> SecretStr | None:
+        # An empty token would accept "Authorization: Bearer": open while looking locked.
+        if token is not None and not token.get_secret_value().strip():
+            raise ValueError("LLEM_API_TOKEN is set but empty; set a real token or unset it")
+        return token
+
+    def exposure_problem(self) -> str | None:
+        """Why the server must not start on `host` as configured, or None if it may.
+
+        Without a token the server runs open, so it may bind only loopback addresses, unless
+        ``allow_unauthenticated`` says running open is intended.
+        """
+        if self.api_token is not None or self.allow_unauthenticated or _is_loopback(self.host):
+            return None
+        return (
+            f"refusing to listen on {self.host} without a token: anyone who can reach it could "
+            "run any model on this host. Set LLEM_API_TOKEN, bind 127.0.0.1, or set "
+            "LLEM_ALLOW_UNAUTHENTICATED=true to run open on purpose"
+        )
 
     @property
     def model_root_paths(self) -> tuple[Path, ...]:
@@ -50,3 +87,12 @@ class Settings(BaseSettings):
     @property
     def results_dir(self) -> Path:
         return self.data_dir / "results"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything

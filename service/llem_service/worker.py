@@ -114,13 +114,17 @@ class Worker:
                 await self._execute(claimed)
             except Exception:  # the worker must outlive any one job
                 _log.exception("job %s: unexpected error in the worker", claimed.job.id)
-                self.store.finish(
-                    claimed.job.id,
-                    JobStatus.FAILED,
-                    error=experiment_problem(
-                        "worker-error", "Experiment failed", "unexpected error in the worker"
-                    ),
-                )
+                try:
+                    self.store.finish(
+                        claimed.job.id,
+                        JobStatus.FAILED,
+                        error=experiment_problem(
+                            "worker-error", "Experiment failed", "unexpected error in the worker"
+                        ),
+                    )
+                except Exception:  # the store itself failed (disk full): log, keep serving
+                    _log.exception("job %s: could not record its failure", claimed.job.id)
+                    await asyncio.sleep(1.0)  # a store that keeps failing must not spin
                 self.feed.notify()
 
     async def _execute(self, claimed: ClaimedJob) -> None:
@@ -182,6 +186,8 @@ class Worker:
                 )
             path = await asyncio.to_thread(self.results.write, result)
         except OSError as exc:
+            # No timeseries without its result: a failed job serves neither.
+            self.results.timeseries_path(job_id).unlink(missing_ok=True)
             self.store.finish(
                 job_id,
                 JobStatus.FAILED,

@@ -46,7 +46,7 @@ def _succeeded_or_409(store: JobStore, job_id: str, what: str) -> None:
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Job,
-    responses=problem_responses(401, 413, 422),
+    responses=problem_responses(400, 401, 413, 422),
     summary="Submit an experiment",
 )
 def submit_experiment(
@@ -74,7 +74,7 @@ def submit_experiment(
 
 
 @router.get("", response_model=JobList, responses=problem_responses(400, 401, 422))
-def list_experiments(
+async def list_experiments(
     store: StoreDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -86,7 +86,7 @@ def list_experiments(
 
 
 @router.get("/{job_id}", response_model=Job, responses=problem_responses(401, 404))
-def get_experiment(job_id: str, store: StoreDep) -> Job:
+async def get_experiment(job_id: str, store: StoreDep) -> Job:
     return _job_or_404(store, job_id)
 
 
@@ -119,7 +119,7 @@ PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
             "description": "The power timeline: one row per GPU per sampling round",
             "content": {PARQUET_MEDIA_TYPE: {}, "text/csv": {}},
         },
-        **problem_responses(401, 404, 409, 500),
+        **problem_responses(401, 404, 409, 422, 500),
     },
 )
 def get_timeseries(

@@ -7,7 +7,7 @@ from typing import Any
 from llem_client import ProblemDetail
 
 _DESCRIPTIONS = {
-    400: "Bad request",
+    400: "Bad request (a cursor this server did not issue; a body that is not UTF-8 text)",
     401: "Missing or wrong bearer token",
     404: "No such job (or, for a timeseries, none was recorded)",
     409: "The job is not in a state that allows this",

@@ -30,23 +30,41 @@ def synthetic_ids(tokenizer: Any, input_len: int, n: int, seed: int) -> list[lis
     return [[rng.choice(vocab) for _ in range(input_len)] for _ in range(n)]
 
 
-def read_jsonl(path: Path, field: str) -> list[str]:
-    """The ``field`` of each non-empty line; errors name the line."""
-    if path.stat().st_size > MAX_JSONL_BYTES:
-        raise BackendError(f"{path} is larger than {MAX_JSONL_BYTES // 2**20} MiB")
+def read_jsonl(path: Path, field: str, max_bytes: int = MAX_JSONL_BYTES) -> list[str]:
+    """The ``field`` of each non-empty line; errors name the line.
+
+    Only a regular file of at most ``max_bytes`` is read, and never more than that many bytes
+    (a file that grows while it is read is refused too): a FIFO or a device would block or
+    never end.
+    """
+    if not path.is_file():
+        raise BackendError(f"prompt file {path} is not a regular file")
+    if path.stat().st_size > max_bytes:
+        raise BackendError(
+            f"prompt file {path} is larger than the server's limit of {max_bytes} bytes "
+            "(LLEM_MAX_DATASET_BYTES)"
+        )
+    with path.open("rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise BackendError(f"prompt file {path} grew past {max_bytes} bytes while being read")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BackendError(f"prompt file {path} is not UTF-8 (byte {exc.start})") from exc
     prompts = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise BackendError(f"{path}:{number}: not JSON ({exc.msg})") from exc
-            text = record.get(field) if isinstance(record, dict) else None
-            if not isinstance(text, str) or not text:
-                raise BackendError(f"{path}:{number}: no non-empty string field {field!r}")
-            prompts.append(text)
+    # Split on "\n" only: str.splitlines would also split on U+2028, legal inside JSON strings.
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise BackendError(f"{path}:{number}: not JSON ({exc.msg})") from exc
+        value = record.get(field) if isinstance(record, dict) else None
+        if not isinstance(value, str) or not value:
+            raise BackendError(f"{path}:{number}: no non-empty string field {field!r}")
+        prompts.append(value)
     if not prompts:
         raise BackendError(f"{path} holds no prompts")
     return prompts
@@ -56,13 +74,19 @@ def _cycle(items: Sequence[Any], n: int) -> list[Any]:
     return [items[i % len(items)] for i in range(n)]
 
 
-def prompt_ids(config: ExperimentConfig, tokenizer: Any, roots: Sequence[Path]) -> list[list[int]]:
+def prompt_ids(
+    config: ExperimentConfig,
+    tokenizer: Any,
+    roots: Sequence[Path],
+    max_dataset_bytes: int = MAX_JSONL_BYTES,
+) -> list[list[int]]:
     """The ``n_prompts`` prompts of the workload, tokenized and truncated, unpadded."""
     source = config.prompts
     if isinstance(source, SyntheticPrompts):
         return synthetic_ids(tokenizer, source.input_len, config.n_prompts, source.seed)
     if isinstance(source, JsonlPrompts):
-        texts = read_jsonl(resolve_local(source.path, roots, "prompt file"), source.field)
+        path = resolve_local(source.path, roots, "prompt file")
+        texts = read_jsonl(path, source.field, max_dataset_bytes)
     else:
         assert isinstance(source, InlinePrompts)
         texts = list(source.prompts)

@@ -32,7 +32,7 @@ from llem_service.backends.base import (
 )
 from llem_service.backends.flops import METHOD as FLOPS_METHOD
 from llem_service.backends.flops import TransformerShape, request_flops
-from llem_service.backends.prompts import prompt_ids
+from llem_service.backends.prompts import MAX_JSONL_BYTES, prompt_ids
 from llem_service.backends.sources import resolve_model
 from llem_service.settings import Settings
 
@@ -86,6 +86,7 @@ class PytorchBackend:
 
     model_roots: tuple[str, ...] = ()
     allow_remote_code: bool = False
+    max_dataset_bytes: int = MAX_JSONL_BYTES
     name: str = "pytorch"
     _state: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -94,10 +95,15 @@ class PytorchBackend:
         return cls(
             model_roots=tuple(str(p) for p in settings.model_root_paths),
             allow_remote_code=settings.allow_remote_code,
+            max_dataset_bytes=settings.max_dataset_bytes,
         )
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"model_roots": self.model_roots, "allow_remote_code": self.allow_remote_code}
+        return {
+            "model_roots": self.model_roots,
+            "allow_remote_code": self.allow_remote_code,
+            "max_dataset_bytes": self.max_dataset_bytes,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)  # type: ignore[misc]
@@ -228,7 +234,7 @@ class PytorchBackend:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         roots = [Path(r) for r in self.model_roots]
-        prompts = prompt_ids(config, tokenizer, roots)
+        prompts = prompt_ids(config, tokenizer, roots, self.max_dataset_bytes)
         self._state.update(
             torch=torch,
             transformers=transformers,

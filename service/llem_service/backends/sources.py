@@ -51,8 +51,17 @@ def resolve_model(model: str, roots: Sequence[Path]) -> str:
     """
     if model.startswith(_LOCAL_PREFIXES):
         return str(resolve_local(model, roots, "model"))
+    if ".." in Path(model).parts:
+        raise BackendError(f"model {model!r}: '..' is not allowed in a model name")
     for root in roots:
         candidate = Path(root) / model
         if candidate.is_dir() and _inside(candidate, roots):
             return str(candidate)
+    if os.path.exists(model):
+        # transformers would load a hub id that exists relative to the server's working
+        # directory from there: a local path outside the roots under another name.
+        raise BackendError(
+            f"model {model!r} is not under the allowed roots but names a path on the server; "
+            "give a hub id, or a directory under LLEM_MODEL_ROOTS"
+        )
     return model

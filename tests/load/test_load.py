@@ -1,0 +1,68 @@
+"""Many concurrent clients against a real server process on loopback, while an experiment runs.
+
+Each simulated client has its own connection and loops for the run's length: it polls a job's
+status (80%), lists jobs (15%) or submits an experiment (5%; they queue behind the running
+one), then pauses about a polling interval. The clients run in their own process
+(`tests.load.generator`); the figures are throughput, error rate and latency percentiles per
+operation, as the clients saw them.
+
+Knobs (environment): ``LLEM_LOAD_CLIENTS`` (200), ``LLEM_LOAD_DURATION_S`` (30),
+``LLEM_LOAD_INTERVAL_S`` (1.0, each client's mean pause between requests),
+``LLEM_LOAD_STATUS_P99_MS`` (50, the goal asserted).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.load.generator import CLIENTS, DURATION_S, body
+from tests.server_process import ROOT, ServerProcess
+
+pytestmark = pytest.mark.load
+
+STATUS_P99_LIMIT_MS = float(os.environ.get("LLEM_LOAD_STATUS_P99_MS", "50"))
+
+
+def test_hundreds_of_clients_while_an_experiment_runs(
+    server_process: Callable[..., ServerProcess], figures: Callable[[str, dict[str, Any]], None]
+) -> None:
+    server = server_process()
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        running = http.post("/v1/experiments", json=body(**{"fake.sleep_s": "600"})).json()["id"]
+        job_ids = [running] + [
+            http.post("/v1/experiments", json=body()).json()["id"] for _ in range(20)
+        ]
+        deadline = time.monotonic() + 30
+        while http.get(f"/v1/experiments/{running}").json()["status"] != "running":
+            assert time.monotonic() < deadline, "the experiment never started"
+            time.sleep(0.05)
+
+        done = subprocess.run(
+            [sys.executable, "-m", "tests.load.generator", server.url, *job_ids],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=DURATION_S + 120,
+            check=True,
+        )
+        report = json.loads(done.stdout)
+
+        still = http.get(f"/v1/experiments/{running}").json()
+        http.post(f"/v1/experiments/{running}/cancel")
+    report["experiment_running_throughout"] = still["status"] == "running"
+    figures("load", report)
+
+    assert report["clients_connected"] == CLIENTS
+    assert report["errors"] == 0, report["error_samples"]
+    assert report["experiment_running_throughout"]
+    assert report["operations"]["status"]["p99_ms"] < STATUS_P99_LIMIT_MS, report
+    assert server.healthy()

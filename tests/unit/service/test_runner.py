@@ -1,0 +1,119 @@
+"""`ProcessRunner` on its own: each way an experiment process can end, and the reason given;
+and the worker around it when recording an outcome fails."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llem_client import Job, JobProgress, JobStatus
+from llem_service.events import ChangeFeed
+from llem_service.results import ResultFiles
+from llem_service.runner import ProcessRunner, RunOutcome
+from llem_service.store import SqliteJobStore
+from llem_service.worker import Worker
+
+from tests.conftest import make_config, make_result
+from tests.fakes import ScriptedBackend, fake_meter
+
+
+def _run(runner: ProcessRunner, **tags: str) -> tuple[JobStatus, str, float]:
+    seen: list[JobProgress] = []
+    started = time.monotonic()
+    outcome = runner.run(
+        "job",
+        make_config(tags={f"fake.{k}": v for k, v in tags.items()}),
+        seen.append,
+        threading.Event(),
+    )
+    detail = outcome.error.detail if outcome.error is not None else ""
+    return outcome.status, detail or "", time.monotonic() - started
+
+
+def test_a_hung_experiment_is_stopped_at_the_timeout() -> None:
+    runner = ProcessRunner(ScriptedBackend(), fake_meter(), cancel_grace_s=1, timeout_s=1.5)
+
+    status, detail, took_s = _run(runner, fault="hang")
+
+    assert status is JobStatus.FAILED
+    assert "did not finish within 1.5 s" in detail
+    assert "LLEM_EXPERIMENT_TIMEOUT_S" in detail
+    assert took_s < 10  # not the hour the fake would hang
+
+
+def test_an_experiment_within_the_timeout_is_not_touched() -> None:
+    runner = ProcessRunner(ScriptedBackend(), fake_meter(), timeout_s=30)
+
+    status, _, _ = _run(runner, sleep_s="0.2")
+
+    assert status is JobStatus.SUCCEEDED
+
+
+def test_running_out_of_memory_fails_with_that_reason() -> None:
+    runner = ProcessRunner(ScriptedBackend(oom_limit_bytes=64 * 2**20), fake_meter())
+
+    status, detail, _ = _run(runner, fault="oom")
+
+    assert status is JobStatus.FAILED
+    assert detail == "the experiment ran out of memory (MemoryError)"
+
+
+def test_stale_temp_files_of_a_killed_writer_are_removed(tmp_path: Path) -> None:
+    results = ResultFiles(tmp_path)
+    kept = results.write(make_result())
+    (tmp_path / ".tmp-abc.json").write_text('{"half": ')
+
+    ResultFiles(tmp_path)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == [kept.name]
+
+
+class DiskFullStore(SqliteJobStore):
+    """A real store whose first ``failures`` calls to `finish` fail as SQLite does on a full
+    disk."""
+
+    def __init__(self, path: Path, failures: int) -> None:
+        super().__init__(path)
+        self.failures = failures
+
+    def finish(self, job_id: str, status: JobStatus, **kwargs: Any) -> Job:
+        if self.failures > 0:
+            self.failures -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return super().finish(job_id, status, **kwargs)
+
+
+@dataclass
+class InstantRunner:
+    """An `ExperimentRunner` that fails every job at once, in-process."""
+
+    def run(self, job_id: str, *args: Any) -> RunOutcome:
+        return RunOutcome(JobStatus.FAILED)
+
+
+def test_the_worker_outlives_a_store_that_cannot_record(tmp_path: Path) -> None:
+    store = DiskFullStore(tmp_path / "jobs.sqlite3", failures=2)
+    first = store.submit(make_config()).job.id
+    second = store.submit(make_config()).job.id
+
+    async def scenario() -> None:
+        worker = Worker(store, ResultFiles(tmp_path / "results"), ChangeFeed(), InstantRunner)
+        worker.start()
+        deadline = time.monotonic() + 20
+        while (job := store.get(second)) is None or not job.status.terminal:
+            assert time.monotonic() < deadline, "the worker stopped taking jobs"
+            await asyncio.sleep(0.05)
+        await worker.stop()
+
+    asyncio.run(scenario())
+
+    first_job, second_job = store.get(first), store.get(second)
+    assert first_job is not None
+    assert first_job.status is JobStatus.RUNNING  # its end could not be written
+    assert second_job is not None
+    assert second_job.status is JobStatus.FAILED
