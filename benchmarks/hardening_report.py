@@ -17,6 +17,10 @@ CHAOS = {
     "chaos_experiment_oom": "experiment ran out of memory (real MemoryError under RLIMIT_AS)",
     "chaos_server_sigkill": "server SIGKILLed with jobs queued and one running, restarted",
     "chaos_disk_full": "results filesystem full (1 MiB tmpfs filled) while writing a result",
+    "chaos_nvml_lost": "scripted GPU lost mid-run, on cue (job fails with the meter's error)",
+    "chaos_nvml_power_not_supported": (
+        "scripted GPU's power readings NotSupported mid-run, on cue (labelled degradation)"
+    ),
 }
 
 
