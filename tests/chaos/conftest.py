@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +96,14 @@ def half_written(results_dir: Path) -> list[str]:
         except (ValueError, pa.ArrowException):
             bad.append(path.name)
     return bad
+
+
+def record_trials(
+    figures: Callable[[str, dict[str, Any]], None], name: str, lost: list[str], started: float
+) -> None:
+    """Record a fault's trials (count, lost results, seconds), then require nothing lost."""
+    figures(
+        name,
+        {"trials": TRIALS, "lost_results": len(lost), "seconds": round(time.monotonic() - started)},
+    )
+    assert lost == []

@@ -19,6 +19,7 @@ from tests.chaos.conftest import (
     TRIALS,
     lost_results,
     pid_alive,
+    record_trials,
     submit,
     wait_dead,
     wait_file,
@@ -57,11 +58,7 @@ def test_experiment_killed_by_sigkill(
             wait_dead(pid)
             _after_fault(server, http, succeeded)
         lost = lost_results(http, succeeded)
-    figures(
-        "chaos_experiment_sigkill",
-        {"trials": TRIALS, "lost_results": len(lost), "seconds": round(time.monotonic() - started)},
-    )
-    assert lost == []
+    record_trials(figures, "chaos_experiment_sigkill", lost, started)
 
 
 def test_experiment_hung_past_the_timeout(
@@ -81,11 +78,7 @@ def test_experiment_hung_past_the_timeout(
             assert not pid_alive(pid), "the hung process was left running"
             _after_fault(server, http, succeeded)
         lost = lost_results(http, succeeded)
-    figures(
-        "chaos_experiment_hang",
-        {"trials": TRIALS, "lost_results": len(lost), "seconds": round(time.monotonic() - started)},
-    )
-    assert lost == []
+    record_trials(figures, "chaos_experiment_hang", lost, started)
 
 
 def test_experiment_out_of_memory(
@@ -106,11 +99,7 @@ def test_experiment_out_of_memory(
             wait_dead(pid)
             _after_fault(server, http, succeeded)
         lost = lost_results(http, succeeded)
-    figures(
-        "chaos_experiment_oom",
-        {"trials": TRIALS, "lost_results": len(lost), "seconds": round(time.monotonic() - started)},
-    )
-    assert lost == []
+    record_trials(figures, "chaos_experiment_oom", lost, started)
 
 
 @pytest.mark.parametrize("cue", ["lost", "power_not_supported"])
@@ -143,8 +132,4 @@ def test_nvml_fault_mid_run(
                 succeeded.append(job_id)
             _after_fault(server, http, succeeded)
         lost = lost_results(http, succeeded)
-    figures(
-        f"chaos_nvml_{cue}",
-        {"trials": TRIALS, "lost_results": len(lost), "seconds": round(time.monotonic() - started)},
-    )
-    assert lost == []
+    record_trials(figures, f"chaos_nvml_{cue}", lost, started)
