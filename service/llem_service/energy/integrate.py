@@ -50,16 +50,16 @@ class PowerCurve:
             return 0.0
         return max(0.0, self._area_to(t1) - self._area_to(t0))
 
+    def _inside(self, t0: float, t1: float) -> list[float]:
+        return self.p[bisect.bisect_left(self.t, t0) : bisect.bisect_right(self.t, t1)]
+
     def peak_w(self, t0: float, t1: float) -> float | None:
         """Highest sample inside ``[t0, t1]``, or None when none falls inside."""
-        lo = bisect.bisect_left(self.t, t0)
-        hi = bisect.bisect_right(self.t, t1)
-        return max(self.p[lo:hi]) if hi > lo else None
+        return max(self._inside(t0, t1), default=None)
 
     def low_w(self, t0: float, t1: float) -> float | None:
-        lo = bisect.bisect_left(self.t, t0)
-        hi = bisect.bisect_right(self.t, t1)
-        return min(self.p[lo:hi]) if hi > lo else None
+        """Lowest sample inside ``[t0, t1]``, or None when none falls inside."""
+        return min(self._inside(t0, t1), default=None)
 
 
 def integrate_power(

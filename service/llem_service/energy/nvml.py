@@ -137,26 +137,7 @@ class Nvml:
         try:
             return fn(*args)
         except self.lib.NVMLError as exc:
-            code: int | None = getattr(exc, "value", None)
-            target = f" of {subject}" if subject else ""
-            message = f"NVML could not {what}{target}: {exc}"
-            if code in {NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND}:
-                # A function the driver predates is as unsupported as a field the GPU lacks.
-                raise NvmlNotSupported(message, code) from exc
-            if code == NVML_ERROR_GPU_IS_LOST:
-                raise NvmlGpuLost(
-                    f"{message} (the GPU fell off the bus or stopped answering; check "
-                    "`nvidia-smi` and the kernel log)",
-                    code,
-                ) from exc
-            if code in {
-                NVML_ERROR_UNINITIALIZED,
-                NVML_ERROR_DRIVER_NOT_LOADED,
-                NVML_ERROR_LIBRARY_NOT_FOUND,
-                NVML_ERROR_NO_PERMISSION,
-            }:
-                raise NvmlUnavailable(message, code) from exc
-            raise NvmlError(message, code) from exc
+            raise typed_error(exc, what, subject) from exc
 
     def open(self) -> Nvml:
         mismatch: Any = getattr(self.lib, "NVMLLibraryMismatchError", ())
@@ -249,7 +230,8 @@ class GpuDevice:
         )
         if value.nvmlReturn != NVML_SUCCESS:
             # A field's own return code: the call succeeded but this field did not.
-            self._nvml.call(_raise_field_error(self._lib, value.nvmlReturn), what="read a field")
+            error = self._lib.NVMLError(value.nvmlReturn)
+            raise typed_error(error, "read the instant power", self.uuid) from error
         return int(value.value.uiVal)
 
     def temperature_c(self) -> int:
@@ -296,11 +278,28 @@ class GpuDevice:
         ]
 
 
-def _raise_field_error(lib: NvmlLibrary, code: int) -> Callable[[], None]:
-    def fail() -> None:
-        raise lib.NVMLError(code)
-
-    return fail
+def typed_error(exc: Exception, what: str, subject: str = "") -> NvmlError:
+    """The typed error for an NVML failure (``exc.value`` is NVML's return code)."""
+    code: int | None = getattr(exc, "value", None)
+    target = f" of {subject}" if subject else ""
+    message = f"NVML could not {what}{target}: {exc}"
+    if code in {NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND}:
+        # A function the driver predates is as unsupported as a field the GPU lacks.
+        return NvmlNotSupported(message, code)
+    if code == NVML_ERROR_GPU_IS_LOST:
+        return NvmlGpuLost(
+            f"{message} (the GPU fell off the bus or stopped answering; check `nvidia-smi` and "
+            "the kernel log)",
+            code,
+        )
+    if code in {
+        NVML_ERROR_UNINITIALIZED,
+        NVML_ERROR_DRIVER_NOT_LOADED,
+        NVML_ERROR_LIBRARY_NOT_FOUND,
+        NVML_ERROR_NO_PERMISSION,
+    }:
+        return NvmlUnavailable(message, code)
+    return NvmlError(message, code)
 
 
 def throttle_names(mask: int) -> list[str]:

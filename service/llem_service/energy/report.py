@@ -32,19 +32,16 @@ from llem_client import (
 
 from llem_service.energy.base import Baseline, CounterMark, DeviceMeta, MeterRecord
 from llem_service.energy.integrate import PowerCurve
-from llem_service.energy.nvml import throttle_names
+from llem_service.energy.trust import (
+    DEFAULT_COUNTER_PERIOD_S,
+    Warning,
+    device_warnings,
+    window_warnings,
+)
 from llem_service.summary import percentile
 
-#: Assumed when the counter's period could not be probed (NVML's typical 100 ms).
-DEFAULT_COUNTER_PERIOD_S = 0.1
-#: A measured window shorter than this many counter updates is flagged.
-MIN_COUNTER_UPDATES = 10
-#: Temperature rise over the measured window that is flagged, degrees C.
-TEMPERATURE_DRIFT_C = 10
 #: Lag of NVML's averaged power reading (1-second average on Ampere and newer), seconds.
 AVERAGE_POWER_LAG_S = 1.0
-
-Warning = tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -76,6 +73,13 @@ class Window:
     peak_w: float | None
     counter_reset: bool
 
+    @property
+    def rel_diff(self) -> float | None:
+        """(integrated - counter) / counter, when both exist."""
+        if self.source != "nvml_energy_counter" or self.integrated_j is None or self.energy_j <= 0:
+            return None
+        return (self.integrated_j - self.energy_j) / self.energy_j
+
 
 @dataclass(frozen=True)
 class RepeatEnergy:
@@ -96,7 +100,9 @@ class EnergyAccount:
         self.metas = [m for m in record.devices if m.uuid in wanted]
         if not self.metas:
             raise ValueError(f"none of {sorted(wanted)} was metered")
-        self.curves = {m.uuid: PowerCurve(*_columns(record, m.uuid)) for m in self.metas}
+        # Each GPU's rows, split out of the timeline once for the curves and the warnings.
+        self.rows = {m.uuid: record.timeline.device(m.uuid) for m in self.metas}
+        self.curves = {u: PowerCurve(rows.t_s, rows.power_w) for u, rows in self.rows.items()}
         self.baselines = {b.device_uuid: b for b in record.baselines}
 
     def window(self, meta: DeviceMeta, a: CounterMark, b: CounterMark) -> Window:
@@ -180,11 +186,6 @@ class EnergyAccount:
         return PowerCurve(times, [totals[t] for t in times])
 
 
-def _columns(record: MeterRecord, uuid: str) -> tuple[list[float], list[float | None]]:
-    rows = record.timeline.device(uuid)
-    return rows.t_s, rows.power_w
-
-
 def build_energy(
     record: MeterRecord,
     used: Sequence[str],
@@ -219,14 +220,14 @@ def build_energy(
                     max(0.0, w.energy_j - idle.power_w * window_s) if idle else None
                 ),
                 integrated_energy_j=w.integrated_j,
-                counter_vs_integral_rel_diff=_rel_diff(w),
+                counter_vs_integral_rel_diff=w.rel_diff,
                 mean_power_w=w.energy_j / window_s if window_s > 0 else 0.0,
                 peak_power_w=w.peak_w,
                 power_field=meta.power_field,
                 counter_update_period_s=meta.counter_update_period_s,
             )
         )
-        warnings.extend(_device_warnings(meta, w, account, start, end, cross_check_threshold))
+        warnings.extend(device_warnings(meta, w, account, start, end, cross_check_threshold))
 
     energy = sum(w.energy_j for w in windows)
     uncertainty = _quadrature(*(w.uncertainty_j for w in windows))
@@ -250,7 +251,7 @@ def build_energy(
     else:  # single-token requests have no decode phase: the whole window per token
         per_token = ((adjusted if base else energy) or 0.0) / tokens if tokens else 0.0
 
-    warnings.extend(_window_warnings(record, account, window_s, work))
+    warnings.extend(window_warnings(record, account, window_s, work))
     repeat_energy = []
     previous = start
     for mark in ends:
@@ -289,12 +290,6 @@ def build_energy(
         sampler=_sampler_report(record),
     )
     return result, repeat_energy, warnings
-
-
-def _rel_diff(w: Window) -> float | None:
-    if w.source != "nvml_energy_counter" or w.integrated_j is None or w.energy_j <= 0:
-        return None
-    return (w.integrated_j - w.energy_j) / w.energy_j
 
 
 def _phases(
@@ -360,142 +355,6 @@ def _phases(
             )
         )
     return phases
-
-
-def _device_warnings(
-    meta: DeviceMeta,
-    w: Window,
-    account: EnergyAccount,
-    start: CounterMark,
-    end: CounterMark,
-    threshold: float,
-) -> list[Warning]:
-    out: list[Warning] = []
-    gpu = f"GPU {meta.uuid} ({meta.name})"
-    if w.counter_reset:
-        out.append(
-            (
-                "energy_counter_reset",
-                f"The energy counter of {gpu} went backwards during the measured window "
-                "(driver reload or GPU reset); its energy comes from integrated power samples "
-                "instead, with a wider uncertainty.",
-            )
-        )
-    elif not meta.has_energy_counter:
-        out.append(
-            (
-                "no_energy_counter",
-                f"{gpu} has no energy counter (pre-Volta, or a vGPU); its energy is integrated "
-                "from power samples, with a wider uncertainty.",
-            )
-        )
-    if meta.power_field == "average":
-        out.append(
-            (
-                "power_average_only",
-                f"{gpu} does not report instantaneous power; its samples are NVML's 1-second "
-                "average, which lags, so the cross-check and the prefill/decode split are "
-                "smoothed.",
-            )
-        )
-    diff = _rel_diff(w)
-    if diff is not None and abs(diff) > threshold:
-        out.append(
-            (
-                "cross_check_disagreement",
-                f"On {gpu} the energy counter and the integrated power samples differ by "
-                f"{diff:+.1%} (threshold {threshold:.0%}). Short windows and averaged power "
-                "cause this; a longer measured window (more prompts or repeats) narrows it.",
-            )
-        )
-    if meta.persistence_mode is False:
-        out.append(
-            (
-                "persistence_mode_off",
-                f"Persistence mode is off on {gpu}: the driver may tear down and re-initialise "
-                "the GPU between runs, which adds latency and energy. Enable it with "
-                "`nvidia-smi -pm 1`.",
-            )
-        )
-    rows = account.record.timeline.device(meta.uuid)
-    inside = [i for i, t in enumerate(rows.t_s) if start.t_s <= t <= end.t_s]
-    reasons = [rows.clock_event_reasons[i] for i in inside]
-    throttled = [r for r in reasons if r is not None and throttle_names(r)]
-    if throttled:
-        names = sorted({n for r in throttled for n in throttle_names(r)})
-        out.append(
-            (
-                "gpu_throttled",
-                f"{gpu} was throttled ({', '.join(names)}) in {len(throttled)} of "
-                f"{len(reasons)} samples of the measured window; its speed and energy reflect "
-                "the throttled clocks. Check cooling and the power limit.",
-            )
-        )
-    temps = [rows.temperature_c[i] for i in inside]
-    temps_known = [t for t in temps if t is not None]
-    if temps_known and temps_known[-1] - temps_known[0] > TEMPERATURE_DRIFT_C:
-        out.append(
-            (
-                "temperature_drift",
-                f"{gpu} warmed from {temps_known[0]} to {temps_known[-1]} °C during the "
-                "measured window; power rises with temperature. Warm up longer "
-                "(warmup.mode='cv') or measure longer so the GPU reaches a steady state.",
-            )
-        )
-    pids = sorted(
-        {p for mark in account.record.marks for p in mark.foreign_pids.get(meta.uuid, ())}
-    )
-    if pids:
-        out.append(
-            (
-                "foreign_process",
-                f"Other processes ({', '.join(map(str, pids))}) used {gpu} during the "
-                "experiment; their work is in the energy figures. Measure on a dedicated GPU. "
-                "(In a container NVML lists host PIDs; when this experiment's own PID is not "
-                "among them, one of those listed is this experiment.)",
-            )
-        )
-    return out
-
-
-def _window_warnings(
-    record: MeterRecord, account: EnergyAccount, window_s: float, work: Work
-) -> list[Warning]:
-    out: list[Warning] = []
-    periods = [m.counter_update_period_s or DEFAULT_COUNTER_PERIOD_S for m in account.metas]
-    period = max(periods)
-    if window_s < MIN_COUNTER_UPDATES * period:
-        out.append(
-            (
-                "window_short",
-                f"The measured window ({window_s:.2f} s) spans only {window_s / period:.0f} "
-                f"energy-counter updates (every {period * 1e3:.0f} ms), so its energy is "
-                "coarsely quantised (see the uncertainty). Raise n_prompts or repeats for a "
-                f"window of at least {MIN_COUNTER_UPDATES * period:.2g} s; MLPerf Power asks "
-                "for 60 s.",
-            )
-        )
-    prefill = sorted(s.first_token - s.start for s in work.spans)
-    if record.failed_reads:
-        out.append(
-            (
-                "sampler_read_errors",
-                f"{record.failed_reads} power-sampler reads failed and are null in the "
-                "timeline; the counter energy is unaffected, the cross-check and phase split "
-                "use fewer samples.",
-            )
-        )
-    if prefill and percentile(prefill, 0.5) < record.sample_interval_s:
-        out.append(
-            (
-                "phase_split_coarse",
-                f"Prefill spans (median {percentile(prefill, 0.5) * 1e3:.1f} ms) are shorter "
-                f"than the sampling interval ({record.sample_interval_s * 1e3:.0f} ms), so the "
-                "prefill/decode energy split is interpolated between samples; read it with "
-                "its uncertainty.",
-            )
-        )
-    return out
 
 
 def _baseline_info(b: Baseline, record: MeterRecord, now: float) -> BaselineInfo:

@@ -1,0 +1,159 @@
+"""What weakens an energy figure: each condition becomes a ``(code, message)`` warning that
+says how to fix it. Called by `llem_service.energy.report.build_energy`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from llem_service.energy.base import CounterMark, DeviceMeta, MeterRecord
+from llem_service.energy.nvml import throttle_names
+from llem_service.summary import percentile
+
+if TYPE_CHECKING:
+    from llem_service.energy.report import EnergyAccount, Window, Work
+
+#: Assumed when the counter's period could not be probed (NVML's typical 100 ms).
+DEFAULT_COUNTER_PERIOD_S = 0.1
+#: A measured window shorter than this many counter updates is flagged.
+MIN_COUNTER_UPDATES = 10
+#: Temperature rise over the measured window that is flagged, degrees C.
+TEMPERATURE_DRIFT_C = 10
+
+Warning = tuple[str, str]
+
+
+def device_warnings(
+    meta: DeviceMeta,
+    w: Window,
+    account: EnergyAccount,
+    start: CounterMark,
+    end: CounterMark,
+    threshold: float,
+) -> list[Warning]:
+    out: list[Warning] = []
+    gpu = f"GPU {meta.uuid} ({meta.name})"
+    if w.counter_reset:
+        out.append(
+            (
+                "energy_counter_reset",
+                f"The energy counter of {gpu} went backwards during the measured window "
+                "(driver reload or GPU reset); its energy comes from integrated power samples "
+                "instead, with a wider uncertainty.",
+            )
+        )
+    elif not meta.has_energy_counter:
+        out.append(
+            (
+                "no_energy_counter",
+                f"{gpu} has no energy counter (pre-Volta, or a vGPU); its energy is integrated "
+                "from power samples, with a wider uncertainty.",
+            )
+        )
+    if meta.power_field == "average":
+        out.append(
+            (
+                "power_average_only",
+                f"{gpu} does not report instantaneous power; its samples are NVML's 1-second "
+                "average, which lags, so the cross-check and the prefill/decode split are "
+                "smoothed.",
+            )
+        )
+    diff = w.rel_diff
+    if diff is not None and abs(diff) > threshold:
+        out.append(
+            (
+                "cross_check_disagreement",
+                f"On {gpu} the energy counter and the integrated power samples differ by "
+                f"{diff:+.1%} (threshold {threshold:.0%}). Short windows and averaged power "
+                "cause this; a longer measured window (more prompts or repeats) narrows it.",
+            )
+        )
+    if meta.persistence_mode is False:
+        out.append(
+            (
+                "persistence_mode_off",
+                f"Persistence mode is off on {gpu}: the driver may tear down and re-initialise "
+                "the GPU between runs, which adds latency and energy. Enable it with "
+                "`nvidia-smi -pm 1`.",
+            )
+        )
+    rows = account.rows[meta.uuid]
+    inside = [i for i, t in enumerate(rows.t_s) if start.t_s <= t <= end.t_s]
+    reasons = [rows.clock_event_reasons[i] for i in inside]
+    throttled = [r for r in reasons if r is not None and throttle_names(r)]
+    if throttled:
+        names = sorted({n for r in throttled for n in throttle_names(r)})
+        out.append(
+            (
+                "gpu_throttled",
+                f"{gpu} was throttled ({', '.join(names)}) in {len(throttled)} of "
+                f"{len(reasons)} samples of the measured window; its speed and energy reflect "
+                "the throttled clocks. Check cooling and the power limit.",
+            )
+        )
+    temps = [rows.temperature_c[i] for i in inside]
+    temps_known = [t for t in temps if t is not None]
+    if temps_known and temps_known[-1] - temps_known[0] > TEMPERATURE_DRIFT_C:
+        out.append(
+            (
+                "temperature_drift",
+                f"{gpu} warmed from {temps_known[0]} to {temps_known[-1]} °C during the "
+                "measured window; power rises with temperature. Warm up longer "
+                "(warmup.mode='cv') or measure longer so the GPU reaches a steady state.",
+            )
+        )
+    pids = sorted(
+        {p for mark in account.record.marks for p in mark.foreign_pids.get(meta.uuid, ())}
+    )
+    if pids:
+        out.append(
+            (
+                "foreign_process",
+                f"Other processes ({', '.join(map(str, pids))}) used {gpu} during the "
+                "experiment; their work is in the energy figures. Measure on a dedicated GPU. "
+                "(In a container NVML lists host PIDs; when this experiment's own PID is not "
+                "among them, one of those listed is this experiment.)",
+            )
+        )
+    return out
+
+
+def window_warnings(
+    record: MeterRecord, account: EnergyAccount, window_s: float, work: Work
+) -> list[Warning]:
+    out: list[Warning] = []
+    periods = [m.counter_update_period_s or DEFAULT_COUNTER_PERIOD_S for m in account.metas]
+    period = max(periods)
+    if window_s < MIN_COUNTER_UPDATES * period:
+        out.append(
+            (
+                "window_short",
+                f"The measured window ({window_s:.2f} s) spans only {window_s / period:.0f} "
+                f"energy-counter updates (every {period * 1e3:.0f} ms), so its energy is "
+                "coarsely quantised (see the uncertainty). Raise n_prompts or repeats for a "
+                f"window of at least {MIN_COUNTER_UPDATES * period:.2g} s; MLPerf Power asks "
+                "for 60 s.",
+            )
+        )
+    prefill = sorted(s.first_token - s.start for s in work.spans)
+    median_prefill = percentile(prefill, 0.5) if prefill else None
+    if record.failed_reads:
+        out.append(
+            (
+                "sampler_read_errors",
+                f"{record.failed_reads} power-sampler reads failed and are null in the "
+                "timeline; the counter energy is unaffected, the cross-check and phase split "
+                "use fewer samples.",
+            )
+        )
+    if median_prefill is not None and median_prefill < record.sample_interval_s:
+        out.append(
+            (
+                "phase_split_coarse",
+                f"Prefill spans (median {median_prefill * 1e3:.1f} ms) are shorter "
+                f"than the sampling interval ({record.sample_interval_s * 1e3:.0f} ms), so the "
+                "prefill/decode energy split is interpolated between samples; read it with "
+                "its uncertainty.",
+            )
+        )
+    return out
