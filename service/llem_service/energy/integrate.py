@@ -7,6 +7,7 @@ last sample's value beyond them. Times in seconds, power in watts, energy in jou
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Sequence
 
 
@@ -56,6 +57,11 @@ class PowerCurve:
     def peak_w(self, t0: float, t1: float) -> float | None:
         """Highest sample inside ``[t0, t1]``, or None when none falls inside."""
         return max(self._inside(t0, t1), default=None)
+
+    def variation_w(self, t0: float, t1: float) -> float:
+        """Sum of the changes between consecutive samples inside ``[t0, t1]``, watts."""
+        inside = self._inside(t0, t1)
+        return sum(abs(b - a) for a, b in itertools.pairwise(inside))
 
     def low_w(self, t0: float, t1: float) -> float | None:
         """Lowest sample inside ``[t0, t1]``, or None when none falls inside."""

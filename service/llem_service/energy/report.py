@@ -9,8 +9,8 @@ the measured window's by construction.
 Uncertainty (an error bound estimate, joules) of a counter window: each edge read may lag the
 truth by one counter update period, so +/- peak power x update period; +/- 1 mJ per read; and
 half the disagreement with the integrated power samples. Terms add in quadrature, as do the
-independent GPUs. A window from integrated power alone: +/- peak power x (sample interval +
-the power field's averaging lag).
+independent GPUs. A window from integrated power alone: +/- (peak power + the sampled power's
+total variation) x (sample interval + the power field's averaging lag).
 """
 
 from __future__ import annotations
@@ -130,9 +130,13 @@ class EnergyAccount:
             raise ValueError(f"GPU {meta.uuid} has neither an energy counter nor power samples")
         lag = AVERAGE_POWER_LAG_S if meta.power_field == "average" else 0.0
         top = max([peak or 0.0, integrated / span if span > 0 else 0.0, *near])
+        interval = self.record.sample_interval_s
+        # Each power step between samples is placed up to one interval off, so the steps'
+        # sizes count too: the sampled total variation around the window bounds them.
+        steps = curve.variation_w(a.t_s - interval, b.t_s + interval)
         return Window(
             energy_j=integrated,
-            uncertainty_j=top * (self.record.sample_interval_s + lag),
+            uncertainty_j=(top + steps) * (interval + lag),
             source="nvml_power_integral",
             integrated_j=integrated,
             peak_w=peak,
