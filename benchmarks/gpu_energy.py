@@ -31,7 +31,7 @@ from llem_service.energy.base import Baseline, MeterProbe, MeterRecord
 from llem_service.energy.meter import NvmlEnergyMeter, NvmlSession
 from llem_service.energy.nvml import Nvml, load_pynvml
 from llem_service.energy.sampler import PowerSampler
-from llem_service.experiment import run_experiment
+from llem_service.experiment.run import run_experiment
 
 from tests.integration.conftest import build_gpt2
 

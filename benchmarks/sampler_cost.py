@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llem_service.energy.nvml import Nvml
 from llem_service.energy.sampler import PowerSampler
-from llem_service.summary import percentile
+from llem_service.experiment.summary import percentile
 
 from tests.fake_nvml import FakeGpu, FakeNvml, PowerProfile
 

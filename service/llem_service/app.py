@@ -15,15 +15,15 @@ from fastapi.openapi.utils import get_openapi
 from llem_client import __version__
 
 from llem_service.api import experiments, info
+from llem_service.api.limits import BodySizeLimit
 from llem_service.deps import get_energy_meter, get_inference_backend, require_token, resolve
 from llem_service.errors import PROBLEM_MEDIA_TYPE, install_error_handlers
-from llem_service.events import ChangeFeed
-from llem_service.limits import BodySizeLimit
-from llem_service.results import ResultFiles
-from llem_service.runner import ExperimentRunner, ProcessRunner
+from llem_service.executors.local import ExperimentRunner, ProcessRunner
+from llem_service.experiment.results import ResultFiles
+from llem_service.jobs.events import ChangeFeed
+from llem_service.jobs.store import SqliteJobStore
+from llem_service.jobs.worker import Worker
 from llem_service.settings import Settings
-from llem_service.store import SqliteJobStore
-from llem_service.worker import Worker
 
 _log = logging.getLogger("llem.service")
 

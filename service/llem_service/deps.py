@@ -19,11 +19,11 @@ from llem_service.backends.base import InferenceBackend
 from llem_service.energy.base import EnergyMeter
 from llem_service.energy.null import NullEnergyMeter
 from llem_service.errors import NotAuthenticated
-from llem_service.events import ChangeFeed
-from llem_service.results import ResultFiles
+from llem_service.experiment.results import ResultFiles
+from llem_service.jobs.events import ChangeFeed
+from llem_service.jobs.store import JobStore
+from llem_service.jobs.worker import Worker
 from llem_service.settings import Settings
-from llem_service.store import JobStore
-from llem_service.worker import Worker
 
 T = TypeVar("T")
 

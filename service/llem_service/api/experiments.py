@@ -21,7 +21,7 @@ from llem_service.errors import (
     ResultUnavailable,
     TimeseriesNotRecorded,
 )
-from llem_service.store import JobStore
+from llem_service.jobs.store import JobStore
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 

@@ -38,7 +38,7 @@ from llem_service.energy.trust import (
     device_warnings,
     window_warnings,
 )
-from llem_service.summary import percentile
+from llem_service.experiment.summary import percentile
 
 #: Lag of NVML's averaged power reading (1-second average on Ampere and newer), seconds.
 AVERAGE_POWER_LAG_S = 1.0

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from llem_service.energy.base import CounterMark, DeviceMeta, MeterRecord
 from llem_service.energy.nvml import throttle_names
-from llem_service.summary import percentile
+from llem_service.experiment.summary import percentile
 
 if TYPE_CHECKING:
     from llem_service.energy.report import EnergyAccount, Window, Work

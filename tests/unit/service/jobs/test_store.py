@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from llem_client import JobProgress, JobStatus, ProblemDetail
 from llem_service.errors import IdempotencyKeyReused, InvalidCursor
-from llem_service.store import SqliteJobStore
+from llem_service.jobs.store import SqliteJobStore
 
 from tests.conftest import make_config
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from llem_service.summary import latency_stats, sample_stats, t_quantile_975
+from llem_service.experiment.summary import latency_stats, sample_stats, t_quantile_975
 
 
 @pytest.mark.parametrize(

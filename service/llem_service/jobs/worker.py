@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 from llem_client import BaselineInfo, JobProgress, JobStatus
 
 from llem_service.energy.base import Baseline
-from llem_service.events import ChangeFeed
-from llem_service.results import ResultFiles
-from llem_service.runner import ExperimentRunner, RunOutcome, experiment_problem
-from llem_service.store import ClaimedJob, JobStore
+from llem_service.executors.local import ExperimentRunner, RunOutcome, experiment_problem
+from llem_service.experiment.results import ResultFiles
+from llem_service.jobs.events import ChangeFeed
+from llem_service.jobs.store import ClaimedJob, JobStore
 
 _log = logging.getLogger("llem.worker")
 

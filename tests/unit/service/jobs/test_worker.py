@@ -22,8 +22,8 @@ from llem_client import (
 )
 from llem_service.deps import get_energy_meter, get_inference_backend
 from llem_service.energy import NullEnergyMeter
-from llem_service.store import SqliteJobStore
-from llem_service.worker import BaselineCache
+from llem_service.jobs.store import SqliteJobStore
+from llem_service.jobs.worker import BaselineCache
 
 from tests.conftest import LiveServer, make_config
 from tests.fakes import FAKE_DEVICE, FakeInferenceBackend, fake_meter

@@ -9,7 +9,7 @@ from llem_client import ExperimentResult, JobProgress
 from llem_service.backends.base import BackendError
 from llem_service.energy import MeterError, NullEnergyMeter
 from llem_service.energy.base import Baseline
-from llem_service.experiment import ExperimentOutput, run_experiment
+from llem_service.experiment.run import ExperimentOutput, run_experiment
 
 from tests.conftest import make_config
 from tests.fakes import FAKE_DEVICE, FakeInferenceBackend, fake_meter

@@ -51,7 +51,7 @@ from llem_service.energy.base import (
 from llem_service.energy.nvml import NVML_ERROR_NOT_FOUND, NvmlError
 from llem_service.energy.report import RepeatEnergy, Span, Work, build_energy
 from llem_service.energy.timeseries import Columns, timeline_table
-from llem_service.summary import latency_stats, sample_stats
+from llem_service.experiment.summary import latency_stats, sample_stats
 
 ProgressSink = Callable[[JobProgress], None]
 

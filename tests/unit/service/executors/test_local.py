@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from llem_client import Job, JobProgress, JobStatus
-from llem_service.events import ChangeFeed
-from llem_service.results import ResultFiles
-from llem_service.runner import ProcessRunner, RunOutcome
-from llem_service.store import SqliteJobStore
-from llem_service.worker import Worker
+from llem_service.executors.local import ProcessRunner, RunOutcome
+from llem_service.experiment.results import ResultFiles
+from llem_service.jobs.events import ChangeFeed
+from llem_service.jobs.store import SqliteJobStore
+from llem_service.jobs.worker import Worker
 
 from tests.conftest import make_config, make_result
 from tests.fakes import ScriptedBackend, fake_meter

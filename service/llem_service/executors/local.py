@@ -25,7 +25,7 @@ from llem_client import ExperimentConfig, ExperimentResult, JobProgress, JobStat
 from llem_service.backends.base import BackendError, InferenceBackend
 from llem_service.energy.base import Baseline, EnergyMeter, MeterError
 from llem_service.energy.timeseries import Columns
-from llem_service.experiment import run_experiment
+from llem_service.experiment.run import run_experiment
 
 ProgressCallback = Callable[[JobProgress], None]
 
