@@ -16,8 +16,8 @@ from llem_client import __version__
 
 from llem_service.api import experiments, info
 from llem_service.api.limits import BodySizeLimit
+from llem_service.api.problems import PROBLEM_MEDIA_TYPE, install_error_handlers
 from llem_service.deps import get_energy_meter, get_inference_backend, require_token, resolve
-from llem_service.errors import PROBLEM_MEDIA_TYPE, install_error_handlers
 from llem_service.executors.local import ExperimentRunner, ProcessRunner
 from llem_service.experiment.results import ResultFiles
 from llem_service.jobs.events import ChangeFeed

@@ -1,22 +1,83 @@
-"""Domain errors and the one place that turns every error into ``application/problem+json``.
+"""The one failure catalogue: every way a request or an experiment can fail, by kind.
 
-Routes raise these errors and never build error responses themselves.
+Two families, both rendered as RFC 9457 problems (``urn:llem:problem:<slug>``):
+
+- `LlemServiceError` and its subclasses: a request the API refuses. Routes raise them; the
+  handlers in `llem_service.api.problems` turn them into ``application/problem+json``.
+- `Failure`: how a job ended when it did not succeed. The executor, the scheduler and the store
+  name a `Failure` and never spell a slug, a title or a status themselves. ``user_error``
+  separates failures the submitter caused (a config that cannot run) from failures of ours
+  (a crash, a lost GPU), so a listing can tell them apart.
+
+This module imports no web framework: the experiment's child process names failures too.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from llem_client import FieldError, ProblemDetail
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from llem_client import ProblemDetail
 
-PROBLEM_MEDIA_TYPE = "application/problem+json"
-_log = logging.getLogger("llem.service")
+PROBLEM_URN = "urn:llem:problem:"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One kind of job failure.
+
+    Attributes:
+        slug: Stable identifier; the problem type is ``urn:llem:problem:<slug>``.
+        title: Short, human title of the kind (the same for every job that fails this way).
+        status: HTTP status the stored problem carries: 4xx for what the submitter caused,
+            5xx for what the service or the hardware did.
+        user_error: The submitter can fix it by changing the config or the request.
+    """
+
+    slug: str
+    title: str
+    status: int = 500
+    user_error: bool = False
+
+    @property
+    def type(self) -> str:
+        return f"{PROBLEM_URN}{self.slug}"
+
+    def problem(self, detail: str, **extra: Any) -> ProblemDetail:
+        """The problem a failed job stores: this kind, and what happened this time."""
+        return ProblemDetail(
+            type=self.type, title=self.title, status=self.status, detail=detail, **extra
+        )
+
+
+class Failures:
+    """The catalogue. Add a kind here, never a slug elsewhere."""
+
+    # The submitter's doing: the config cannot run as written.
+    CONFIG_ERROR = Failure("config-error", "Experiment config cannot run", 422, user_error=True)
+    # Ours, or the hardware's.
+    BACKEND_ERROR = Failure("backend-error", "Experiment failed")
+    METER_ERROR = Failure("meter-error", "Energy measurement failed")
+    OUT_OF_MEMORY = Failure("out-of-memory", "Experiment ran out of memory")
+    EXPERIMENT_CRASHED = Failure("experiment-crashed", "Experiment crashed")
+    PROCESS_DIED = Failure("experiment-process-died", "Experiment failed")
+    TIMED_OUT = Failure("experiment-timed-out", "Experiment timed out")
+    RUNNER_ERROR = Failure("runner-error", "Experiment could not start")
+    WORKER_ERROR = Failure("worker-error", "Experiment failed")
+    INTERRUPTED = Failure("interrupted", "Interrupted")
+    RESULT_NOT_SAVED = Failure("result-not-saved", "Result not saved")
+
+    @classmethod
+    def all(cls) -> tuple[Failure, ...]:
+        return tuple(v for v in vars(cls).values() if isinstance(v, Failure))
+
+    @classmethod
+    def by_slug(cls, slug: str) -> Failure:
+        for failure in cls.all():
+            if failure.slug == slug:
+                return failure
+        raise KeyError(slug)
 
 
 class LlemServiceError(Exception):
@@ -33,7 +94,7 @@ class LlemServiceError(Exception):
 
     def problem(self, instance: str | None = None) -> ProblemDetail:
         return ProblemDetail(
-            type=f"urn:llem:problem:{self.slug}",
+            type=f"{PROBLEM_URN}{self.slug}",
             title=self.title,
             status=self.status,
             detail=self.detail,
@@ -79,86 +140,3 @@ class TimeseriesNotRecorded(LlemServiceError):
 
 class ResultUnavailable(LlemServiceError):
     status, title, slug = 500, "Result unavailable", "result-unavailable"
-
-
-def problem_response(
-    problem: ProblemDetail, headers: Mapping[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse(
-        problem.model_dump(mode="json", exclude_none=True),
-        status_code=problem.status,
-        media_type=PROBLEM_MEDIA_TYPE,
-        headers=dict(headers or {}),
-    )
-
-
-def field_errors(errors: Sequence[Any]) -> list[FieldError]:
-    """Pydantic/FastAPI errors as `FieldError`s, messages without pydantic's prefixes."""
-    out = []
-    for error in errors:
-        msg = str(error.get("msg", ""))
-        for prefix in ("Value error, ", "Assertion failed, "):
-            msg = msg.removeprefix(prefix)
-        loc = [part for part in error.get("loc", ()) if isinstance(part, str | int)]
-        out.append(FieldError(loc=loc, msg=msg, type=str(error.get("type", "value_error"))))
-    return out
-
-
-def validation_problem(errors: Sequence[Any], instance: str | None = None) -> ProblemDetail:
-    fields = field_errors(errors)
-    detail = "; ".join(f"{'.'.join(str(p) for p in e.loc) or '(body)'}: {e.msg}" for e in fields)
-    return ProblemDetail(
-        type="urn:llem:problem:validation-error",
-        title="Invalid request",
-        status=422,
-        detail=detail,
-        instance=instance,
-        errors=fields,
-    )
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Map every error the app can raise to an RFC 9457 problem response."""
-
-    async def on_domain_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, LlemServiceError)
-        return problem_response(exc.problem(request.url.path), exc.headers)
-
-    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        return problem_response(validation_problem(exc.errors(), request.url.path))
-
-    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
-        problem = ProblemDetail(
-            title=_reason(exc.status_code),
-            status=exc.status_code,
-            detail=str(exc.detail),
-            instance=request.url.path,
-        )
-        return problem_response(problem, exc.headers)
-
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        _log.exception("unhandled error on %s %s", request.method, request.url.path)
-        problem = ProblemDetail(
-            type="urn:llem:problem:internal-error",
-            title="Internal Server Error",
-            status=500,
-            detail="the server failed unexpectedly; its log has the details",
-            instance=request.url.path,
-        )
-        return problem_response(problem)
-
-    app.add_exception_handler(LlemServiceError, on_domain_error)
-    app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_unexpected)
-
-
-def _reason(status: int) -> str:
-    from http import HTTPStatus
-
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"

@@ -101,7 +101,7 @@ def test_server_killed_with_jobs_queued_and_one_running(
             jobs = [wait_job(http, job_id) for job_id in [*fast, long_running, *queued]]
             for job in jobs:
                 if job["status"] == "failed":
-                    assert "interrupted by restart" in job["error"]["detail"], job
+                    assert "the server restarted" in job["error"]["detail"], job
                     interrupted += 1
                 elif job["status"] == "succeeded":
                     succeeded.append(job["id"])

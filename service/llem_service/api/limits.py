@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llem_service.errors import PayloadTooLarge, problem_response
+from llem_service.api.problems import problem_response
+from llem_service.errors import PayloadTooLarge
 
 
 class BodySizeLimit:

@@ -1,0 +1,1 @@
+"""Executors: how a job runs. ``local``: a child process on this host."""

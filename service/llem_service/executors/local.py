@@ -3,7 +3,7 @@ kill inside the experiment fails that job and never the server.
 
 The child speaks to the parent over a one-way pipe: ``("progress", {...})`` any number of
 times, then exactly one ``("result", (json, timeseries columns or None))`` or
-``("error", {...})``. Dying without either is
+``("error", (failure slug, detail, traceback or None))``. Dying without either is
 itself an outcome: the exit code or signal becomes the job's error.
 """
 
@@ -25,6 +25,7 @@ from llem_client import ExperimentConfig, ExperimentResult, JobProgress, JobStat
 from llem_service.backends.base import BackendError, InferenceBackend
 from llem_service.energy.base import Baseline, EnergyMeter, MeterError
 from llem_service.energy.timeseries import Columns
+from llem_service.errors import Failures
 from llem_service.experiment.run import run_experiment
 
 ProgressCallback = Callable[[JobProgress], None]
@@ -52,12 +53,6 @@ class ExperimentRunner(Protocol):
         """Run to the end, or until ``cancel`` is set; blocking. ``baselines`` are the idle
         baselines the service keeps for reuse."""
         ...
-
-
-def experiment_problem(slug: str, title: str, detail: str, **extra: Any) -> ProblemDetail:
-    return ProblemDetail(
-        type=f"urn:llem:problem:{slug}", title=title, status=500, detail=detail, **extra
-    )
 
 
 #: After the meter fails (a lost GPU), how long the experiment may take to fail on its own at
@@ -89,7 +84,7 @@ def _child_main(
             if finished.wait(METER_FAILURE_GRACE_S):
                 return  # the experiment failed (or finished) by itself
             try:
-                send(("error", ("meter-error", "Energy measurement failed", str(error), None)))
+                send(("error", (Failures.METER_ERROR.slug, str(error), None)))
             finally:
                 os._exit(1)
 
@@ -107,24 +102,23 @@ def _child_main(
         send(("result", (output.result.model_dump_json(), output.timeseries)))
     except BackendError as exc:
         finished.set()
-        send(("error", ("backend-error", "Experiment failed", str(exc), None)))
+        send(("error", (Failures.BACKEND_ERROR.slug, str(exc), None)))
     except MeterError as exc:
         finished.set()
-        send(("error", ("meter-error", "Energy measurement failed", str(exc), None)))
+        send(("error", (Failures.METER_ERROR.slug, str(exc), None)))
     except BaseException as exc:
         finished.set()
         if _is_out_of_memory(exc):
             # No traceback: formatting one may need the memory that just ran out.
             said = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             detail = f"the experiment ran out of memory ({said})"
-            send(("error", ("out-of-memory", "Experiment ran out of memory", detail, None)))
+            send(("error", (Failures.OUT_OF_MEMORY.slug, detail, None)))
             return
         send(
             (
                 "error",
                 (
-                    "experiment-crashed",
-                    "Experiment crashed",
+                    Failures.EXPERIMENT_CRASHED.slug,
                     f"{type(exc).__name__}: {exc}",
                     traceback.format_exc(limit=20),
                 ),
@@ -247,9 +241,7 @@ class ProcessRunner:
                 return RunOutcome(JobStatus.CANCELLED)
             if deadline is not None and time.monotonic() > deadline:
                 self._stop(process)
-                problem = experiment_problem(
-                    "experiment-timed-out",
-                    "Experiment timed out",
+                problem = Failures.TIMED_OUT.problem(
                     f"the experiment did not finish within {self.timeout_s:g} s "
                     "(LLEM_EXPERIMENT_TIMEOUT_S) and was stopped",
                 )
@@ -260,9 +252,7 @@ class ProcessRunner:
                 kind, payload = receiver.recv()
             except EOFError:
                 process.join(timeout=5)
-                problem = experiment_problem(
-                    "experiment-process-died", "Experiment failed", _describe_exit(process.exitcode)
-                )
+                problem = Failures.PROCESS_DIED.problem(_describe_exit(process.exitcode))
                 return RunOutcome(JobStatus.FAILED, error=problem)
             if kind == "progress":
                 on_progress(JobProgress.model_validate(payload))
@@ -274,10 +264,10 @@ class ProcessRunner:
                     timeseries=timeseries,
                 )
             else:
-                slug, title, detail, trace = payload
+                slug, detail, trace = payload
                 extra = {"traceback": trace} if trace else {}
                 return RunOutcome(
-                    JobStatus.FAILED, error=experiment_problem(slug, title, detail, **extra)
+                    JobStatus.FAILED, error=Failures.by_slug(slug).problem(detail, **extra)
                 )
 
     def _stop(self, process: multiprocessing.process.BaseProcess) -> None:

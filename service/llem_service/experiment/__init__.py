@@ -1,0 +1,1 @@
+"""One experiment inside its process: phases, statistics and result files."""

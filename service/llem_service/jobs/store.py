@@ -26,7 +26,7 @@ from llem_client import (
     measurement_config_hash,
 )
 
-from llem_service.errors import IdempotencyKeyReused, InvalidCursor
+from llem_service.errors import Failures, IdempotencyKeyReused, InvalidCursor
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -328,11 +328,8 @@ class SqliteJobStore:
 
     def recover_interrupted(self) -> list[str]:
         """Fail the jobs a previous server process left running; return their ids."""
-        error = ProblemDetail(
-            type="urn:llem:problem:interrupted",
-            title="Interrupted",
-            status=500,
-            detail="interrupted by restart: the server stopped while this experiment ran",
+        error = Failures.INTERRUPTED.problem(
+            "the server restarted while this experiment ran; submit it again"
         )
         with self._lock:
             ids = [

@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from llem_client import BaselineInfo, JobProgress, JobStatus
 
 from llem_service.energy.base import Baseline
-from llem_service.executors.local import ExperimentRunner, RunOutcome, experiment_problem
+from llem_service.errors import Failures
+from llem_service.executors.local import ExperimentRunner, RunOutcome
 from llem_service.experiment.results import ResultFiles
 from llem_service.jobs.events import ChangeFeed
 from llem_service.jobs.store import ClaimedJob, JobStore
@@ -118,9 +119,7 @@ class Worker:
                     self.store.finish(
                         claimed.job.id,
                         JobStatus.FAILED,
-                        error=experiment_problem(
-                            "worker-error", "Experiment failed", "unexpected error in the worker"
-                        ),
+                        error=Failures.WORKER_ERROR.problem("unexpected error in the worker"),
                     )
                 except Exception:  # the store itself failed (disk full): log, keep serving
                     _log.exception("job %s: could not record its failure", claimed.job.id)
@@ -150,9 +149,7 @@ class Worker:
             _log.exception("job %s: could not run", job_id)
             outcome = RunOutcome(
                 JobStatus.FAILED,
-                error=experiment_problem(
-                    "runner-error", "Experiment could not start", f"{type(exc).__name__}: {exc}"
-                ),
+                error=Failures.RUNNER_ERROR.problem(f"{type(exc).__name__}: {exc}"),
             )
         finally:
             self._current = None
@@ -164,9 +161,7 @@ class Worker:
             self.store.finish(
                 job_id,
                 JobStatus.FAILED,
-                error=experiment_problem(
-                    "interrupted", "Interrupted", "interrupted: the server shut down during the run"
-                ),
+                error=Failures.INTERRUPTED.problem("the server shut down during the run"),
             )
             _log.warning("job %s: interrupted by shutdown", job_id)
             return
@@ -191,9 +186,7 @@ class Worker:
             self.store.finish(
                 job_id,
                 JobStatus.FAILED,
-                error=experiment_problem(
-                    "result-not-saved", "Result not saved", f"could not write the result: {exc}"
-                ),
+                error=Failures.RESULT_NOT_SAVED.problem(f"could not write the result: {exc}"),
             )
             _log.error("job %s: result not saved: %s", job_id, exc)
             return

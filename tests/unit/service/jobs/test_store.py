@@ -156,7 +156,7 @@ def test_reopening_fails_running_jobs_and_keeps_queued_ones(tmp_path: Path) -> N
     assert job is not None
     assert job.status is JobStatus.FAILED
     assert job.error is not None
-    assert "interrupted by restart" in job.error.detail
+    assert "the server restarted" in job.error.detail
     claimed = second.claim_next()
     assert claimed is not None
     assert claimed.job.id == queued

@@ -284,7 +284,7 @@ def test_restart_keeps_queued_jobs_fails_the_running_one_and_keeps_results(
 
     assert interrupted.status is JobStatus.FAILED
     assert interrupted.error is not None
-    assert "interrupted by restart" in interrupted.error.detail
+    assert "the server restarted" in interrupted.error.detail
     assert queued_job.status is JobStatus.SUCCEEDED
     assert old_result.experiment_id == done.id
 
