@@ -35,7 +35,7 @@ from llem_client import (
     measurement_config_hash,
 )
 
-from tests.fakes import FakeInferenceBackend, fake_meter
+from tests.fakes import FakeHub, FakeInferenceBackend, fake_meter
 from tests.server_process import ServerProcess
 
 
@@ -199,9 +199,10 @@ class LiveServer:
 
 def _serve(app: FastAPI) -> Iterator[str]:
     import uvicorn
+    from llem_service.serve import GracefulServer
 
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
+    server = GracefulServer(config)
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -213,7 +214,7 @@ def _serve(app: FastAPI) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        server.should_exit = True
+        server.exit()  # as SIGTERM does: streams end, a running experiment is interrupted
         thread.join(timeout=30)
 
 
@@ -223,24 +224,28 @@ def build_app(
     backend: Any = None,
     meter: Any = None,
     token: str | None = None,
+    hub: Any = None,
     **settings: Any,
 ) -> FastAPI:
-    """The real app on ``data_dir``, with the fake backend and meter injected."""
+    """The real app on ``data_dir``, with the fake backend, meter and model hub injected
+    (by default a hub that has every well-formed model id)."""
     from llem_service.app import create_app
-    from llem_service.deps import get_energy_meter, get_inference_backend
+    from llem_service.deps import get_energy_meter, get_inference_backend, get_model_hub
     from llem_service.settings import Settings
 
     app = create_app(Settings(data_dir=data_dir, api_token=token, cancel_grace_s=2.0, **settings))
     fake_backend = backend if backend is not None else FakeInferenceBackend()
     meter = meter if meter is not None else fake_meter()
+    model_hub = hub if hub is not None else FakeHub()
     app.dependency_overrides[get_inference_backend] = lambda: fake_backend
     app.dependency_overrides[get_energy_meter] = lambda: meter
+    app.dependency_overrides[get_model_hub] = lambda: model_hub
     return app
 
 
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
-    """``start_server(backend=..., meter=..., token=..., data_dir=...)`` -> `LiveServer`.
+    """``start_server(backend=..., meter=..., token=..., hub=..., data_dir=...)`` -> `LiveServer`.
 
     Servers are stopped at the end of the test; one started on an earlier server's
     ``data_dir`` sees its jobs (a restart).

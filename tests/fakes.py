@@ -20,6 +20,7 @@ from llem_service.backends.base import (
     WorkloadReport,
 )
 from llem_service.energy.meter import NvmlEnergyMeter
+from llem_service.models.hub import HubAnswer, HubLookup
 
 from tests.fake_nvml import FakeGpu, FakeNvml, PowerProfile
 
@@ -212,3 +213,38 @@ class ScriptedBackend(FakeInferenceBackend):
                 hog.append(bytearray(16 * 2**20))
         finally:
             hog.clear()  # as a real workload's frames would, when MemoryError unwinds them
+
+
+@dataclass
+class FakeHub:
+    """A model hub and hub cache whose contents the test states.
+
+    ``online=True`` and ``models=None``: the hub has every well-formed id (most tests submit
+    made-up ids such as ``tiny-test-model``). ``models``: the ids the hub has; any other is
+    missing. ``cached``: id -> its cached config.json. ``offline``: the reason the server may
+    not contact the hub (as ``HF_HUB_OFFLINE`` gives). ``unreachable``: contacting it fails
+    so. ``lookups`` records each question put to the hub, so a test can see it was (not) asked.
+    """
+
+    models: set[str] | None = None
+    cached: dict[str, dict[str, Any]] = field(default_factory=dict)
+    offline: str | None = None
+    unreachable: str | None = None
+    lookups: list[str] = field(default_factory=list)
+
+    def offline_reason(self) -> str | None:
+        return self.offline
+
+    def cached_models(self) -> list[str]:
+        return sorted(self.cached)
+
+    def cached_config(self, repo_id: str, revision: str | None) -> dict[str, Any] | None:
+        return self.cached.get(repo_id)
+
+    def lookup(self, repo_id: str, revision: str | None) -> HubLookup:
+        self.lookups.append(repo_id)
+        if self.unreachable is not None:
+            return HubLookup(HubAnswer.UNREACHABLE, self.unreachable)
+        if self.models is None or repo_id in self.models:
+            return HubLookup(HubAnswer.EXISTS)
+        return HubLookup(HubAnswer.MISSING)

@@ -111,12 +111,12 @@ class ServerProcess:
 
 
 def main() -> None:
-    import uvicorn
     from llem_service.app import create_app
-    from llem_service.deps import get_energy_meter, get_inference_backend
+    from llem_service.deps import get_energy_meter, get_inference_backend, get_model_hub
+    from llem_service.serve import make_server
     from llem_service.settings import Settings
 
-    from tests.fakes import ScriptedBackend, fake_meter
+    from tests.fakes import FakeHub, ScriptedBackend, fake_meter
 
     settings = Settings()
     app = create_app(settings)
@@ -128,14 +128,9 @@ def main() -> None:
     meter = fake_meter(power_w=250.0, cue_file=cue_file, cue=cue)
     app.dependency_overrides[get_inference_backend] = lambda: backend
     app.dependency_overrides[get_energy_meter] = lambda: meter
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=5,
-    )
+    hub = FakeHub()
+    app.dependency_overrides[get_model_hub] = lambda: hub
+    make_server(app, settings, access_log=False).run()
 
 
 if __name__ == "__main__":

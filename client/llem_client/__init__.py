@@ -56,8 +56,11 @@ if TYPE_CHECKING:
         FieldError,
         Job,
         JobList,
+        JobMetrics,
         JobProgress,
         JobStatus,
+        ModelInfo,
+        ModelList,
         ProblemDetail,
         ServiceInfo,
     )
@@ -70,6 +73,7 @@ if TYPE_CHECKING:
         LatencyStats,
         ResultWarning,
     )
+    from llem_client._text import escape_controls
 
 _LAZY: dict[str, str] = {
     **dict.fromkeys(["AsyncClient", "Client"], "_client"),
@@ -108,13 +112,17 @@ _LAZY: dict[str, str] = {
         "_exceptions",
     ),
     **dict.fromkeys(["canonical_config_json", "measurement_config_hash"], "_hashing"),
+    "escape_controls": "_text",
     **dict.fromkeys(
         [
             "FieldError",
             "Job",
             "JobList",
+            "JobMetrics",
             "JobProgress",
             "JobStatus",
+            "ModelInfo",
+            "ModelList",
             "ProblemDetail",
             "ServiceInfo",
         ],
@@ -174,11 +182,14 @@ __all__ = [
     "InlinePrompts",
     "Job",
     "JobList",
+    "JobMetrics",
     "JobProgress",
     "JobStatus",
     "JsonlPrompts",
     "LatencyStats",
     "LlemError",
+    "ModelInfo",
+    "ModelList",
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
@@ -199,6 +210,7 @@ __all__ = [
     "WarmupConfig",
     "__version__",
     "canonical_config_json",
+    "escape_controls",
     "measurement_config_hash",
 ]
 

@@ -8,13 +8,36 @@ default. Cross-field rules name the fields they involve.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import re
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from llem_client._version import SCHEMA_VERSION
 
 PositiveInt = Annotated[int, Field(gt=0)]
+
+#: C0 and C1 control characters (and DEL). Labels and model names are printed by every client
+#: and logged by the server: an escape sequence in one user's job name must not reach another
+#: user's terminal, nor a newline split the service's log.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _no_control_characters(text: str) -> str:
+    found = CONTROL_CHARACTERS.search(text)
+    if found is not None:
+        raise ValueError(
+            f"control character {found.group()!r} at position {found.start()} is not allowed"
+        )
+    return text
+
+
+#: A string without control characters; the pattern tells generated clients the same.
+PlainText = Annotated[
+    str,
+    AfterValidator(_no_control_characters),
+    Field(json_schema_extra={"pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]*$"}),
+]
 
 
 class _Section(BaseModel):
@@ -49,6 +72,54 @@ PromptSource = Annotated[
 ]
 
 
+def _prompt_sources() -> dict[str, set[str]]:
+    """Each prompt source's name and its fields, read from `PromptSource`: a new source added
+    to the union is inferred from its fields with no other change."""
+    union = get_args(PromptSource)[0]
+    sources = {}
+    for model in get_args(union):
+        name = get_args(model.model_fields["source"].annotation)[0]
+        sources[name] = set(model.model_fields) - {"source"}
+    return sources
+
+
+def infer_prompt_source(prompts: dict[str, Any]) -> str:
+    """The ``source`` that ``prompts`` (without one) means, from the fields it has.
+
+    No field: synthetic. Fields that only one source has: that source. Fields that several
+    have: synthetic if it is one of them (the default), else the error asks for ``source``.
+
+    Raises:
+        ValueError: No source has all these fields, or several do; the message says which
+            source to add.
+    """
+    sources = _prompt_sources()
+    keys = set(prompts)
+    fitting = [name for name, fields in sources.items() if keys <= fields]
+    if len(fitting) == 1 or (fitting and "synthetic" in fitting):
+        return fitting[0] if len(fitting) == 1 else "synthetic"
+    if fitting:
+        choices = " or ".join(f"source: {name}" for name in fitting)
+        raise ValueError(f"prompts has no source and its fields fit several; add {choices}")
+    owners = {
+        key: sorted(name for name, fields in sources.items() if key in fields)
+        for key in sorted(keys)
+    }
+    unknown = [key for key, names in owners.items() if not names]
+    if unknown:
+        described = "; ".join(
+            f"{name} has {', '.join(sorted(fields))}" for name, fields in sources.items()
+        )
+        raise ValueError(
+            f"prompts.{unknown[0]} belongs to no prompt source of this version ({described})"
+        )
+    parts = ", ".join(f"{key} ({' or '.join(names)})" for key, names in owners.items())
+    raise ValueError(
+        f"prompts has no source and mixes fields of different sources: {parts}; add source: "
+        "to say which"
+    )
+
+
 class DecodingConfig(_Section):
     """Greedy or sampled decoding. Sampling knobs are only accepted with ``mode='sample'``."""
 
@@ -69,7 +140,8 @@ class DecodingConfig(_Section):
             ]
             if given:
                 fields = ", ".join(f"decoding.{name}" for name in given)
-                raise ValueError(f"{fields} require decoding.mode='sample' (mode is 'greedy')")
+                verb = "requires" if len(given) == 1 else "require"
+                raise ValueError(f"{fields} {verb} decoding.mode='sample' (mode is 'greedy')")
         return self
 
 
@@ -168,11 +240,18 @@ class ExperimentConfig(_Section):
     """One experiment: a model, a workload and how to measure it."""
 
     schema_version: Literal["1"] = SCHEMA_VERSION
-    name: str | None = Field(default=None, max_length=200, description="Free label.")
-    tags: dict[str, str] = Field(default_factory=dict, description="Free labels.")
+    name: PlainText | None = Field(default=None, max_length=200, description="Free label.")
+    tags: dict[PlainText, PlainText] = Field(default_factory=dict, description="Free labels.")
 
-    model: str = Field(min_length=1, description="Hub id or a local directory on the server.")
-    revision: str | None = Field(default=None, description="Hub revision (branch, tag, commit).")
+    model: PlainText = Field(
+        min_length=1,
+        max_length=1024,
+        description="Hub id, or a model directory under the server's LLEM_MODEL_ROOTS "
+        "(GET /v1/models lists them).",
+    )
+    revision: PlainText | None = Field(
+        default=None, min_length=1, description="Hub revision (branch, tag, commit)."
+    )
     backend: Literal["pytorch"] = "pytorch"
     precision: Literal["fp32", "fp16", "bf16"] = "fp16"
 
@@ -197,13 +276,13 @@ class ExperimentConfig(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _prompts_default_to_synthetic(cls, data: Any) -> Any:
-        # {"prompts": {"input_len": 64}} means synthetic prompts: the tag is only needed to
-        # choose another source.
+    def _prompts_source_from_fields(cls, data: Any) -> Any:
+        # {"prompts": {"input_len": 64}} means synthetic prompts and {"path": ...} a JSONL
+        # file: the tag is needed only where the fields do not tell.
         if isinstance(data, dict):
             prompts = data.get("prompts")
             if isinstance(prompts, dict) and "source" not in prompts:
-                data = {**data, "prompts": {"source": "synthetic", **prompts}}
+                data = {**data, "prompts": {"source": infer_prompt_source(prompts), **prompts}}
         return data
 
     @model_validator(mode="after")

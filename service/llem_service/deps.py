@@ -13,7 +13,8 @@ import inspect
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from llem_service.backends.base import InferenceBackend
 from llem_service.energy.base import EnergyMeter
@@ -23,6 +24,8 @@ from llem_service.experiment.results import ResultFiles
 from llem_service.jobs.events import ChangeFeed
 from llem_service.jobs.store import JobStore
 from llem_service.jobs.worker import Worker
+from llem_service.models.catalog import ModelCatalog
+from llem_service.models.hub import HuggingFaceHub, ModelHub
 from llem_service.settings import Settings
 
 T = TypeVar("T")
@@ -78,16 +81,50 @@ def get_energy_meter(settings: SettingsDep) -> EnergyMeter:
     return NvmlEnergyMeter()
 
 
-def require_token(request: Request, settings: SettingsDep) -> None:
+def get_model_hub(request: Request) -> ModelHub:
+    """The hub as the server sees it; one per app, so its answers are remembered."""
+    hub: ModelHub | None = getattr(request.app.state, "hub", None)
+    if hub is None:
+        settings: Settings = request.app.state.settings
+        hub = request.app.state.hub = HuggingFaceHub(settings.hub_probe_timeout_s)
+    return hub
+
+
+def get_model_catalog(
+    settings: SettingsDep, hub: Annotated[ModelHub, Depends(get_model_hub)]
+) -> ModelCatalog:
+    return ModelCatalog(settings.model_root_paths, hub)
+
+
+#: The bearer scheme in the OpenAPI document; the check itself is `require_token`'s, so that
+#: a missing and a wrong token get answers of their own.
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="The server's LLEM_API_TOKEN (LLEM_TOKEN or --token for llem-client).",
+)
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="llem"'}
+
+
+def require_token(
+    request: Request,
+    settings: SettingsDep,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
+) -> None:
     """Bearer-token check on /v1 routes when ``LLEM_API_TOKEN`` is set (constant-time)."""
     if settings.api_token is None:
         return
     expected = settings.api_token.get_secret_value().encode()
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    header = request.headers.get("Authorization")
+    if not header:
+        raise NotAuthenticated(
+            "this server requires a bearer token (Authorization: Bearer <token>); none was sent",
+            headers=_CHALLENGE,
+        )
+    scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
         raise NotAuthenticated(
-            "a valid bearer token is required (Authorization: Bearer <LLEM_API_TOKEN>)",
-            headers={"WWW-Authenticate": 'Bearer realm="llem"'},
+            "the bearer token sent is not this server's token", headers=_CHALLENGE
         )
 
 
@@ -104,3 +141,4 @@ WorkerDep = Annotated[Worker, Depends(get_worker)]
 FeedDep = Annotated[ChangeFeed, Depends(get_feed)]
 ResultsDep = Annotated[ResultFiles, Depends(get_results)]
 MeterDep = Annotated[EnergyMeter, Depends(get_energy_meter)]
+CatalogDep = Annotated[ModelCatalog, Depends(get_model_catalog)]

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from llem_client import ExperimentConfig, ExperimentResult, JobProgress, JobStatus, ProblemDetail
 
-from llem_service.backends.base import BackendError, InferenceBackend
+from llem_service.backends.base import BackendError, ConfigError, InferenceBackend
 from llem_service.energy.base import Baseline, EnergyMeter, MeterError
 from llem_service.energy.timeseries import Columns
 from llem_service.errors import Failures
@@ -100,6 +100,9 @@ def _child_main(
         output = run_experiment(job_id, config, backend, meter, report, baselines, meter_failed)
         finished.set()
         send(("result", (output.result.model_dump_json(), output.timeseries)))
+    except ConfigError as exc:
+        finished.set()
+        send(("error", (Failures.CONFIG_ERROR.slug, str(exc), None)))
     except BackendError as exc:
         finished.set()
         send(("error", (Failures.BACKEND_ERROR.slug, str(exc), None)))

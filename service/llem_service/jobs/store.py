@@ -12,6 +12,7 @@ import json
 import sqlite3
 import threading
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,13 +21,20 @@ from typing import Protocol
 from llem_client import (
     ExperimentConfig,
     Job,
+    JobMetrics,
     JobProgress,
     JobStatus,
     ProblemDetail,
     measurement_config_hash,
 )
 
-from llem_service.errors import Failures, IdempotencyKeyReused, InvalidCursor
+from llem_service.errors import (
+    AmbiguousJobId,
+    Failures,
+    IdempotencyKeyReused,
+    InvalidCursor,
+    JobStillActive,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -47,12 +55,26 @@ CREATE TABLE IF NOT EXISTS jobs (
     request_fingerprint TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
+-- Headline figures of succeeded jobs, for listings; a table of its own so the jobs table
+-- keeps its shape. Deleted with its job.
+CREATE TABLE IF NOT EXISTS job_metrics (
+    job_id TEXT PRIMARY KEY,
+    tokens_per_second REAL NOT NULL,
+    energy_per_output_token_j REAL
+);
 """
 
 _JOB_COLUMNS = (
-    "seq, id, status, model, name, config_hash, created_at, started_at, finished_at, "
-    "progress_json, error_json"
+    "jobs.seq, jobs.id, jobs.status, jobs.model, jobs.name, jobs.config_hash, jobs.created_at,"
+    " jobs.started_at, jobs.finished_at, jobs.progress_json, jobs.error_json,"
+    " json_extract(jobs.config_json, '$.tags') AS tags_json,"
+    " m.tokens_per_second, m.energy_per_output_token_j"
 )
+_JOBS = "jobs LEFT JOIN job_metrics m ON m.job_id = jobs.id"
+#: Shortest job id prefix looked up as a prefix: shorter ones match too much to be meant.
+MIN_ID_PREFIX = 4
+#: Candidates an ambiguous prefix lists.
+MAX_CANDIDATES = 10
 
 
 @dataclass(frozen=True)
@@ -79,8 +101,22 @@ class JobStore(Protocol):
     def get(self, job_id: str) -> Job | None: ...
 
     def list_jobs(
-        self, status: JobStatus | None = None, limit: int = 50, cursor: str | None = None
+        self,
+        status: JobStatus | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        *,
+        tags: Mapping[str, str] | None = None,
+        name: str | None = None,
     ) -> tuple[list[Job], str | None]: ...
+
+    def find(self, id_or_prefix: str) -> Job | None: ...
+
+    def delete_finished(self, job_id: str) -> Job | None: ...
+
+    def record_metrics(self, job_id: str, metrics: JobMetrics) -> None: ...
+
+    def succeeded_without_metrics(self) -> list[tuple[str, str | None]]: ...
 
     def claim_next(self) -> ClaimedJob | None: ...
 
@@ -126,6 +162,13 @@ def _encode_cursor(seq: int) -> str:
     return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
 
 
+TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
+
+
 def _decode_cursor(cursor: str) -> int:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
@@ -156,11 +199,19 @@ class SqliteJobStore:
 
     @staticmethod
     def _job(row: sqlite3.Row) -> Job:
+        metrics = None
+        if row["tokens_per_second"] is not None:
+            metrics = JobMetrics(
+                tokens_per_second=row["tokens_per_second"],
+                energy_per_output_token_j=row["energy_per_output_token_j"],
+            )
         return Job(
             id=row["id"],
             status=JobStatus(row["status"]),
             model=row["model"],
             name=row["name"],
+            tags=json.loads(row["tags_json"]) if row["tags_json"] else {},
+            metrics=metrics,
             config_hash=row["config_hash"],
             created_at=row["created_at"],
             started_at=row["started_at"],
@@ -173,7 +224,7 @@ class SqliteJobStore:
 
     def _fetch(self, job_id: str) -> Job | None:
         row = self._db.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)
+            f"SELECT {_JOB_COLUMNS} FROM {_JOBS} WHERE jobs.id = ?", (job_id,)
         ).fetchone()
         return self._job(row) if row else None
 
@@ -221,24 +272,121 @@ class SqliteJobStore:
             return self._fetch(job_id)
 
     def list_jobs(
-        self, status: JobStatus | None = None, limit: int = 50, cursor: str | None = None
+        self,
+        status: JobStatus | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        *,
+        tags: Mapping[str, str] | None = None,
+        name: str | None = None,
     ) -> tuple[list[Job], str | None]:
-        where, args = [], []
+        """A page of jobs, newest first.
+
+        Args:
+            tags: Only jobs whose config has every one of these tags with that value.
+            name: Only jobs whose name contains this text (case-insensitive).
+        """
+        where: list[str] = []
+        args: list[str | int] = []
         if status is not None:
-            where.append("status = ?")
+            where.append("jobs.status = ?")
             args.append(status.value)
-        if cursor is not None:
-            where.append("seq < ?")
-            args.append(str(_decode_cursor(cursor)))
-        sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
+        if cursor:  # an empty cursor is the first page
+            where.append("jobs.seq < ?")
+            args.append(_decode_cursor(cursor))
+        for key, value in (tags or {}).items():
+            where.append(
+                "EXISTS (SELECT 1 FROM json_each(jobs.config_json, '$.tags')"
+                " WHERE json_each.key = ? AND json_each.value = ?)"
+            )
+            args += [key, value]
+        if name:
+            where.append("instr(lower(jobs.name), lower(?)) > 0")
+            args.append(name)
+        sql = f"SELECT {_JOB_COLUMNS} FROM {_JOBS}"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY seq DESC LIMIT ?"
+        sql += " ORDER BY jobs.seq DESC LIMIT ?"
         with self._lock:
             rows = self._db.execute(sql, (*args, limit + 1)).fetchall()
         jobs = [self._job(row) for row in rows[:limit]]
         next_cursor = _encode_cursor(rows[limit - 1]["seq"]) if len(rows) > limit else None
         return jobs, next_cursor
+
+    def find(self, id_or_prefix: str) -> Job | None:
+        """The job with this id, or the one job whose id starts with it (at least
+        `MIN_ID_PREFIX` characters); None if there is none.
+
+        Raises:
+            AmbiguousJobId: The prefix starts several jobs' ids; it lists some.
+        """
+        with self._lock:
+            job = self._fetch(id_or_prefix)
+            prefix = id_or_prefix.lower()
+            if job is not None or len(prefix) < MIN_ID_PREFIX or not _is_hex(prefix):
+                return job
+            # A range, not LIKE, so the UNIQUE index on id serves it.
+            rows = self._db.execute(
+                "SELECT id FROM jobs WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+                (prefix, prefix + "g", MAX_CANDIDATES + 1),
+            ).fetchall()
+            if len(rows) == 1:
+                return self._fetch(rows[0]["id"])
+        if not rows:
+            return None
+        ids = [row["id"] for row in rows]
+        more = " and more" if len(ids) > MAX_CANDIDATES else ""
+        shown = ids[:MAX_CANDIDATES]
+        raise AmbiguousJobId(
+            f"job id prefix {id_or_prefix!r} matches {', '.join(shown)}{more}; give more of the id",
+            extra={"candidates": shown},
+        )
+
+    def delete_finished(self, job_id: str) -> Job | None:
+        """Remove a finished job (its row and metrics); return it, or None if unknown.
+
+        Raises:
+            JobStillActive: The job is queued or running (cancel it first).
+        """
+        with self._lock:
+            job = self._fetch(job_id)
+            if job is None:
+                return None
+            if not job.status.terminal:
+                raise JobStillActive(
+                    f"job {job_id} is {job.status.value}; cancel it before deleting it"
+                )
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM job_metrics WHERE job_id = ?", (job_id,))
+                self._db.execute(
+                    "DELETE FROM jobs WHERE id = ? AND status IN (?, ?, ?)",
+                    (job_id, *(s.value for s in TERMINAL)),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return job
+
+    def record_metrics(self, job_id: str, metrics: JobMetrics) -> None:
+        """Keep a succeeded job's headline figures for listings."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO job_metrics"
+                " (job_id, tokens_per_second, energy_per_output_token_j) VALUES (?, ?, ?)",
+                (job_id, metrics.tokens_per_second, metrics.energy_per_output_token_j),
+            )
+
+    def succeeded_without_metrics(self) -> list[tuple[str, str | None]]:
+        """(id, result path) of succeeded jobs with no figures yet (stored before there were)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT jobs.id, jobs.result_path FROM jobs LEFT JOIN job_metrics m"
+                " ON m.job_id = jobs.id WHERE jobs.status = ? AND m.job_id IS NULL",
+                (JobStatus.SUCCEEDED.value,),
+            ).fetchall()
+        return [(row["id"], row["result_path"]) for row in rows]
 
     def claim_next(self) -> ClaimedJob | None:
         """Oldest queued job, now running. Atomic: two workers never claim the same job."""

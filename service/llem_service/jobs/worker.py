@@ -17,7 +17,7 @@ from llem_client import BaselineInfo, JobProgress, JobStatus
 from llem_service.energy.base import Baseline
 from llem_service.errors import Failures
 from llem_service.executors.local import ExperimentRunner, RunOutcome
-from llem_service.experiment.results import ResultFiles
+from llem_service.experiment.results import ResultFiles, job_metrics
 from llem_service.jobs.events import ChangeFeed
 from llem_service.jobs.store import ClaimedJob, JobStore
 
@@ -190,5 +190,6 @@ class Worker:
             )
             _log.error("job %s: result not saved: %s", job_id, exc)
             return
+        self.store.record_metrics(job_id, job_metrics(result))
         self.store.finish(job_id, JobStatus.SUCCEEDED, result_path=str(path))
         _log.info("job %s: succeeded", job_id)

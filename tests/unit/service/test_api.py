@@ -262,6 +262,7 @@ def test_openapi_describes_every_route_and_its_problems(http: TestClient) -> Non
         "/v1/experiments/{job_id}/cancel",
         "/v1/experiments/{job_id}/events",
         "/v1/experiments/{job_id}/timeseries",
+        "/v1/models",
     }
     submit = paths["/v1/experiments"]["post"]["responses"]
     problem_ref = submit["422"]["content"][PROBLEM]["schema"]["$ref"]

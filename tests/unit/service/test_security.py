@@ -27,7 +27,7 @@ from tests.fakes import ScriptedBackend
 PROBLEM = "application/problem+json"
 TOKEN = "tok-0123456789abcdef"
 #: Routes outside /v1 that are open on purpose: liveness and the API's own description.
-OPEN_ROUTES = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+OPEN_ROUTES = {"/healthz", "/openapi.json", "/docs", "/docs/assets", "/redoc"}
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""What the service shows in a browser, with every asset served by the service itself."""
