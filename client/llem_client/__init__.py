@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 from llem_client._version import SCHEMA_VERSION, __version__
 
 if TYPE_CHECKING:
-    from llem_client._client import AsyncClient, Client
+    from llem_client._async_client import AsyncClient
+    from llem_client._client import Client
     from llem_client._config import (
         BaselineConfig,
         DecodingConfig,
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
         RateLimitError,
         ResponseFormatError,
         ServerError,
+        ServerShutdownError,
         UnprocessableEntityError,
     )
     from llem_client._hashing import canonical_config_json, measurement_config_hash
@@ -76,7 +78,8 @@ if TYPE_CHECKING:
     from llem_client._text import escape_controls
 
 _LAZY: dict[str, str] = {
-    **dict.fromkeys(["AsyncClient", "Client"], "_client"),
+    "AsyncClient": "_async_client",
+    "Client": "_client",
     **dict.fromkeys(
         [
             "BaselineConfig",
@@ -107,6 +110,7 @@ _LAZY: dict[str, str] = {
             "RateLimitError",
             "ResponseFormatError",
             "ServerError",
+            "ServerShutdownError",
             "UnprocessableEntityError",
         ],
         "_exceptions",
@@ -204,6 +208,7 @@ __all__ = [
     "SampleStats",
     "SamplerReport",
     "ServerError",
+    "ServerShutdownError",
     "ServiceInfo",
     "SyntheticPrompts",
     "UnprocessableEntityError",

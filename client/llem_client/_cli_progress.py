@@ -120,8 +120,14 @@ class LiveProgress:
 
     def __call__(self, job: Job) -> None:
         progress = job.progress
-        unit = f" ({progress.unit})" if progress.unit and progress.total is not None else ""
-        phase = progress.phase if job.status.value == "running" else job.status.value
+        running = job.status.value == "running"
+        # The unit names what the bar counts, while it counts: not on "succeeded".
+        unit = (
+            f" ({progress.unit})"
+            if running and progress.unit and progress.total is not None
+            else ""
+        )
+        phase = progress.phase if running else job.status.value
         self._progress.update(
             self._task,
             description=f"job {self._job_id}: {phase}{unit}",

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING
+
+from llem_client._text import escape_controls
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from llem_client._jobs import Job, JobProgress, ProblemDetail, ServiceInfo
-    from llem_client._results import ExperimentResult
+    from llem_client._jobs import Job, JobProgress, ModelInfo, ProblemDetail, ServiceInfo
+    from llem_client._results import ExperimentResult, LatencyStats
 
 NO_METER = "n/a (no meter)"
 #: Columns of tables written to a pipe or file.
@@ -56,8 +58,28 @@ def format_progress(progress: JobProgress) -> str:
 
 
 def format_problem(problem: ProblemDetail) -> str:
-    """The problem's title and, when it has one, its detail."""
-    return f"{problem.title}: {problem.detail}" if problem.detail else problem.title
+    """The problem's title and, when it has one, its detail (once: a detail that already
+    starts with the title is not prefixed with it again). Control characters escaped."""
+    title, detail = problem.title, problem.detail
+    if not detail or detail.lower().startswith(title.lower()):
+        return escape_controls(detail or title)
+    return escape_controls(f"{title}: {detail}")
+
+
+def job_reason(job: Job) -> str:
+    """Why a job failed, in one line; whose doing it was when the server says so."""
+    if job.error is None:
+        return "the server gave no reason"
+    return format_problem(job.error)
+
+
+def format_age(moment: datetime, now: datetime | None = None) -> str:
+    """How long ago, in the largest whole unit: ``45s``, ``12m``, ``5h``, ``3d``."""
+    seconds = max(0.0, ((now or datetime.now(timezone.utc)) - moment).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
 
 
 def model_slug(model: str) -> str:
@@ -90,7 +112,7 @@ def result_rows(result: ExperimentResult) -> list[tuple[str, str]]:
     model = config.model if config.name is None else f"{config.model} ({config.name})"
     rows = [
         ("experiment", result.experiment_id),
-        ("model", model),
+        ("model", escape_controls(model)),
         ("config hash", result.measurement_config_hash),
         ("requests", f"{result.n_requests:,}"),
         ("input tokens", f"{result.input_tokens:,}"),
@@ -144,7 +166,20 @@ def result_rows(result: ExperimentResult) -> list[tuple[str, str]]:
         if energy.counter_vs_integral_rel_diff is not None:
             rows.append(("counter vs samples", f"{energy.counter_vs_integral_rel_diff:+.1%}"))
     rows.append(("measured duration", f"{result.total_inference_time_sec:,.3f} s"))
+    rows += _latency_rows("TTFT", result.time_to_first_token_sec)
+    if result.inter_token_latency_sec is not None:
+        rows += _latency_rows("ITL", result.inter_token_latency_sec)
+    rows += [
+        ("prefill time", f"{result.prefill_time_sec:,.3f} s"),
+        ("decode time", f"{result.decode_time_sec:,.3f} s"),
+        ("model load time", f"{result.model_load_time_sec:,.3f} s"),
+        ("FLOPs", f"{result.total_flops:.3e}"),
+    ]
     return rows
+
+
+def _latency_rows(label: str, stats: LatencyStats) -> list[tuple[str, str]]:
+    return [(f"{label} p50 / p90", f"{stats.p50 * 1000:,.2f} / {stats.p90 * 1000:,.2f} ms")]
 
 
 def print_result_summary(result: ExperimentResult, console: Console) -> None:
@@ -161,7 +196,7 @@ def print_result_summary(result: ExperimentResult, console: Console) -> None:
     if result.warnings:
         console.print("warnings:")
         for warning in result.warnings:
-            console.print(f"  - {warning.code}: {warning.message}")
+            console.print(f"  - {warning.code}: {escape_controls(warning.message)}")
 
 
 def _print_pairs(console: Console, pairs: Sequence[tuple[str, str]]) -> None:
@@ -171,41 +206,93 @@ def _print_pairs(console: Console, pairs: Sequence[tuple[str, str]]) -> None:
 
 
 def print_job(job: Job, console: Console) -> None:
-    """A job as aligned ``label  value`` lines, its error last."""
+    """A job as aligned ``label  value`` lines, why it failed last."""
     pairs = [
         ("job", job.id),
         ("status", job.status.value),
-        ("model", job.model if job.name is None else f"{job.model} ({job.name})"),
-        ("progress", format_progress(job.progress)),
+        ("name", escape_controls(job.name) if job.name is not None else "-"),
+        ("model", escape_controls(job.model)),
+    ]
+    if job.tags:
+        tags = ", ".join(f"{k}={v}" for k, v in sorted(job.tags.items()))
+        pairs.append(("tags", escape_controls(tags)))
+    if not job.status.terminal:
+        pairs.append(("progress", format_progress(job.progress)))
+    pairs += [
         ("created", format_time(job.created_at)),
         ("started", format_time(job.started_at)),
         ("finished", format_time(job.finished_at)),
         ("config hash", job.config_hash),
     ]
-    if job.error is not None:
-        pairs.append(("error", format_problem(job.error)))
+    if job.metrics is not None:
+        pairs.append(("tokens/s (output)", f"{job.metrics.tokens_per_second:,.1f}"))
+        jpt = job.metrics.energy_per_output_token_j
+        pairs.append(("J/token (raw)", NO_METER if jpt is None else f"{jpt:.4g} J/token"))
+    if job.status.value == "failed":
+        pairs.append(("reason", job_reason(job)))
     _print_pairs(console, pairs)
 
 
-def print_job_list(jobs: Sequence[Job], console: Console) -> None:
-    """A table of jobs in the order given (the server's: newest first)."""
+def _status_cell(job: Job) -> str:
+    """The status, with the phase while running (``running:warmup``)."""
+    if job.status.value == "running":
+        return f"run:{job.progress.phase}"[:9]
+    return job.status.value
+
+
+def print_job_list(jobs: Sequence[Job], console: Console, now: datetime | None = None) -> None:
+    """A table of jobs in the order given (the server's: newest first), fitting the console:
+    ids are cut to the 8 characters every command accepts, names and models are shortened
+    with an ellipsis, never wrapped. Failed jobs' reasons follow the table."""
     from rich import box
     from rich.table import Table
 
     if not jobs:
         console.print("no jobs")
         return
-    table = Table(box=box.SIMPLE_HEAD)
-    for column in ("id", "status", "model", "created", "progress"):
-        table.add_column(column, overflow="fold")
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    table.add_column("id", no_wrap=True, min_width=8)
+    table.add_column("name", no_wrap=True, overflow="ellipsis", ratio=2)
+    table.add_column("model", no_wrap=True, overflow="ellipsis", ratio=3)
+    table.add_column("status", no_wrap=True, min_width=9)
+    table.add_column("age", no_wrap=True, justify="right", min_width=3)
+    table.add_column("tok/s", no_wrap=True, justify="right", min_width=7)
+    table.add_column("J/tok", no_wrap=True, justify="right", min_width=6)
     for job in jobs:
+        metrics = job.metrics
+        jpt = metrics.energy_per_output_token_j if metrics is not None else None
         table.add_row(
-            job.id,
-            job.status.value,
-            job.model,
-            format_time(job.created_at),
-            format_progress(job.progress),
+            job.id[:8],
+            escape_controls(job.name) if job.name else "-",
+            escape_controls(job.model),
+            _status_cell(job),
+            format_age(job.created_at, now),
+            f"{metrics.tokens_per_second:,.1f}" if metrics is not None else "-",
+            f"{jpt:.3g}" if jpt is not None else ("n/a" if metrics is not None else "-"),
         )
+    console.print(table)
+    failed = [job for job in jobs if job.status.value == "failed"]
+    for job in failed:
+        line = f"{job.id[:8]} failed: {job_reason(job)}"
+        width = console.width
+        console.print(line if len(line) <= width else line[: width - 1] + "…", soft_wrap=True)
+
+
+def print_models(models: Sequence[ModelInfo], console: Console) -> None:
+    """The server's models: name, where it lives, context length."""
+    from rich import box
+    from rich.table import Table
+
+    if not models:
+        console.print("no models under LLEM_MODEL_ROOTS or in the hub cache")
+        return
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column("model", overflow="fold")
+    table.add_column("source", no_wrap=True)
+    table.add_column("context", justify="right", no_wrap=True)
+    for model in models:
+        context = f"{model.context_tokens:,}" if model.context_tokens else "?"
+        table.add_row(escape_controls(model.name), model.source, context)
     console.print(table)
 
 
@@ -231,4 +318,4 @@ def print_info(info: ServiceInfo, server: str, client_schema: str, console: Cons
         ("queue length", str(info.queue_length)),
         ("running job", info.running_job or "-"),
     ]
-    _print_pairs(console, pairs)
+    _print_pairs(console, [(label, escape_controls(value)) for label, value in pairs])

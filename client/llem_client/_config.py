@@ -299,3 +299,54 @@ class ExperimentConfig(_Section):
         if self.batch_size > self.n_prompts:
             raise ValueError(f"batch_size ({self.batch_size}) exceeds n_prompts ({self.n_prompts})")
         return self
+
+
+def _section_fields(model: type[BaseModel], loc: list[str | int]) -> list[str] | None:
+    """The field names of the section at ``loc`` (a field error's location without its last
+    part), or None where the location leaves the config's sections (a list, a free mapping)."""
+    current: Any = model
+    for part in loc:
+        is_section = isinstance(current, type) and issubclass(current, BaseModel)
+        if not is_section and not isinstance(current, list):
+            return None
+        if is_section and isinstance(part, str) and part in current.model_fields:
+            annotation = current.model_fields[part].annotation
+            sections = [
+                arg
+                for arg in (get_args(annotation) or (annotation,))
+                if isinstance(arg, type) and issubclass(arg, BaseModel)
+            ]
+            nested = [a for arg in get_args(annotation) for a in get_args(arg)]
+            sections += [a for a in nested if isinstance(a, type) and issubclass(a, BaseModel)]
+            current = sections[0] if len(sections) == 1 else sections
+            continue
+        # A discriminated union's tag ("synthetic" in prompts.synthetic.path) picks the member.
+        members: list[Any] = current if isinstance(current, list) else []
+        chosen = [
+            m
+            for m in members
+            if "source" in m.model_fields
+            and get_args(m.model_fields["source"].annotation) == (part,)
+        ]
+        if len(chosen) != 1:
+            return None
+        current = chosen[0]
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return None
+
+
+def unknown_field_hint(loc: list[str | int]) -> str:
+    """``unknown field (did you mean 'batch_size'?)`` for the unknown key at ``loc``, or
+    ``unknown field; the fields here are ...`` when none is close."""
+    import difflib
+
+    if not loc or not isinstance(loc[-1], str):
+        return "unknown field"
+    fields = _section_fields(ExperimentConfig, list(loc[:-1]))
+    if not fields:
+        return "unknown field"
+    close = difflib.get_close_matches(loc[-1], fields, n=1, cutoff=0.6)
+    if close:
+        return f"unknown field (did you mean {close[0]!r}?)"
+    return f"unknown field; the fields here are {', '.join(sorted(fields))}"

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from llem_client import FieldError, ProblemDetail
+from llem_client._config import unknown_field_hint
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llem_service.errors import PROBLEM_URN, LlemServiceError
@@ -62,6 +63,8 @@ def field_errors(errors: Sequence[Any]) -> list[FieldError]:
         for prefix in ("Value error, ", "Assertion failed, "):
             msg = msg.removeprefix(prefix)
         loc = [part for part in error.get("loc", ()) if isinstance(part, str | int)]
+        if error.get("type") == "extra_forbidden" and loc[:1] == ["body"]:
+            msg = unknown_field_hint(loc[1:])
         out.append(FieldError(loc=loc, msg=msg, type=str(error.get("type", "value_error"))))
     return out
 
