@@ -14,6 +14,7 @@ from typing import Any, Literal
 from llem_client import DeviceInfo, ExperimentConfig
 from llem_service.backends.base import (
     BackendError,
+    ConfigError,
     LoadReport,
     ProgressFn,
     WarmupReport,
@@ -41,7 +42,8 @@ class FakeInferenceBackend:
     Every request has ``input_tokens_per_request`` prompt tokens and ``max_output_tokens``
     output tokens; the measured window reports ``measured_time_s``. ``sleep_s`` is how long
     `run` really takes, so cancellation and one-at-a-time execution can be observed.
-    ``fail_in`` raises a `BackendError` with ``error_message`` in that phase; ``crash_in``
+    ``fail_in`` raises a `BackendError` with ``error_message`` in that phase (a `ConfigError`,
+    the submitter's doing, with ``fail_as_config_error``); ``crash_in``
     ends the child process abruptly with ``os._exit(crash_exit_code)``, as a segfault or an
     OOM kill would. ``gpu=False`` runs "on the CPU": no device to meter.
     """
@@ -57,6 +59,7 @@ class FakeInferenceBackend:
     crash_in: Phase | None = None
     crash_exit_code: int = 3
     error_message: str = "the fake backend failed on purpose"
+    fail_as_config_error: bool = False
     marker_dir: str | None = None
     gpu: bool = True
     _closed: bool = field(default=False, repr=False)
@@ -74,7 +77,7 @@ class FakeInferenceBackend:
         if self.crash_in == phase:
             os._exit(self.crash_exit_code)
         if self.fail_in == phase:
-            raise BackendError(self.error_message)
+            raise (ConfigError if self.fail_as_config_error else BackendError)(self.error_message)
 
     def load(self, config: ExperimentConfig) -> LoadReport:
         self._maybe_fail("load")

@@ -125,6 +125,7 @@ def submit_experiment(
     idempotency_key: Annotated[
         str | None,
         Header(
+            alias="Idempotency-Key",
             max_length=255,
             description="Repeat a request with the same key and body to get the same job "
             "(safe retries); the same key with another body is a 422.",
