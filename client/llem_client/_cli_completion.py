@@ -32,6 +32,8 @@ class Command:
     values: dict[str, list[str]] = field(default_factory=dict)
     file_options: list[str] = field(default_factory=list)
     takes_files: bool = False
+    #: Words a positional argument takes (``completion bash``).
+    arguments: list[str] = field(default_factory=list)
     subcommands: list[Command] = field(default_factory=list)
 
 
@@ -54,6 +56,7 @@ def describe(parser: argparse.ArgumentParser, name: str = PROG, help_text: str =
         if not action.option_strings:
             if str(action.metavar) in FILE_METAVARS:
                 command.takes_files = True
+            command.arguments += [str(c) for c in action.choices or ()]
             continue
         command.options += [o for o in action.option_strings if o.startswith("--")]
         if action.nargs == 0:
@@ -77,6 +80,8 @@ def bash_script(root: Command) -> str:
     lines = [
         f"# {PROG} completion for bash (zsh uses it through bashcompinit).",
         "_llem_client() {",
+        "    # zsh (bashcompinit) indexes arrays from 0 only with ksharrays.",
+        "    [[ -n ${ZSH_VERSION-} ]] && setopt localoptions ksharrays",
         '    local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"',
         '    local cmd="" sub="" skip=0 i word',
         "    for ((i = 1; i < COMP_CWORD; i++)); do",
@@ -127,9 +132,13 @@ def bash_script(root: Command) -> str:
 
 def _bash_leaf(command: Command) -> str:
     options = f'COMPREPLY=($(compgen -W "{_words(command.options)}" -- "$cur"))'
-    if not command.takes_files:
+    if command.arguments:
+        other = f'COMPREPLY=($(compgen -W "{_words(command.arguments)}" -- "$cur"))'
+    elif command.takes_files:
+        other = 'COMPREPLY=($(compgen -f -- "$cur"))'
+    else:
         return options
-    return f'if [[ "$cur" == -* ]]; then {options}; else COMPREPLY=($(compgen -f -- "$cur")); fi'
+    return f'if [[ "$cur" == -* ]]; then {options}; else {other}; fi'
 
 
 def zsh_script(root: Command) -> str:
@@ -175,6 +184,9 @@ def fish_script(root: Command) -> str:
                 lines.append(_fish_option(condition, option, leaf))
             if leaf.takes_files:
                 lines.append(f"complete -c {PROG} -n {shlex.quote(condition)} -F")
+            if leaf.arguments:
+                words = shlex.quote(_words(leaf.arguments))
+                lines.append(f"complete -c {PROG} -n {shlex.quote(condition)} -a {words}")
     return "\n".join(lines) + "\n"
 
 

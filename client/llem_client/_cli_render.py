@@ -234,48 +234,72 @@ def print_job(job: Job, console: Console) -> None:
 
 
 def _status_cell(job: Job) -> str:
-    """The status, with the phase while running (``running:warmup``)."""
+    """The status; for a running job its phase (``loading``, ``measuring``...), which says
+    more and says running as well."""
     if job.status.value == "running":
-        return f"run:{job.progress.phase}"[:9]
+        return job.progress.phase
     return job.status.value
+
+
+def _fit(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, the cut marked with an ellipsis."""
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+#: (header, width, right-aligned) of the job list's fixed columns after name and model.
+_FIXED = (("status", 10, False), ("age", 4, True), ("tok/s", 9, True), ("J/tok", 7, True))
+_ID_WIDTH = 8
+_GAP = "  "
 
 
 def print_job_list(jobs: Sequence[Job], console: Console, now: datetime | None = None) -> None:
     """A table of jobs in the order given (the server's: newest first), fitting the console:
     ids are cut to the 8 characters every command accepts, names and models are shortened
     with an ellipsis, never wrapped. Failed jobs' reasons follow the table."""
-    from rich import box
-    from rich.table import Table
-
     if not jobs:
         console.print("no jobs")
         return
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
-    table.add_column("id", no_wrap=True, min_width=8)
-    table.add_column("name", no_wrap=True, overflow="ellipsis", ratio=2)
-    table.add_column("model", no_wrap=True, overflow="ellipsis", ratio=3)
-    table.add_column("status", no_wrap=True, min_width=9)
-    table.add_column("age", no_wrap=True, justify="right", min_width=3)
-    table.add_column("tok/s", no_wrap=True, justify="right", min_width=7)
-    table.add_column("J/tok", no_wrap=True, justify="right", min_width=6)
+    rows = []
     for job in jobs:
         metrics = job.metrics
         jpt = metrics.energy_per_output_token_j if metrics is not None else None
-        table.add_row(
-            job.id[:8],
-            escape_controls(job.name) if job.name else "-",
-            escape_controls(job.model),
-            _status_cell(job),
-            format_age(job.created_at, now),
-            f"{metrics.tokens_per_second:,.1f}" if metrics is not None else "-",
-            f"{jpt:.3g}" if jpt is not None else ("n/a" if metrics is not None else "-"),
+        rows.append(
+            (
+                job.id[:_ID_WIDTH],
+                escape_controls(job.name) if job.name else "-",
+                escape_controls(job.model),
+                _status_cell(job),
+                format_age(job.created_at, now),
+                f"{metrics.tokens_per_second:,.1f}" if metrics is not None else "-",
+                f"{jpt:.3g}" if jpt is not None else ("n/a" if metrics is not None else "-"),
+            )
         )
-    console.print(table)
-    failed = [job for job in jobs if job.status.value == "failed"]
-    for job in failed:
-        line = f"{job.id[:8]} failed: {job_reason(job)}"
-        width = console.width
-        console.print(line if len(line) <= width else line[: width - 1] + "…", soft_wrap=True)
+    fixed = _ID_WIDTH + sum(width for _, width, _ in _FIXED) + len(_GAP) * 6
+    flexible = max(console.width - fixed, 20)
+    name_w = max(len("name"), max(len(r[1]) for r in rows))
+    model_w = max(len("model"), max(len(r[2]) for r in rows))
+    if name_w + model_w > flexible:  # share what is left, 2:3, neither below its fair part
+        name_w = min(name_w, max(flexible * 2 // 5, flexible - model_w))
+        model_w = flexible - name_w
+    widths = [_ID_WIDTH, name_w, model_w, *(width for _, width, _ in _FIXED)]
+    right = [False, False, False, *(r for _, _, r in _FIXED)]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            _fit(cell, w).rjust(w) if r else _fit(cell, w).ljust(w)
+            for cell, w, r in zip(cells, widths, right, strict=True)
+        ]
+        return _GAP.join(parts).rstrip()
+
+    headers = ["id", "name", "model", *(h for h, _, _ in _FIXED)]
+    console.print(line(headers), soft_wrap=True)
+    console.print("-" * len(line(["-" * w for w in widths])), soft_wrap=True)
+    for row in rows:
+        console.print(line(row), soft_wrap=True)
+    for job in jobs:
+        if job.status.value == "failed":
+            reason = f"{job.id[:_ID_WIDTH]} failed: {job_reason(job)}"
+            console.print(_fit(reason, console.width), soft_wrap=True)
 
 
 def print_models(models: Sequence[ModelInfo], console: Console) -> None:

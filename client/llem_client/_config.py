@@ -239,9 +239,32 @@ BOOKKEEPING_FIELDS: frozenset[str] = frozenset({"name", "tags"})
 class ExperimentConfig(_Section):
     """One experiment: a model, a workload and how to measure it."""
 
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "gpt2",
+                    "name": "gpt2-bs4",
+                    "tags": {"sweep": "batch-size"},
+                    "precision": "fp32",
+                    "prompts": {"source": "synthetic", "input_len": 32},
+                    "n_prompts": 8,
+                    "batch_size": 4,
+                    "max_output_tokens": 16,
+                }
+            ]
+        },
+    )
+
     schema_version: Literal["1"] = SCHEMA_VERSION
     name: PlainText | None = Field(default=None, max_length=200, description="Free label.")
-    tags: dict[PlainText, PlainText] = Field(default_factory=dict, description="Free labels.")
+    tags: dict[PlainText, PlainText] = Field(
+        default_factory=dict,
+        description="Free labels.",
+        json_schema_extra={"propertyNames": {"pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]*$"}},
+    )
 
     model: PlainText = Field(
         min_length=1,

@@ -151,10 +151,6 @@ class InvalidCursor(LlemServiceError):
     status, title, slug = 400, "Invalid cursor", "invalid-cursor"
 
 
-class InvalidTag(LlemServiceError):
-    status, title, slug = 400, "Invalid tag filter", "invalid-tag"
-
-
 class NotAuthenticated(LlemServiceError):
     status, title, slug = 401, "Not authenticated", "not-authenticated"
 

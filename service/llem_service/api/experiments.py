@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from llem_client import ExperimentConfig, ExperimentResult, Job, JobList, JobStatus
+from pydantic import StringConstraints
 
 from llem_service.api.problems import problem_responses
 from llem_service.deps import (
@@ -22,7 +23,6 @@ from llem_service.deps import (
 )
 from llem_service.energy.timeseries import parquet_to_csv
 from llem_service.errors import (
-    InvalidTag,
     JobAlreadyFinished,
     JobHasNoResult,
     JobNotFinished,
@@ -57,6 +57,33 @@ _JOB_LINKS = {
 }
 
 
+#: One Server-Sent Event (OpenAPI 3.1 describes an event stream by the schema of each event).
+_SSE_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["job", "shutdown"]},
+        "id": {"type": "string", "description": "Increases by one per event of the stream."},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": "job: the Job (as GET /v1/experiments/{job_id} gives it); shutdown: "
+            '{"detail": "..."}, the last event when the server stops before the job ends.',
+            "contentSchema": {
+                "oneOf": [
+                    {"$ref": "#/components/schemas/Job"},
+                    {
+                        "type": "object",
+                        "required": ["detail"],
+                        "properties": {"detail": {"type": "string"}},
+                    },
+                ]
+            },
+        },
+    },
+}
+
+
 def _job_or_404(store: JobStore, job_id: str) -> Job:
     job = store.find(job_id)
     if job is None:
@@ -85,13 +112,8 @@ def _succeeded_or_409(store: JobStore, job_id: str, what: str) -> Job:
 
 
 def _tag_filters(tags: list[str]) -> dict[str, str]:
-    parsed = {}
-    for tag in tags:
-        key, sep, value = tag.partition("=")
-        if not sep or not key:
-            raise InvalidTag(f"tag filter {tag!r} is not KEY=VALUE")
-        parsed[key] = value
-    return parsed
+    """``KEY=VALUE`` filters (the query's pattern has checked the form) as a mapping."""
+    return dict(tag.partition("=")[::2] for tag in tags)
 
 
 @router.post(
@@ -153,7 +175,7 @@ async def list_experiments(
         Query(description="next_cursor of the previous page; absent or empty: the first page"),
     ] = None,
     tag: Annotated[
-        list[str] | None,
+        list[Annotated[str, StringConstraints(pattern=r"^[^=]+=")]] | None,
         Query(description="KEY=VALUE: only jobs with this tag; repeat for all of several"),
     ] = None,
     name: Annotated[
@@ -304,7 +326,7 @@ def cancel_experiment(
             "change (data: the Job as JSON), comments to keep the connection alive, and, if "
             "the server shuts down first, a last `shutdown` event (data: "
             '`{"detail": "..."}`).',
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": _SSE_EVENT}},
         },
         **problem_responses(400, 401, 404),
     },

@@ -26,7 +26,10 @@ def _inside(path: Path, roots: Sequence[Path]) -> bool:
 
 def resolve_local(path_text: str, roots: Sequence[Path], what: str) -> Path:
     """A local path that must lie inside ``roots``; `ConfigError` otherwise."""
-    path = Path(path_text).expanduser()
+    try:
+        path = Path(path_text).expanduser()
+    except RuntimeError:  # "~someone/..." for a user this server does not have
+        raise ConfigError(f"{what} {path_text!r} names no home directory on the server") from None
     if not roots:
         raise ConfigError(
             f"{what} {path_text!r} is a local path, and this server allows none: set "

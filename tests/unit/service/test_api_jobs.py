@@ -115,8 +115,8 @@ def test_list_filters_by_tag_and_name(http: TestClient) -> None:
     assert ids(name="mis", tag="sweep=len") == [c]
     assert ids(tag="sweep=nope") == []
     bad = http.get("/v1/experiments", params={"tag": "no-equals"})
-    assert bad.status_code == 400
-    assert bad.json()["type"] == "urn:llem:problem:invalid-tag"
+    assert bad.status_code == 422
+    assert bad.json()["errors"][0]["loc"] == ["query", "tag", 0]
 
 
 def test_an_empty_cursor_is_the_first_page(http: TestClient) -> None:
