@@ -276,8 +276,8 @@ def print_job_list(jobs: Sequence[Job], console: Console, now: datetime | None =
         )
     fixed = _ID_WIDTH + sum(width for _, width, _ in _FIXED) + len(_GAP) * 6
     flexible = max(console.width - fixed, 20)
-    name_w = max(len("name"), max(len(r[1]) for r in rows))
-    model_w = max(len("model"), max(len(r[2]) for r in rows))
+    name_w = max(len("name"), *(len(r[1]) for r in rows))
+    model_w = max(len("model"), *(len(r[2]) for r in rows))
     if name_w + model_w > flexible:  # share what is left, 2:3, neither below its fair part
         name_w = min(name_w, max(flexible * 2 // 5, flexible - model_w))
         model_w = flexible - name_w
