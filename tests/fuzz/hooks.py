@@ -64,9 +64,8 @@ def map_case(context: Any, case: Any) -> Any:
         return case
     route = (operation.method.upper(), operation.path)
     query = case.query or {}
-    if route == ("GET", "/v1/experiments") and "cursor" in query:
-        if not _issued_form(query["cursor"]):  # noqa: SIM102 (one question, one condition)
-            del case.query["cursor"]
+    if route == ("GET", "/v1/experiments") and not _issued_form(query.get("cursor")):
+        query.pop("cursor", None)
     if route == ("POST", "/v1/experiments") and isinstance(case.body, dict):
         within_cross_field_rules(case.body)
         key = (case.headers or {}).get("Idempotency-Key")
@@ -76,9 +75,12 @@ def map_case(context: Any, case: Any) -> Any:
 
 
 def _issued_form(cursor: Any) -> bool:
-    """A cursor is opaque: only the server's own (``seq:N``, base64url) are accepted."""
+    """A cursor is opaque: only the server's own (``seq:N``, base64url) are accepted, and no
+    cursor at all."""
     import base64
 
+    if cursor is None:
+        return True
     try:
         padded = str(cursor) + "=" * (-len(str(cursor)) % 4)
         kind, _, value = base64.urlsafe_b64decode(padded).decode().partition(":")
@@ -106,12 +108,19 @@ def within_cross_field_rules(config: dict[str, Any]) -> None:
     limit = config.get("max_input_tokens")
     if limit is not None and prompts is None:
         prompts = config["prompts"] = {}
-    synthetic = isinstance(prompts, dict) and prompts.get("source", "synthetic") == "synthetic"
-    if synthetic and limit is not None and prompts.get("input_len", 128) > limit:
+    if (
+        isinstance(prompts, dict)
+        and prompts.get("source", "synthetic") == "synthetic"
+        and limit is not None
+        and prompts.get("input_len", 128) > limit
+    ):
         prompts["input_len"] = limit
     warmup = config.get("warmup")
-    cv = isinstance(warmup, dict) and warmup.get("mode") == "cv"
-    if cv and warmup.get("window", 3) > warmup.get("max_batches", 20):
+    if (
+        isinstance(warmup, dict)
+        and warmup.get("mode") == "cv"
+        and warmup.get("window", 3) > warmup.get("max_batches", 20)
+    ):
         warmup["window"] = warmup.get("max_batches", 20)
         if warmup["window"] < 2:
             warmup["window"] = warmup["max_batches"] = 2
