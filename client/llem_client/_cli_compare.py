@@ -118,7 +118,13 @@ def comparison(results: Sequence[ExperimentResult]) -> Comparison:
         ids=[r.experiment_id for r in results],
         labels=labels,
         config_rows=differing,
-        metric_rows=[row for row in metrics if any(v is not None for v in row[2])],
+        # Figures nobody has are left out, but for raw J/token: its "n/a (no meter)" says why
+        # there are no energy figures at all.
+        metric_rows=[
+            row
+            for row in metrics
+            if row[0] == "J/token (raw)" or any(v is not None for v in row[2])
+        ],
     )
 
 
@@ -154,4 +160,7 @@ def print_comparison(table: Comparison, console: Console) -> None:
             cells.append(f"{text} ({change:+.1%})" if change is not None else text)
         grid.add_row(label, *cells)
     console.print(grid)
-    console.print("(%) is the difference from the first job; n/a (no meter): energy not measured")
+    note = "(%): the difference from the first job"
+    if any(v is None for _, _, values in table.metric_rows for v in values):
+        note += "; n/a (no meter): energy not measured"
+    console.print(note)

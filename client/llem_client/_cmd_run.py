@@ -10,7 +10,14 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from llem_client._cli_common import Commands, add_json_flag, follow_hint, write_stdout
+from llem_client._cli_common import (
+    Commands,
+    add_json_flag,
+    follow_hint,
+    tag_filter,
+    tags_of,
+    write_stdout,
+)
 from llem_client._cli_errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, CliError
 
 if TYPE_CHECKING:
@@ -80,6 +87,14 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     fields.add_argument("--repeats", type=int, metavar="N")
     fields.add_argument("--name", help="a label for the experiment")
     fields.add_argument(
+        "--tag",
+        action="append",
+        type=tag_filter,
+        default=[],
+        metavar="KEY=VALUE",
+        help="a tag for the experiment (list and export filter by them); repeatable",
+    )
+    fields.add_argument(
         "--set",
         action="append",
         default=[],
@@ -111,6 +126,11 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
         input_len=args.input_len,
         sets=args.set,
     )
+    if args.tag:  # the value is text as written, not read as YAML as --set reads it
+        tags = data.setdefault("tags", {})
+        if not isinstance(tags, dict):
+            raise CliError("--tag needs the config's tags to be a mapping")
+        tags.update(tags_of(args.tag))
     return validate_config(data)
 
 

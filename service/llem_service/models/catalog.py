@@ -132,15 +132,17 @@ class ModelCatalog:
         try:
             resolved = resolve_model(model, self.roots)
         except BackendError as exc:
-            raise ModelRefused(f"{exc}{self.suggestion(model)}") from None
+            # "model '/etc' is outside...": the field is named where the refusal is shown.
+            said = str(exc).removeprefix("model ")
+            raise ModelRefused(f"{said}{self.suggestion(model)}") from None
         if resolved != model or model.startswith(("/", "./", "~")):
             directory = Path(resolved)
             if not directory.is_dir():
-                raise ModelRefused(f"model {model!r} is not a directory on the server")
+                raise ModelRefused(f"{model!r} is not a directory on the server")
             config = _read_config(directory)
             if config is None:
                 raise ModelRefused(
-                    f"model {model!r} is a directory under LLEM_MODEL_ROOTS but holds no "
+                    f"{model!r} is a directory under LLEM_MODEL_ROOTS but holds no "
                     f"readable config.json, so it is not a model{self.suggestion(model)}"
                 )
             return ModelCheck(config)
@@ -150,7 +152,7 @@ class ModelCatalog:
         problem = hub_id_problem(repo_id)
         if problem is not None:
             raise ModelRefused(
-                f"model {repo_id!r} is not under LLEM_MODEL_ROOTS and is not a hub id: "
+                f"{repo_id!r} is not under LLEM_MODEL_ROOTS and is not a hub id: "
                 f"{problem}{self.suggestion(repo_id)}"
             )
         cached = self.hub.cached_config(repo_id, revision)
@@ -160,20 +162,20 @@ class ModelCatalog:
         where = self._where()
         if offline is not None:
             raise ModelRefused(
-                f"model {repo_id!r}: {where}{self.suggestion(repo_id)}, and this server may "
+                f"{repo_id!r}: {where}{self.suggestion(repo_id)}, and this server may "
                 f"not fetch it from the hub ({offline}) nor has it in its hub cache"
             )
         found = self.hub.lookup(repo_id, revision)
         if found.answer is HubAnswer.EXISTS:
             return ModelCheck(None)
         if found.answer is HubAnswer.REVISION_MISSING:
-            raise ModelRefused(f"model {repo_id!r} has no revision {revision!r} on the hub")
+            raise ModelRefused(f"{repo_id!r} has no revision {revision!r} on the hub")
         if found.answer is HubAnswer.MISSING:
             raise ModelRefused(
-                f"model {repo_id!r}: {where}{self.suggestion(repo_id)}, and the hub has no "
+                f"{repo_id!r}: {where}{self.suggestion(repo_id)}, and the hub has no "
                 "model of that name"
             )
         raise ModelRefused(
-            f"model {repo_id!r}: {where}{self.suggestion(repo_id)}, and this server cannot "
+            f"{repo_id!r}: {where}{self.suggestion(repo_id)}, and this server cannot "
             f"reach the hub to fetch it ({found.reason}) nor has it in its hub cache"
         )

@@ -217,7 +217,7 @@ def test_a_typo_is_refused_at_submit_with_a_suggestion(
 
     assert code == 2
     assert err.startswith(
-        "llem-client: invalid config (rejected by the server): model: model 'tiny-gpt3': it is "
+        "llem-client: invalid config (rejected by the server): model: 'tiny-gpt3': it is "
         "not a model directory under LLEM_MODEL_ROOTS (did you mean 'tiny-gpt2'?)"
     )
     code, out, _ = cli(capsys, "--server", server.base_url, "models")
@@ -415,3 +415,10 @@ def test_help_lists_every_command() -> None:
         "info", "models", "config", "completion",
     ):  # fmt: skip
         assert f"\n    {command}" in done.stdout, command
+
+
+def test_run_flags_take_tags_as_text(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "config", "show", "--model", "m", "--tag", "n=007", "--json")
+
+    assert code == 0
+    assert json.loads(out)["tags"] == {"n": "007"}
