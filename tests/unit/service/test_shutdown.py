@@ -139,11 +139,16 @@ def test_sigterm_to_llem_service_with_a_watching_cli(
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    time.sleep(1.0)  # attached to the stream
+    # Its first progress line is printed just before it opens the event stream (a few ms).
+    assert watcher.stderr is not None
+    first = watcher.stderr.readline()
+    assert first.startswith(f"job {job.id}: "), first
+    time.sleep(1.0)
 
     server.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
     server_code = server.process.wait(timeout=30)  # type: ignore[union-attr]
-    _, err = watcher.communicate(timeout=30)
+    _, rest = watcher.communicate(timeout=30)
+    err = first + rest
 
     assert server_code in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
     assert watcher.returncode == 1, err
