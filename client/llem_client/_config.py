@@ -83,6 +83,14 @@ def _prompt_sources() -> dict[str, set[str]]:
     return sources
 
 
+#: Fields of prompt sources this version does not have yet, and the source that will read them:
+#: a config that uses one is told which ``source`` it means. When that source joins
+#: `PromptSource`, its fields are inferred from the union and its entry here goes.
+FUTURE_SOURCE_FIELDS: dict[str, tuple[str, str]] = {
+    "dataset": ("hf", "a dataset on the Hugging Face hub"),
+}
+
+
 def infer_prompt_source(prompts: dict[str, Any]) -> str:
     """The ``source`` that ``prompts`` (without one) means, from the fields it has.
 
@@ -106,6 +114,14 @@ def infer_prompt_source(prompts: dict[str, Any]) -> str:
         for key in sorted(keys)
     }
     unknown = [key for key, names in owners.items() if not names]
+    future = [key for key in unknown if key in FUTURE_SOURCE_FIELDS]
+    if future:
+        source, what = FUTURE_SOURCE_FIELDS[future[0]]
+        raise ValueError(
+            f"prompts.{future[0]} names {what} (source: {source}), which this version cannot "
+            "read as prompts yet; use source: jsonl with a file under the server's "
+            "LLEM_MODEL_ROOTS (path, field), or source: inline (prompts)"
+        )
     if unknown:
         described = "; ".join(
             f"{name} has {', '.join(sorted(fields))}" for name, fields in sources.items()
