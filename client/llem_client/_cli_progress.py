@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, TextIO
 
 from llem_client._cli_render import format_progress
+from llem_client._text import escape_controls
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -28,9 +29,10 @@ class ProgressReporter(Protocol):
 
 
 def describe(job: Job) -> str:
-    """The status for jobs that are not running, else the phase and counts."""
+    """The status for jobs that are not running, else the phase and counts (as the server
+    sent them, control characters escaped)."""
     if job.status.value == "running":
-        return format_progress(job.progress)
+        return escape_controls(format_progress(job.progress))
     return job.status.value
 
 
@@ -127,7 +129,7 @@ class LiveProgress:
             if running and progress.unit and progress.total is not None
             else ""
         )
-        phase = progress.phase if running else job.status.value
+        phase = escape_controls(progress.phase) if running else job.status.value
         self._progress.update(
             self._task,
             description=f"job {self._job_id}: {phase}{unit}",
