@@ -146,7 +146,8 @@ class LiveProgress:
 
 
 def make_reporter(job_id: str) -> ProgressReporter:
-    """`LiveProgress` when stderr is a terminal, else `PlainProgress`."""
+    """`LiveProgress` when stderr is a terminal, else `PlainProgress`; both name the job by
+    the 8 characters every command accepts, so a progress line fits 80 columns."""
     if sys.stderr.isatty():
-        return LiveProgress(job_id)
-    return PlainProgress(job_id)
+        return LiveProgress(job_id[:8])
+    return PlainProgress(job_id[:8])

@@ -92,14 +92,15 @@ def context_errors(
     limit = context_limit(model_config) if model_config is not None else None
     if limit is None:
         return []
+    loc: list[str | int]
     if isinstance(config.prompts, SyntheticPrompts):
+        # Exactly input_len tokens each (the config already refuses input_len above
+        # max_input_tokens).
         prompt_tokens, loc, what = (
             config.prompts.input_len,
             ["prompts", "input_len"],
             "prompts.input_len",
         )
-        if config.max_input_tokens is not None and config.max_input_tokens < prompt_tokens:
-            prompt_tokens = config.max_input_tokens
     elif config.max_input_tokens is not None:
         prompt_tokens, loc, what = config.max_input_tokens, ["max_input_tokens"], "max_input_tokens"
     else:
@@ -110,7 +111,7 @@ def context_errors(
         return []
     return [
         _refusal(
-            list[str | int](loc),
+            loc,
             f"{what} ({prompt_tokens:,}) + max_output_tokens ({config.max_output_tokens:,}) "
             f"= {needed:,} tokens, longer than the model's context of {context:,} "
             f"({key} in its config.json)",

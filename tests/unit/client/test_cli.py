@@ -142,7 +142,7 @@ def test_run_applies_flag_and_set_overrides_and_writes_the_result(
     assert result.output_tokens == 8
     assert "Experiment result" in out
     assert f"wrote {written[0]}" in out
-    assert f"job {result.experiment_id}: succeeded" in err
+    assert f"job {result.experiment_id[:8]}: succeeded" in err
 
 
 def test_run_json_prints_only_the_result_and_writes_no_file(

@@ -133,7 +133,7 @@ def test_watch_and_result_wait(
     code, out, err = cli(capsys, "--server", server.base_url, "watch", first[:8])
     assert code == 0
     assert "tokens/s (output)" in out
-    assert f"job {first}: succeeded" in err
+    assert f"job {first[:8]}: succeeded" in err
 
     code, out, _ = cli(
         capsys, "--server", server.base_url, "result", second[:8], "--wait", "--json"

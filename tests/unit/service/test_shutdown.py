@@ -142,7 +142,7 @@ def test_sigterm_to_llem_service_with_a_watching_cli(
     # Its first progress line is printed just before it opens the event stream (a few ms).
     assert watcher.stderr is not None
     first = watcher.stderr.readline()
-    assert first.startswith(f"job {job.id}: "), first
+    assert first.startswith(f"job {job.id[:8]}: "), first
     time.sleep(1.0)
 
     server.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
