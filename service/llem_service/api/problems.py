@@ -24,8 +24,8 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 _log = logging.getLogger("llem.service")
 
 _DESCRIPTIONS = {
-    400: "Bad request: an ambiguous job id prefix (`candidates` lists some), or a cursor this "
-    "server did not issue",
+    400: "Bad request: a body that is not UTF-8 JSON, an ambiguous job id prefix (`candidates` "
+    "lists the jobs it matches), or a cursor this server did not issue",
     401: "Missing or wrong bearer token",
     404: "No such job (or, for a timeseries, none was recorded)",
     409: "The job is not in a state that allows this",
