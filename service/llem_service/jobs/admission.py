@@ -135,6 +135,3 @@ def admit(config: ExperimentConfig, settings: Settings, catalog: ModelCatalog) -
         errors += context_errors(config, checked.config)
     if errors:
         raise ConfigRefused(errors)
-
-
-__all__ = ["admit", "context_errors", "prompt_file_errors", "size_errors"]
