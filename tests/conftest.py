@@ -3,7 +3,7 @@
 - `make_config` / `make_result`: valid objects with small defaults; each test overrides only
   what it is about.
 - `start_server`: a real uvicorn server on a free loopback port, in a thread, running the real
-  app, worker and child processes, with the fakes of `tests.fakes` injected through
+  app, scheduler and child processes, with the fakes of `tests.fakes` injected through
   ``app.dependency_overrides``.
 - `server_process`: the same app as a separate process (`tests.server_process`), for the tiers
   that signal or kill it.

@@ -1,7 +1,7 @@
 """Explicit fakes for the service's seams. Reading a class tells you exactly what it does.
 
 They are plain dataclasses so that they pickle into the experiment's child process, where the
-real worker runs them just as it runs the real backend and meter.
+real scheduler runs them just as it runs the real backend and meter.
 """
 
 from __future__ import annotations

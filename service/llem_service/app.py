@@ -18,18 +18,19 @@ from llem_service.api import experiments, info
 from llem_service.api.limits import BodySizeLimit
 from llem_service.api.problems import PROBLEM_MEDIA_TYPE, install_error_handlers
 from llem_service.deps import get_energy_meter, get_inference_backend, require_token, resolve
-from llem_service.executors.local import ExperimentRunner, ProcessRunner
+from llem_service.executors.base import Executor
+from llem_service.executors.local import LocalExecutor
 from llem_service.experiment.results import ResultFiles
 from llem_service.jobs.events import ChangeFeed
+from llem_service.jobs.scheduler import Scheduler
 from llem_service.jobs.store import SqliteJobStore
-from llem_service.jobs.worker import Worker
 from llem_service.settings import Settings
 
 _log = logging.getLogger("llem.service")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the service. The store, worker and feed start with the app's lifespan."""
+    """Build the service. The store, scheduler and feed start with the app's lifespan."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -39,12 +40,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = SqliteJobStore(settings.db_path)
-        interrupted = store.recover_interrupted()
-        if interrupted:
-            _log.warning("marked %d interrupted job(s) failed: %s", len(interrupted), interrupted)
 
-        def make_runner() -> ExperimentRunner:
-            return ProcessRunner(
+        def make_executor() -> Executor:
+            return LocalExecutor(
                 resolve(app, get_inference_backend),
                 resolve(app, get_energy_meter),
                 cancel_grace_s=settings.cancel_grace_s,
@@ -52,15 +50,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
 
         feed = ChangeFeed()
-        worker = Worker(store, ResultFiles(settings.results_dir), feed, make_runner)
-        app.state.store, app.state.feed, app.state.worker = store, feed, worker
-        app.state.results = worker.results
-        worker.start()
+        scheduler = Scheduler(store, ResultFiles(settings.results_dir), feed, make_executor)
+        app.state.store, app.state.feed, app.state.scheduler = store, feed, scheduler
+        app.state.results = scheduler.results
+        scheduler.start()
         try:
             yield
         finally:
             feed.close()
-            await worker.stop()
+            await scheduler.stop()
             store.close()
 
     app = FastAPI(

@@ -1,7 +1,7 @@
-"""FastAPI dependencies: how routes and the worker reach the service's parts.
+"""FastAPI dependencies: how routes and the scheduler reach the service's parts.
 
 The seams (`get_inference_backend`, `get_energy_meter`) are providers that tests replace with
-``app.dependency_overrides[provider] = lambda: Fake(...)``. The worker resolves them through
+``app.dependency_overrides[provider] = lambda: Fake(...)``. The scheduler resolves them through
 the same overrides (`resolve`), so one override changes both the API and the experiments.
 A provider takes either nothing or the `Settings`.
 """
@@ -21,8 +21,8 @@ from llem_service.energy.null import NullEnergyMeter
 from llem_service.errors import NotAuthenticated
 from llem_service.experiment.results import ResultFiles
 from llem_service.jobs.events import ChangeFeed
+from llem_service.jobs.scheduler import Scheduler
 from llem_service.jobs.store import JobStore
-from llem_service.jobs.worker import Worker
 from llem_service.settings import Settings
 
 T = TypeVar("T")
@@ -41,9 +41,9 @@ def get_store(request: Request) -> JobStore:
     return store
 
 
-def get_worker(request: Request) -> Worker:
-    worker: Worker = request.app.state.worker
-    return worker
+def get_scheduler(request: Request) -> Scheduler:
+    scheduler: Scheduler = request.app.state.scheduler
+    return scheduler
 
 
 def get_feed(request: Request) -> ChangeFeed:
@@ -92,7 +92,7 @@ def require_token(request: Request, settings: SettingsDep) -> None:
 
 
 def resolve(app: FastAPI, provider: Callable[..., T]) -> T:
-    """Call ``provider``, or its override, outside a request (as the worker does)."""
+    """Call ``provider``, or its override, outside a request (as the scheduler does)."""
     fn: Callable[..., Any] = app.dependency_overrides.get(provider, provider)
     if inspect.signature(fn).parameters:
         return fn(app.state.settings)  # type: ignore[no-any-return]
@@ -100,7 +100,7 @@ def resolve(app: FastAPI, provider: Callable[..., T]) -> T:
 
 
 StoreDep = Annotated[JobStore, Depends(get_store)]
-WorkerDep = Annotated[Worker, Depends(get_worker)]
+SchedulerDep = Annotated[Scheduler, Depends(get_scheduler)]
 FeedDep = Annotated[ChangeFeed, Depends(get_feed)]
 ResultsDep = Annotated[ResultFiles, Depends(get_results)]
 MeterDep = Annotated[EnergyMeter, Depends(get_energy_meter)]

@@ -64,7 +64,7 @@ class Failures:
     PROCESS_DIED = Failure("experiment-process-died", "Experiment failed")
     TIMED_OUT = Failure("experiment-timed-out", "Experiment timed out")
     RUNNER_ERROR = Failure("runner-error", "Experiment could not start")
-    WORKER_ERROR = Failure("worker-error", "Experiment failed")
+    SCHEDULER_ERROR = Failure("scheduler-error", "Experiment failed")
     INTERRUPTED = Failure("interrupted", "Interrupted")
     RESULT_NOT_SAVED = Failure("result-not-saved", "Result not saved")
 

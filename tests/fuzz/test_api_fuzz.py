@@ -48,7 +48,7 @@ CHECKS = [
 def test_generated_requests_get_no_server_error_and_match_the_schema(
     start_server: Callable[..., LiveServer], figures: Callable[[str, dict[str, Any]], None]
 ) -> None:
-    # Valid submissions queue jobs; a fast backend with a short timeout keeps the worker moving.
+    # Valid submissions queue jobs; a fast backend with a short timeout keeps the scheduler moving.
     server = start_server(backend=ScriptedBackend(), experiment_timeout_s=2.0)
     schema = schemathesis.openapi.from_url(f"{server.base_url}/openapi.json")
     sent: dict[str, int] = {}

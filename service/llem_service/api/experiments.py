@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from llem_client import ExperimentConfig, ExperimentResult, Job, JobList, JobStatus
 
 from llem_service.api.problems import problem_responses
-from llem_service.deps import FeedDep, ResultsDep, SettingsDep, StoreDep, WorkerDep
+from llem_service.deps import FeedDep, ResultsDep, SchedulerDep, SettingsDep, StoreDep
 from llem_service.energy.timeseries import parquet_to_csv
 from llem_service.errors import (
     JobAlreadyFinished,
@@ -54,7 +54,7 @@ def submit_experiment(
     request: Request,
     response: Response,
     store: StoreDep,
-    worker: WorkerDep,
+    scheduler: SchedulerDep,
     feed: FeedDep,
     idempotency_key: Annotated[
         str | None,
@@ -67,7 +67,7 @@ def submit_experiment(
     """Validate the config and queue it. Returns the job at once; it runs in order."""
     submission = store.submit(config, idempotency_key)
     if submission.created:
-        worker.wake()
+        scheduler.wake()
         feed.notify()
     response.headers["Location"] = str(request.url_for("get_experiment", job_id=submission.job.id))
     return submission.job
@@ -160,7 +160,7 @@ def get_timeseries(
     },
 )
 def cancel_experiment(
-    job_id: str, response: Response, store: StoreDep, worker: WorkerDep, feed: FeedDep
+    job_id: str, response: Response, store: StoreDep, scheduler: SchedulerDep, feed: FeedDep
 ) -> Job:
     """Cancel a queued job at once (200), or stop a running one (202; it ends ``cancelled``)."""
     job = _job_or_404(store, job_id)
@@ -171,7 +171,7 @@ def cancel_experiment(
             return cancelled
         job = _job_or_404(store, job_id)  # claimed in between: it is running now
     if job.status is JobStatus.RUNNING:
-        worker.request_cancel(job_id)
+        scheduler.request_cancel(job_id)
         response.status_code = status.HTTP_202_ACCEPTED
         return job
     raise JobAlreadyFinished(f"job {job_id} already ended {job.status.value}")

@@ -6,14 +6,14 @@ from fastapi import APIRouter
 from llem_client import SCHEMA_VERSION, ServiceInfo, __version__
 
 from llem_service.api.problems import problem_responses
-from llem_service.deps import MeterDep, StoreDep, WorkerDep
+from llem_service.deps import MeterDep, SchedulerDep, StoreDep
 
 router = APIRouter(tags=["service"])
 health_router = APIRouter(tags=["service"])
 
 
 @router.get("/info", response_model=ServiceInfo, responses=problem_responses(401))
-def get_info(meter: MeterDep, store: StoreDep, worker: WorkerDep) -> ServiceInfo:
+def get_info(meter: MeterDep, store: StoreDep, scheduler: SchedulerDep) -> ServiceInfo:
     """What this service is and has: versions, devices, energy meter, queue."""
     probe = meter.probe()
     return ServiceInfo(
@@ -25,7 +25,7 @@ def get_info(meter: MeterDep, store: StoreDep, worker: WorkerDep) -> ServiceInfo
         energy_meter_available=probe.available,
         energy_meter_reason=probe.reason,
         queue_length=store.queue_length(),
-        running_job=worker.current_job_id,
+        running_job=next(iter(scheduler.running_job_ids), None),
     )
 
 

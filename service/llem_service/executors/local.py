@@ -1,5 +1,8 @@
-"""Runs one experiment in its own child process (spawn), so that an exception, a CUDA OOM or a
-kill inside the experiment fails that job and never the server.
+"""The local executor: each experiment in its own child process (spawn) on this host, so that
+an exception, a CUDA OOM or a kill inside the experiment fails that job and never the server.
+
+The child sees only the GPUs of its grant (``CUDA_VISIBLE_DEVICES``, set in the child before
+anything imports CUDA).
 
 The child speaks to the parent over a one-way pipe: ``("progress", {...})`` any number of
 times, then exactly one ``("result", (json, timeseries columns or None))`` or
@@ -15,45 +18,24 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
-from typing import Any, Protocol
+from typing import Any
 
-from llem_client import ExperimentConfig, ExperimentResult, JobProgress, JobStatus, ProblemDetail
+from llem_client import ExperimentConfig, ExperimentResult, JobProgress, JobStatus
 
 from llem_service.backends.base import BackendError, InferenceBackend
 from llem_service.energy.base import Baseline, EnergyMeter, MeterError
-from llem_service.energy.timeseries import Columns
 from llem_service.errors import Failures
+from llem_service.executors.base import (
+    WHOLE_HOST,
+    GpuGrant,
+    ProgressCallback,
+    RunContext,
+    RunningJob,
+    RunOutcome,
+)
 from llem_service.experiment.run import run_experiment
-
-ProgressCallback = Callable[[JobProgress], None]
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    """How an experiment ended: a result (succeeded), an error (failed), or cancelled."""
-
-    status: JobStatus
-    result: ExperimentResult | None = None
-    error: ProblemDetail | None = None
-    timeseries: Columns | None = None
-
-
-class ExperimentRunner(Protocol):
-    def run(
-        self,
-        job_id: str,
-        config: ExperimentConfig,
-        on_progress: ProgressCallback,
-        cancel: threading.Event,
-        baselines: Sequence[Baseline] = (),
-    ) -> RunOutcome:
-        """Run to the end, or until ``cancel`` is set; blocking. ``baselines`` are the idle
-        baselines the service keeps for reuse."""
-        ...
-
 
 #: After the meter fails (a lost GPU), how long the experiment may take to fail on its own at
 #: its next counter mark before the child reports the failure and exits: a run can be stuck in
@@ -68,8 +50,12 @@ def _child_main(
     meter: EnergyMeter,
     baselines: Sequence[Baseline],
     conn: Connection,
+    cuda_visible_devices: str | None = None,
 ) -> None:
     """Entry point of the child process."""
+    if cuda_visible_devices is not None:
+        # Before the backend imports torch: CUDA reads it once, at initialisation.
+        os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices
     # The server handles Ctrl-C; the child must not die of the terminal's SIGINT first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     send_lock = threading.Lock()
@@ -165,8 +151,8 @@ def _describe_exit(exitcode: int | None) -> str:
     return f"the experiment process exited with code {exitcode} before reporting a result"
 
 
-class ProcessRunner:
-    """`ExperimentRunner` that runs each experiment in a spawned child process.
+class LocalExecutor:
+    """`Executor` that runs each experiment in a spawned child process on this host.
 
     Args:
         backend: Pickled into the child; see `InferenceBackend`.
@@ -176,6 +162,8 @@ class ProcessRunner:
         timeout_s: Stop the child and fail the job if it has not reported a result after
             this many seconds (load and warm-up included); None: no limit.
     """
+
+    name = "local"
 
     def __init__(
         self,
@@ -192,34 +180,38 @@ class ProcessRunner:
         self.poll_s = poll_s
         self.timeout_s = timeout_s
 
-    def run(
-        self,
-        job_id: str,
-        config: ExperimentConfig,
-        on_progress: ProgressCallback,
-        cancel: threading.Event,
-        baselines: Sequence[Baseline] = (),
-    ) -> RunOutcome:
-        if cancel.is_set():
+    def unavailable_reason(self) -> str | None:
+        return None  # a child process can always be started
+
+    def open(self, grant: GpuGrant) -> LocalSession:
+        return LocalSession(self, grant)
+
+    def reattach(self, job: RunningJob) -> None:
+        return None  # children end with the server that started them (`_exit_when_orphaned`)
+
+    def run(self, context: RunContext, grant: GpuGrant = WHOLE_HOST) -> RunOutcome:
+        """One experiment in a fresh child process on ``grant``; blocking."""
+        if context.cancel.is_set():
             return RunOutcome(JobStatus.CANCELLED)
         ctx = multiprocessing.get_context("spawn")
         receiver, sender = ctx.Pipe(duplex=False)
         process = ctx.Process(
             target=_child_main,
             args=(
-                job_id,
-                config.model_dump_json(),
+                context.job_id,
+                context.config.model_dump_json(),
                 self.backend,
                 self.meter,
-                tuple(baselines),
+                context.baselines,
                 sender,
+                grant.cuda_visible_devices(),
             ),
-            name=f"llem-experiment-{job_id[:8]}",
+            name=f"llem-experiment-{context.job_id[:8]}",
         )
         process.start()
         sender.close()  # the child holds the only writer: EOF on our side means it is gone
         try:
-            return self._follow(process, receiver, on_progress, cancel)
+            return self._follow(process, receiver, context.on_progress, context.cancel)
         finally:
             receiver.close()
             if process.is_alive():
@@ -276,3 +268,20 @@ class ProcessRunner:
         if process.is_alive():
             process.kill()
             process.join()
+
+
+class LocalSession:
+    """A grant on this host; each run is a fresh child process, so nothing is reused."""
+
+    def __init__(self, executor: LocalExecutor, grant: GpuGrant) -> None:
+        self.executor = executor
+        self.grant = grant
+
+    def run(self, context: RunContext) -> RunOutcome:
+        return self.executor.run(context, self.grant)
+
+    def reusable_for(self, config: ExperimentConfig) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass  # each run's child is gone when its run returns

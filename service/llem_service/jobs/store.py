@@ -12,6 +12,7 @@ import json
 import sqlite3
 import threading
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +28,7 @@ from llem_client import (
 )
 
 from llem_service.errors import Failures, IdempotencyKeyReused, InvalidCursor
+from llem_service.executors.base import WHOLE_HOST, GpuGrant, RunningJob
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -49,6 +51,14 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
 """
 
+#: Schema changes since the table above, in order; ``PRAGMA user_version`` counts those applied,
+#: so a store written by an older server gains its columns when a newer one opens it.
+_MIGRATIONS: tuple[str, ...] = (
+    # The GPUs the scheduler granted (JSON list of UUIDs; [] = the whole host), and the
+    # executor's own handle of the job (a Slurm job id), so a restarted server can reattach.
+    "ALTER TABLE jobs ADD COLUMN granted_gpus TEXT; ALTER TABLE jobs ADD COLUMN executor_ref TEXT;",
+)
+
 _JOB_COLUMNS = (
     "seq, id, status, model, name, config_hash, created_at, started_at, finished_at, "
     "progress_json, error_json"
@@ -64,13 +74,25 @@ class Submission:
 
 
 @dataclass(frozen=True)
-class ClaimedJob:
-    job: Job
+class QueuedJob:
+    """A job waiting to run, as the scheduler sees it: its place in line and its config."""
+
+    id: str
+    seq: int
     config: ExperimentConfig
 
 
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job the scheduler has started, on the GPUs it granted."""
+
+    job: Job
+    config: ExperimentConfig
+    grant: GpuGrant = WHOLE_HOST
+
+
 class JobStore(Protocol):
-    """Where jobs live. The worker claims, updates and finishes; the API submits and reads."""
+    """Where jobs live. The scheduler claims, updates and finishes; the API submits and reads."""
 
     def submit(
         self, config: ExperimentConfig, idempotency_key: str | None = None
@@ -82,7 +104,25 @@ class JobStore(Protocol):
         self, status: JobStatus | None = None, limit: int = 50, cursor: str | None = None
     ) -> tuple[list[Job], str | None]: ...
 
-    def claim_next(self) -> ClaimedJob | None: ...
+    def queued(self, limit: int = 64) -> list[QueuedJob]:
+        """The first ``limit`` queued jobs, oldest first (the order they are meant to run)."""
+        ...
+
+    def claim(self, job_id: str, grant: GpuGrant = WHOLE_HOST) -> ClaimedJob | None:
+        """Mark the job running on ``grant``, if it is still queued (None otherwise)."""
+        ...
+
+    def running(self) -> list[RunningJob]:
+        """Jobs marked running, oldest first, with their grants and executor handles."""
+        ...
+
+    def set_executor_ref(self, job_id: str, ref: str) -> None:
+        """Remember the executor's handle of a running job (for reattaching after a restart)."""
+        ...
+
+    def fail_interrupted(self, job_ids: Sequence[str]) -> None:
+        """Fail these running jobs as interrupted by a restart."""
+        ...
 
     def update_progress(self, job_id: str, progress: JobProgress) -> None: ...
 
@@ -97,13 +137,9 @@ class JobStore(Protocol):
 
     def cancel_queued(self, job_id: str) -> Job | None: ...
 
-    def recover_interrupted(self) -> list[str]: ...
-
     def result_path(self, job_id: str) -> str | None: ...
 
     def queue_length(self) -> int: ...
-
-    def running_job_id(self) -> str | None: ...
 
     def close(self) -> None: ...
 
@@ -149,6 +185,15 @@ class SqliteJobStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+            # One transaction a step: a crash leaves the store at a step, never inside one.
+            self._db.executescript(
+                f"BEGIN IMMEDIATE; {script} PRAGMA user_version = {number}; COMMIT;"
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -240,34 +285,66 @@ class SqliteJobStore:
         next_cursor = _encode_cursor(rows[limit - 1]["seq"]) if len(rows) > limit else None
         return jobs, next_cursor
 
-    def claim_next(self) -> ClaimedJob | None:
-        """Oldest queued job, now running. Atomic: two workers never claim the same job."""
+    def queued(self, limit: int = 64) -> list[QueuedJob]:
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute(
-                    "SELECT id, config_json FROM jobs WHERE status = ? ORDER BY seq LIMIT 1",
-                    (JobStatus.QUEUED.value,),
-                ).fetchone()
-                if row is None:
-                    self._db.execute("COMMIT")
-                    return None
-                self._db.execute(
-                    "UPDATE jobs SET status = ?, started_at = ?, progress_json = ? WHERE id = ?",
-                    (
-                        JobStatus.RUNNING.value,
-                        _now(),
-                        JobProgress(phase="starting").model_dump_json(),
-                        row["id"],
-                    ),
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            job = self._fetch(row["id"])
+            rows = self._db.execute(
+                "SELECT id, seq, config_json FROM jobs WHERE status = ? ORDER BY seq LIMIT ?",
+                (JobStatus.QUEUED.value, limit),
+            ).fetchall()
+        return [
+            QueuedJob(
+                row["id"], row["seq"], ExperimentConfig.model_validate_json(row["config_json"])
+            )
+            for row in rows
+        ]
+
+    def claim(self, job_id: str, grant: GpuGrant = WHOLE_HOST) -> ClaimedJob | None:
+        """Atomic: a job is claimed once, and never after it was cancelled."""
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE jobs SET status = ?, started_at = ?, progress_json = ?, granted_gpus = ?"
+                " WHERE id = ? AND status = ?",
+                (
+                    JobStatus.RUNNING.value,
+                    _now(),
+                    JobProgress(phase="starting").model_dump_json(),
+                    json.dumps(list(grant.uuids)),
+                    job_id,
+                    JobStatus.QUEUED.value,
+                ),
+            )
+            if not cursor.rowcount:
+                return None
+            job = self._fetch(job_id)
+            row = self._db.execute(
+                "SELECT config_json FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
         assert job is not None
-        return ClaimedJob(job, ExperimentConfig.model_validate_json(row["config_json"]))
+        return ClaimedJob(job, ExperimentConfig.model_validate_json(row["config_json"]), grant)
+
+    def running(self) -> list[RunningJob]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, config_json, granted_gpus, executor_ref FROM jobs WHERE status = ?"
+                " ORDER BY seq",
+                (JobStatus.RUNNING.value,),
+            ).fetchall()
+        return [
+            RunningJob(
+                job_id=row["id"],
+                config=ExperimentConfig.model_validate_json(row["config_json"]),
+                grant=GpuGrant(tuple(json.loads(row["granted_gpus"] or "[]"))),
+                executor_ref=row["executor_ref"],
+            )
+            for row in rows
+        ]
+
+    def set_executor_ref(self, job_id: str, ref: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET executor_ref = ? WHERE id = ? AND status = ?",
+                (ref, job_id, JobStatus.RUNNING.value),
+            )
 
     def update_progress(self, job_id: str, progress: JobProgress) -> None:
         with self._lock:
@@ -326,30 +403,26 @@ class SqliteJobStore:
             )
             return self._fetch(job_id) if cursor.rowcount else None
 
-    def recover_interrupted(self) -> list[str]:
-        """Fail the jobs a previous server process left running; return their ids."""
+    def fail_interrupted(self, job_ids: Sequence[str]) -> None:
         error = Failures.INTERRUPTED.problem(
             "the server restarted while this experiment ran; submit it again"
         )
         with self._lock:
-            ids = [
-                row["id"]
-                for row in self._db.execute(
-                    "SELECT id FROM jobs WHERE status = ?", (JobStatus.RUNNING.value,)
-                )
-            ]
-            self._db.execute(
+            self._db.executemany(
                 "UPDATE jobs SET status = ?, finished_at = ?, error_json = ?, progress_json = ?"
-                " WHERE status = ?",
-                (
-                    JobStatus.FAILED.value,
-                    _now(),
-                    error.model_dump_json(exclude_none=True),
-                    JobProgress(phase="failed").model_dump_json(),
-                    JobStatus.RUNNING.value,
-                ),
+                " WHERE id = ? AND status = ?",
+                [
+                    (
+                        JobStatus.FAILED.value,
+                        _now(),
+                        error.model_dump_json(exclude_none=True),
+                        JobProgress(phase="failed").model_dump_json(),
+                        job_id,
+                        JobStatus.RUNNING.value,
+                    )
+                    for job_id in job_ids
+                ],
             )
-        return ids
 
     def result_path(self, job_id: str) -> str | None:
         with self._lock:
@@ -364,11 +437,3 @@ class SqliteJobStore:
                 "SELECT COUNT(*) AS n FROM jobs WHERE status = ?", (JobStatus.QUEUED.value,)
             ).fetchone()
         return int(row["n"])
-
-    def running_job_id(self) -> str | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT id FROM jobs WHERE status = ? ORDER BY seq LIMIT 1",
-                (JobStatus.RUNNING.value,),
-            ).fetchone()
-        return row["id"] if row else None

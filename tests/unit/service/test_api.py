@@ -74,7 +74,7 @@ def assert_problem(response: Any, status: int) -> dict[str, Any]:
 def test_healthz_answers_without_touching_the_store(tmp_path: Path) -> None:
     app = create_app(Settings(data_dir=tmp_path / "data"))
 
-    response = TestClient(app).get("/healthz")  # no lifespan: no store, no worker
+    response = TestClient(app).get("/healthz")  # no lifespan: no store, no scheduler
 
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
