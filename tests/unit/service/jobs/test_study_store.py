@@ -52,9 +52,11 @@ def test_runs_queue_in_planned_order_with_their_links(tmp_path: Path) -> None:
     assert {q.reuse_group for q in queued} == {record.id}
     first = store.claim(queued[0].id)
     second = store.claim(queued[1].id)
-    assert first is not None and first.study is not None
+    assert first is not None
+    assert first.study is not None
     assert first.study.cooldown is None  # nothing to cool down from before the first run
-    assert second is not None and second.study is not None
+    assert second is not None
+    assert second.study is not None
     assert (second.study.point, second.study.cycle, second.study.attempt) == (1, 0, 1)
     assert second.study.cooldown == CooldownConfig(seconds=1.0)
 
@@ -95,7 +97,8 @@ def test_a_replayed_submission_gives_the_same_study(tmp_path: Path) -> None:
     first, created = store.submit_study(_study(), idempotency_key="k")
     again, created_again = store.submit_study(_study(), idempotency_key="k")
 
-    assert created and not created_again
+    assert created
+    assert not created_again
     assert again.id == first.id
     assert store.queue_length() == 4
     with pytest.raises(IdempotencyKeyReused):
