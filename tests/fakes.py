@@ -20,6 +20,7 @@ from llem_service.backends.base import (
     WorkloadReport,
 )
 from llem_service.energy.meter import NvmlEnergyMeter
+from llem_service.studies.cooldown import NvmlThermometer
 
 from tests.fake_nvml import FakeGpu, FakeNvml, PowerProfile
 
@@ -153,6 +154,14 @@ def fake_meter(
         **gpu,
     )
     return NvmlEnergyMeter(library=FakeNvml(gpus=(device,)))
+
+
+def fake_thermometer(temperature_c: int = 40) -> NvmlThermometer:
+    """The real NVML thermometer over the scripted `FAKE_DEVICE`, at ``temperature_c``."""
+    device = FakeGpu(
+        uuid=FAKE_DEVICE.uuid, name=FAKE_DEVICE.name, temperature_c=(temperature_c, 0.0)
+    )
+    return NvmlThermometer(library=FakeNvml(gpus=(device,)))
 
 
 @dataclass

@@ -72,6 +72,7 @@ if TYPE_CHECKING:
         ResultWarning,
     )
     from llem_client._studies import (
+        STUDY_METRICS,
         CooldownConfig,
         Interval,
         ParetoTargets,
@@ -169,6 +170,7 @@ _LAZY: dict[str, str] = {
             "CooldownConfig",
             "Interval",
             "ParetoTargets",
+            "STUDY_METRICS",
             "SkippedPoint",
             "Study",
             "StudyDocument",
@@ -188,6 +190,7 @@ _LAZY: dict[str, str] = {
 
 __all__ = [
     "SCHEMA_VERSION",
+    "STUDY_METRICS",
     "APIConnectionError",
     "APIStatusError",
     "APITimeoutError",

@@ -12,6 +12,7 @@ frontier and the answer to "the lowest-energy point that meets these latency tar
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import datetime
 from enum import Enum
@@ -205,7 +206,7 @@ class Interval(_Wire):
 
 
 #: The figures of a results row, in column order; units in the names.
-METRICS: tuple[str, ...] = (
+STUDY_METRICS: tuple[str, ...] = (
     "tokens_per_s",
     "energy_per_output_token_j",
     "energy_per_output_token_uncertainty_j",
@@ -276,10 +277,12 @@ class StudyRow(_Wire):
             "config_hash": self.config_hash,
         }
         for name in swept_fields:
-            record[name] = self.values.get(name)
-        for metric in METRICS:
+            value = self.values.get(name)
+            # A mapping or list (a device_map, inline prompts) as JSON text: one typed cell.
+            record[name] = json.dumps(value) if isinstance(value, dict | list) else value
+        for metric in STUDY_METRICS:
             record[metric] = getattr(self, metric)
-        for metric in METRICS:
+        for metric in STUDY_METRICS:
             interval = self.ci95.get(metric)
             record[f"{metric}_ci95_low"] = interval.low if interval else None
             record[f"{metric}_ci95_high"] = interval.high if interval else None

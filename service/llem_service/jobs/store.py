@@ -127,7 +127,7 @@ class StudyLink:
         cycle: The cycle, from 0.
         position: Place in the study's planned order, from 0.
         attempt: 1, or 2 for a retry after a restart.
-        cooldown: The pause the study asks for before this job (None before its first).
+        cooldown: The pause the study asks for between its runs; None for none.
     """
 
     study_id: str
@@ -182,7 +182,18 @@ class JobStore(Protocol):
         """Fail these running jobs as interrupted by a restart."""
         ...
 
+    def retry_interrupted(self, job_ids: Sequence[str]) -> list[str]:
+        """Queue again, in their place, those of these running jobs that are study runs on
+        their first attempt (marked attempt 2); return them. The rest stay running."""
+        ...
+
     def update_progress(self, job_id: str, progress: JobProgress) -> None: ...
+
+    def set_study_temperatures(self, study_id: str, temperatures: Mapping[str, float]) -> None:
+        """Keep each GPU's temperature before the study's first run (the cooldown's target)."""
+        ...
+
+    def study_temperatures(self, study_id: str) -> dict[str, float] | None: ...
 
     def finish(
         self,

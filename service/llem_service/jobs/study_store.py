@@ -54,7 +54,7 @@ class NewStudy:
         design_json: The expanded design, stored as given.
         runs: Every run, in planned order.
         reuse: Whether consecutive runs may share an experiment process.
-        cooldown: The pause before every run after the first; None for none.
+        cooldown: The pause between runs; None for none.
         fingerprint: Identity of the request body, for idempotent replays.
     """
 
@@ -192,7 +192,7 @@ class SqliteStudyQueries:
                         run.cycle,
                         run.position,
                         reuse_group,
-                        cooldown if run.position > 0 else None,
+                        cooldown,
                     )
                 )
             self._db.execute("BEGIN IMMEDIATE")

@@ -54,7 +54,7 @@ def test_runs_queue_in_planned_order_with_their_links(tmp_path: Path) -> None:
     second = store.claim(queued[1].id)
     assert first is not None
     assert first.study is not None
-    assert first.study.cooldown is None  # nothing to cool down from before the first run
+    assert first.study.cooldown == CooldownConfig(seconds=1.0)
     assert second is not None
     assert second.study is not None
     assert (second.study.point, second.study.cycle, second.study.attempt) == (1, 0, 1)
