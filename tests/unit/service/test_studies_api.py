@@ -122,7 +122,7 @@ def test_the_pareto_answer_names_the_cheapest_point_that_meets_targets_or_the_cl
         submitted = client.submit_study(study(cycles=1))
         client.wait_study(submitted.id, timeout=60)
         results = client.study_results(submitted.id)
-        ttft = sorted(r.ttft_p90_s for r in results.rows if r.kind == "point")  # type: ignore[type-var]
+        ttft = sorted(r.ttft_p90_s or 0.0 for r in results.rows if r.kind == "point")
         met = client.study_pareto(submitted.id, max_ttft_p90_s=ttft[1])
         missed = client.study_pareto(submitted.id, max_ttft_p90_s=ttft[0] / 2)
 
@@ -152,8 +152,9 @@ def test_a_study_that_cannot_run_is_refused_with_its_cause(
     start_server: StartServer, overrides: dict[str, Any], said: str
 ) -> None:
     server = start_server(max_study_points=10)
-    with Client(server.base_url) as client, pytest.raises(UnprocessableEntityError) as refused:
-        client.submit_study(study(**overrides))
+    with Client(server.base_url) as client:
+        with pytest.raises(UnprocessableEntityError) as refused:
+            client.submit_study(study(**overrides))
         assert client.list_studies().items == []
 
     problem = refused.value.problem
