@@ -93,7 +93,7 @@ def test_a_study_runs_every_valid_point_each_cycle_and_tabulates_them(
     assert [(p.point, p.n_cycles) for p in points] == [(0, 2), (1, 2), (2, 2)]
     for point in points:
         cycles = [r for r in runs if r.point == point.point]
-        assert point.tokens_per_s == pytest.approx(sum(r.tokens_per_s for r in cycles) / 2)
+        assert point.tokens_per_s == pytest.approx(sum(r.tokens_per_s or 0.0 for r in cycles) / 2)
         assert point.ttft_p90_s == cycles[0].ttft_p90_s  # the fake's timings repeat exactly
         assert point.energy_per_output_token_j is not None
         assert "energy_per_output_token_j" in point.ci95
