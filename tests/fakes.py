@@ -84,6 +84,15 @@ class FakeInferenceBackend:
             n_parameters=1234,
         )
 
+    def reuse(self, config: ExperimentConfig) -> LoadReport:
+        """Keeps the 'model' of the last load: no load time."""
+        self._maybe_fail("load")
+        return LoadReport(
+            load_time_s=0.0,
+            device_uuids=(FAKE_DEVICE.uuid,) if self.gpu else (),
+            n_parameters=1234,
+        )
+
     def warmup(self, config: ExperimentConfig) -> WarmupReport:
         self._maybe_fail("warmup")
         batches = config.warmup.batches
