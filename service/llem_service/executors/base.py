@@ -84,6 +84,8 @@ class RunContext:
             job started before a restart; None for a new run.
         on_executor_ref: Told the executor's handle as soon as there is one, so that the store
             keeps it and a restarted server can reattach.
+        keep_warm: The scheduler may offer the session a next job that can reuse what this run
+            loads (a study's next point): keep it after a successful run, until `close`.
     """
 
     job_id: str
@@ -93,6 +95,7 @@ class RunContext:
     baselines: tuple[Baseline, ...] = ()
     executor_ref: str | None = None
     on_executor_ref: Callable[[str], None] = _ignore_ref
+    keep_warm: bool = False
 
 
 @dataclass(frozen=True)
