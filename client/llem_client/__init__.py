@@ -53,6 +53,8 @@ if TYPE_CHECKING:
     )
     from llem_client._hashing import canonical_config_json, measurement_config_hash
     from llem_client._jobs import (
+        BaselineList,
+        CachedBaseline,
         FieldError,
         Job,
         JobList,
@@ -110,6 +112,8 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(["canonical_config_json", "measurement_config_hash"], "_hashing"),
     **dict.fromkeys(
         [
+            "BaselineList",
+            "CachedBaseline",
             "FieldError",
             "Job",
             "JobList",
@@ -157,6 +161,8 @@ __all__ = [
     "BadRequestError",
     "BaselineConfig",
     "BaselineInfo",
+    "BaselineList",
+    "CachedBaseline",
     "Client",
     "ClientRequestError",
     "ConflictError",

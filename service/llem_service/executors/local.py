@@ -4,10 +4,12 @@ an exception, a CUDA OOM or a kill inside the experiment fails that job and neve
 The child sees only the GPUs of its grant (``CUDA_VISIBLE_DEVICES``, set in the child before
 anything imports CUDA).
 
-The child speaks to the parent over a one-way pipe: ``("progress", {...})`` any number of
-times, then exactly one ``("result", (json, timeseries columns or None))`` or
-``("error", (failure slug, detail, traceback or None))``. Dying without either is
-itself an outcome: the exit code or signal becomes the job's error.
+The child speaks to the parent over a one-way pipe: ``("progress", {...})`` and
+``("telemetry", (GpuReading, ...))`` (the meter's latest readings, about once a second, for
+live monitoring) any number of times, then exactly one
+``("result", (json, timeseries columns or None))`` or
+``("error", (failure slug, detail, traceback or None))``. Dying without either is itself an
+outcome: the exit code or signal becomes the job's error.
 """
 
 from __future__ import annotations
@@ -34,13 +36,17 @@ from llem_service.executors.base import (
     RunContext,
     RunningJob,
     RunOutcome,
+    TelemetryCallback,
 )
+from llem_service.executors.telemetry import ForwardingMeter
 from llem_service.experiment.run import run_experiment
 
 #: After the meter fails (a lost GPU), how long the experiment may take to fail on its own at
 #: its next counter mark before the child reports the failure and exits: a run can be stuck in
 #: a CUDA call on a dead GPU, which no exception reaches.
 METER_FAILURE_GRACE_S = 5.0
+#: How often the child forwards the meter's latest readings to the server (live monitoring).
+TELEMETRY_INTERVAL_S = 1.0
 
 
 def _child_main(
@@ -83,7 +89,11 @@ def _child_main(
         def report(progress: JobProgress) -> None:
             send(("progress", progress.model_dump(mode="json")))
 
-        output = run_experiment(job_id, config, backend, meter, report, baselines, meter_failed)
+        def forward(readings: Sequence[Any]) -> None:
+            send(("telemetry", tuple(readings)))
+
+        metered = ForwardingMeter(meter, forward, TELEMETRY_INTERVAL_S)
+        output = run_experiment(job_id, config, backend, metered, report, baselines, meter_failed)
         finished.set()
         send(("result", (output.result.model_dump_json(), output.timeseries)))
     except BackendError as exc:
@@ -211,7 +221,9 @@ class LocalExecutor:
         process.start()
         sender.close()  # the child holds the only writer: EOF on our side means it is gone
         try:
-            return self._follow(process, receiver, context.on_progress, context.cancel)
+            return self._follow(
+                process, receiver, context.on_progress, context.cancel, context.on_telemetry
+            )
         finally:
             receiver.close()
             if process.is_alive():
@@ -225,6 +237,7 @@ class LocalExecutor:
         receiver: Connection,
         on_progress: ProgressCallback,
         cancel: threading.Event,
+        on_telemetry: TelemetryCallback,
     ) -> RunOutcome:
         deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
         while True:
@@ -248,6 +261,8 @@ class LocalExecutor:
                 return RunOutcome(JobStatus.FAILED, error=problem)
             if kind == "progress":
                 on_progress(JobProgress.model_validate(payload))
+            elif kind == "telemetry":
+                on_telemetry(payload)
             elif kind == "result":
                 result_json, timeseries = payload
                 return RunOutcome(
