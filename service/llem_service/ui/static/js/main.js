@@ -69,6 +69,7 @@ async function render() {
   document.title = "Not found · llem";
   clear(main).append(h("h1", { tabindex: "-1" }, "Not found"), h("p", {}, "No view at this address. ", h("a", { href: "/ui" }, "Back to the jobs.")));
   main.dataset.ready = "true";
+  main.querySelector("h1").focus({ preventScroll: true });
 }
 
 function askForToken(reason) {

@@ -1,7 +1,7 @@
 // Jobs: every experiment, newest first, live. The list is re-read every few seconds (new jobs
-// appear, queued ones start); running jobs follow their own event stream, so progress moves as
-// it happens. Streams are kept for running jobs only: a browser holds about six connections
-// per server, and a long queue must not take them all.
+// appear); running jobs and the first few in the queue follow their own event streams, so a
+// job's start and its progress show as they happen. Streams are capped: a browser holds about
+// six connections per server, and a long queue must not take them all.
 
 import { api, follow, submit, TERMINAL } from "../api.js";
 import { clear, h, message } from "../dom.js";
@@ -168,15 +168,27 @@ export default async function jobsPage(main, { navigate, say, query }) {
       fill(row, job);
       row.box.disabled = job.status !== "succeeded";
     }
-    if (job.status === "running" && !streams.has(job.id) && streams.size < MAX_STREAMS) {
-      streams.set(
-        job.id,
-        follow(`/v1/experiments/${job.id}/events`, "job", (update) => show(update), (update) => TERMINAL.has(update.status)),
-      );
-    }
     if (TERMINAL.has(job.status) && streams.has(job.id)) {
       streams.get(job.id)();
       streams.delete(job.id);
+    }
+  }
+
+  /** Follow the running jobs, then the queued ones next in line, up to MAX_STREAMS. */
+  function followActive(items) {
+    const running = items.filter((j) => j.status === "running");
+    const queued = items.filter((j) => j.status === "queued").reverse(); // oldest first
+    const wanted = [...running, ...queued].slice(0, MAX_STREAMS).map((j) => j.id);
+    for (const [id, close] of streams) {
+      if (!wanted.includes(id)) {
+        close();
+        streams.delete(id);
+      }
+    }
+    for (const id of wanted) {
+      if (!streams.has(id)) {
+        streams.set(id, follow(`/v1/experiments/${id}/events`, "job", show, (update) => TERMINAL.has(update.status)));
+      }
     }
   }
 
@@ -207,6 +219,7 @@ export default async function jobsPage(main, { navigate, say, query }) {
       before = row.tr;
       show(job);
     }
+    followActive(page.items);
     empty.hidden = rows.size > 0;
   }
 
