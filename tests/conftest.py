@@ -35,7 +35,7 @@ from llem_client import (
     measurement_config_hash,
 )
 
-from tests.fakes import FakeInferenceBackend, fake_meter
+from tests.fakes import FakeInferenceBackend, fake_meter, fake_readings
 from tests.server_process import ServerProcess
 
 
@@ -222,12 +222,14 @@ def build_app(
     *,
     backend: Any = None,
     meter: Any = None,
+    readings: Any = None,
     token: str | None = None,
     **settings: Any,
 ) -> FastAPI:
-    """The real app on ``data_dir``, with the fake backend and meter injected."""
+    """The real app on ``data_dir``, with the fake backend and meter injected, and the idle
+    GPU poll reading ``readings`` (by default the scripted GPU of `tests.fakes.fake_readings`)."""
     from llem_service.app import create_app
-    from llem_service.deps import get_energy_meter, get_inference_backend
+    from llem_service.deps import get_energy_meter, get_inference_backend, get_reading_source
     from llem_service.settings import Settings
 
     app = create_app(Settings(data_dir=data_dir, api_token=token, cancel_grace_s=2.0, **settings))
@@ -235,6 +237,8 @@ def build_app(
     meter = meter if meter is not None else fake_meter()
     app.dependency_overrides[get_inference_backend] = lambda: fake_backend
     app.dependency_overrides[get_energy_meter] = lambda: meter
+    source = readings if readings is not None else fake_readings()
+    app.dependency_overrides[get_reading_source] = lambda: source
     return app
 
 

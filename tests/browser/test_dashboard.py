@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from llem_service.energy.meter import NvmlEnergyMeter
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
@@ -18,7 +19,6 @@ from tests.browser.conftest import Page
 from tests.conftest import LiveServer, make_config
 from tests.fake_nvml import FakeGpu, FakeNvml, PowerProfile
 from tests.fakes import FAKE_DEVICE, FakeInferenceBackend
-from llem_service.energy.meter import NvmlEnergyMeter
 
 pytestmark = pytest.mark.browser
 
@@ -31,9 +31,13 @@ BUSY_GPU = FakeGpu(
     counter_period_s=0.005,
     temperature_c=(38, 4.0),
     profile=PowerProfile(
-        ((0.9, 68.0), (0.5, 140.0), (0.4, 260.0))
-        + tuple(seg for _ in range(40) for seg in ((0.12, 430.0), (0.28, 315.0)))
-        + ((1.0, 90.0),)
+        (
+            (0.9, 68.0),
+            (0.5, 140.0),
+            (0.4, 260.0),
+            *((0.12, 430.0), (0.28, 315.0)) * 40,
+            (1.0, 90.0),
+        )
     ),
 )
 
@@ -50,7 +54,9 @@ def submit(server: LiveServer, token: str | None = None, **overrides: Any) -> st
     return str(response.json()["id"])
 
 
-def wait_done(server: LiveServer, job_id: str, token: str | None = None, timeout_s: float = 60) -> str:
+def wait_done(
+    server: LiveServer, job_id: str, token: str | None = None, timeout_s: float = 60
+) -> str:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -72,7 +78,9 @@ def test_the_page_asks_for_the_token_and_refuses_a_wrong_one(
     server = start_server(token=TOKEN)
     p = page(server.base_url)
     # The refused sign-in is a 401 the browser reports on its console: expected here only.
-    p.allowed.append("/ui/session - Failed to load resource: the server responded with a status of 401")
+    p.allowed.append(
+        "/ui/session - Failed to load resource: the server responded with a status of 401"
+    )
 
     p.open("/")
 
@@ -86,7 +94,9 @@ def test_the_page_asks_for_the_token_and_refuses_a_wrong_one(
     assert p.driver.get_cookies() == []
 
     sign_in(p, TOKEN)
-    p.wait(lambda: p.js("return document.getElementById('main').dataset.view") == "jobs", what="jobs")
+    p.wait(
+        lambda: p.js("return document.getElementById('main').dataset.view") == "jobs", what="jobs"
+    )
     p.wait_ready()
 
     cookie = p.driver.get_cookie("llem_session")
@@ -109,7 +119,9 @@ def test_a_job_submitted_through_the_api_appears_and_moves_without_a_reload(
     p = page(server.base_url)
     p.open("/ui")
     sign_in(p, TOKEN)
-    p.wait(lambda: p.js("return document.getElementById('main').dataset.view") == "jobs", what="jobs")
+    p.wait(
+        lambda: p.js("return document.getElementById('main').dataset.view") == "jobs", what="jobs"
+    )
     p.wait_ready()
     p.js("window.__noReload = true")
 
@@ -117,30 +129,35 @@ def test_a_job_submitted_through_the_api_appears_and_moves_without_a_reload(
 
     seen: list[str] = []
 
+    row = f"document.querySelector('tr[data-job-id=\"{job_id}\"]')"
+
     def status() -> str | None:
-        value = p.js(f"const r = document.querySelector('tr[data-job-id=\"{job_id}\"]'); return r && r.dataset.status")
+        value: str | None = p.js(f"const r = {row}; return r && r.dataset.status")
         if value and (not seen or seen[-1] != value):
             seen.append(value)
             if value == "running":
                 p.screenshot("jobs-running")
         return value
 
-    p.wait(lambda: status() == "succeeded", timeout_s=60, what=f"job {job_id} to succeed in the list")
+    p.wait(
+        lambda: status() == "succeeded", timeout_s=60, what=f"job {job_id} to succeed in the list"
+    )
     assert "running" in seen, seen
     assert seen[-1] == "succeeded"
     assert p.js("return window.__noReload") is True
-    progress = p.js(f"return document.querySelector('tr[data-job-id=\"{job_id}\"] .progress').textContent")
+    progress = p.js(f"return {row}.querySelector('.progress').textContent")
     assert progress == "done 4/4 requests"
     p.screenshot("jobs")
 
 
-def _timeline_rows(server: LiveServer, job_id: str) -> dict[str, list[float]]:
+def _timeline_rows(server: LiveServer, job_id: str) -> dict[str, list[Any]]:
+    """The GPU's rows of the timeline, as the API serves them in CSV."""
     text = httpx.get(f"{server.base_url}/v1/experiments/{job_id}/timeseries?format=csv").text
-    rows = list(csv.DictReader(io.StringIO(text)))
+    rows = [r for r in csv.DictReader(io.StringIO(text)) if r["device_uuid"] == FAKE_DEVICE.uuid]
     return {
-        "t_s": [float(r["t_s"]) for r in rows if r["device_uuid"] == FAKE_DEVICE.uuid],
-        "power_w": [float(r["power_w"]) for r in rows if r["device_uuid"] == FAKE_DEVICE.uuid],
-        "phase": [r["phase"] for r in rows if r["device_uuid"] == FAKE_DEVICE.uuid],
+        "t_s": [float(r["t_s"]) for r in rows],
+        "power_w": [float(r["power_w"]) for r in rows],
+        "phase": [r["phase"] for r in rows],
     }
 
 
@@ -163,23 +180,36 @@ def test_an_experiment_page_draws_every_point_of_the_power_timeline(
 
     name = f"power:{job_id}:{FAKE_DEVICE.uuid}"
     p.wait(lambda: p.js("return !!window.llem.charts[arguments[0]]", name), what="the power chart")
-    xs, power = p.js("const c = window.llem.charts[arguments[0]]; return [c.data[0], c.data[1]]", name)
+    xs, power = p.js(
+        "const c = window.llem.charts[arguments[0]]; return [c.data[0], c.data[1]]", name
+    )
     assert len(xs) == len(expected["t_s"]) > 100
     assert xs == pytest.approx(expected["t_s"])
     assert power == pytest.approx(expected["power_w"])
     # The phases are shaded, run by run as the timeline labels its samples, and the measured
     # window is the span of the measured phases.
     runs = p.js("return window.llem.charts[arguments[0]].llem.runs.map(r => r.phase)", name)
-    assert runs == [ph for i, ph in enumerate(expected["phase"]) if i == 0 or expected["phase"][i - 1] != ph]
+    assert runs == [
+        ph for i, ph in enumerate(expected["phase"]) if i == 0 or expected["phase"][i - 1] != ph
+    ]
     assert {"baseline", "prefill", "decode"} <= set(runs)
     window = p.js("return window.llem.charts[arguments[0]].llem.measuredWindow", name)
-    measured = [t for t, ph in zip(expected["t_s"], expected["phase"], strict=True) if ph in {"prefill", "decode", "between_batches"}]
+    measured = [
+        t
+        for t, ph in zip(expected["t_s"], expected["phase"], strict=True)
+        if ph in {"prefill", "decode", "between_batches"}
+    ]
     assert window == {"start": pytest.approx(measured[0]), "end": pytest.approx(measured[-1])}
     p.screenshot("experiment")
 
     # Temperature on demand: a second series, the timeline's own values.
     p.driver.find_element(By.CSS_SELECTOR, "input[name='temperature_c']").click()
-    p.wait(lambda: p.js("const c = window.llem.charts[arguments[0]]; return c && c.data.length === 3", name), what="temperature")
+    p.wait(
+        lambda: p.js(
+            "const c = window.llem.charts[arguments[0]]; return c && c.data.length === 3", name
+        ),
+        what="temperature",
+    )
     temperature = p.js("return window.llem.charts[arguments[0]].data[2]", name)
     assert len(temperature) == len(xs)
     assert max(temperature) > min(temperature)  # the scripted GPU warms up
@@ -203,14 +233,17 @@ def test_compare_highlights_what_differs(
     p.open(f"/ui/compare?ids={first},{second}")
 
     differing = p.js(
-        "return [...document.querySelectorAll('#compare-config tr.row-differs th')].map(th => th.textContent)"
+        "return [...document.querySelectorAll('#compare-config tr.row-differs th')]"
+        ".map(th => th.textContent)"
     )
     assert "batch_size" in differing
     assert "name" in differing
     assert "model" not in differing
     p.screenshot("compare")
     p.driver.find_element(By.ID, "only-differences").click()
-    hidden = p.js("return getComputedStyle(document.querySelector('#compare-config tr.row-same')).display")
+    hidden = p.js(
+        "return getComputedStyle(document.querySelector('#compare-config tr.row-same')).display"
+    )
     assert hidden == "none"
 
 
@@ -240,10 +273,16 @@ def test_every_view_is_usable_from_the_keyboard(
         if p.js("return document.activeElement.textContent") == "Service":
             break
     p.driver.switch_to.active_element.send_keys(Keys.ENTER)
-    p.wait(lambda: p.js("return document.getElementById('main').dataset.view") == "service", what="service")
+    p.wait(
+        lambda: p.js("return document.getElementById('main').dataset.view") == "service",
+        what="service",
+    )
     p.wait_ready()
     assert p.js("return document.activeElement.textContent") == "Service"  # the view's heading
     # The jobs table: its checkboxes and buttons are reachable and named.
     p.open("/ui")
-    names = p.js("return [...document.querySelectorAll('#jobs button, #jobs input')].map(e => e.getAttribute('aria-label'))")
+    names = p.js(
+        "return [...document.querySelectorAll('#jobs button, #jobs input')]"
+        ".map(e => e.getAttribute('aria-label'))"
+    )
     assert f"Run job {job_id[:8]} again with the same config" in names
