@@ -265,7 +265,7 @@ def test_every_view_is_usable_from_the_keyboard(
     p.driver.switch_to.active_element.send_keys(Keys.SHIFT, Keys.TAB)
     assert p.js("return document.activeElement.className") == "skip-link"
     p.driver.switch_to.active_element.send_keys(Keys.ENTER)
-    assert p.js("return document.activeElement.id") == "main"
+    p.wait(lambda: p.js("return document.activeElement.id") == "main", what="focus on the content")
     # Tab walks the views from the brand on; Enter follows one.
     p.js("document.querySelector('header .brand').focus()")
     for _ in range(5):

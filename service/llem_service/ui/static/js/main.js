@@ -23,6 +23,7 @@ const status = document.getElementById("status");
 const signOut = document.getElementById("sign-out");
 let stop = () => {};
 let signedIn = false;
+let shown = null; // the path and query of the view on screen
 
 function say(text, kind = "info") {
   clear(status).append(h("p", { class: `message ${kind}` }, text));
@@ -48,6 +49,7 @@ async function render() {
   stop = () => {};
   if (!signedIn) return;
   const path = location.pathname;
+  shown = path + location.search;
   markCurrent(path);
   for (const [pattern, page, title] of ROUTES) {
     const match = path.match(pattern);
@@ -126,7 +128,10 @@ document.addEventListener("click", (event) => {
   event.preventDefault();
   navigate(url.pathname + url.search);
 });
-window.addEventListener("popstate", render);
+// A fragment link (#section) also fires popstate: only another view re-renders.
+window.addEventListener("popstate", () => {
+  if (location.pathname + location.search !== shown) render();
+});
 signOut.addEventListener("click", async () => {
   try {
     await api("/ui/session", { method: "DELETE" });
