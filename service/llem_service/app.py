@@ -14,13 +14,14 @@ from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from llem_client import __version__
 
-from llem_service.api import experiments, info, metrics
+from llem_service.api import experiments, info, metrics, studies
 from llem_service.api.limits import BodySizeLimit
 from llem_service.api.problems import PROBLEM_MEDIA_TYPE, install_error_handlers
 from llem_service.deps import (
     get_energy_meter,
     get_inference_backend,
     get_reading_source,
+    get_thermometer,
     require_token,
     resolve,
 )
@@ -63,7 +64,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return MonitoredExecutor(local, telemetry, poller)
 
         feed = ChangeFeed()
-        scheduler = Scheduler(store, ResultFiles(settings.results_dir), feed, make_executor)
+        scheduler = Scheduler(
+            store,
+            ResultFiles(settings.results_dir),
+            feed,
+            make_executor,
+            thermometer=resolve(app, get_thermometer),
+        )
         app.state.store, app.state.feed, app.state.scheduler = store, feed, scheduler
         app.state.results = scheduler.results
         app.state.poller = poller
@@ -96,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(info.health_router)
     v1 = [Depends(require_token)]
     app.include_router(experiments.router, prefix="/v1", dependencies=v1)
+    app.include_router(studies.router, prefix="/v1", dependencies=v1)
     app.include_router(info.router, prefix="/v1", dependencies=v1)
     app.include_router(metrics.router)
     app.mount("/ui/static", ui.static_files(), name="ui-static")

@@ -26,7 +26,9 @@ from llem_service.experiment.results import ResultFiles
 from llem_service.jobs.events import ChangeFeed
 from llem_service.jobs.scheduler import Scheduler
 from llem_service.jobs.store import JobStore
+from llem_service.jobs.study_store import StudyStore
 from llem_service.settings import Settings
+from llem_service.studies.cooldown import Thermometer
 from llem_service.ui.session import COOKIE_NAME, CSRF_HEADER, SAFE_METHODS, SessionKeys
 
 T = TypeVar("T")
@@ -42,6 +44,12 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 def get_store(request: Request) -> JobStore:
     store: JobStore = request.app.state.store
+    return store
+
+
+def get_study_store(request: Request) -> StudyStore:
+    """The job store, seen through its study half."""
+    store: StudyStore = request.app.state.store
     return store
 
 
@@ -96,6 +104,13 @@ def get_reading_source(settings: SettingsDep) -> ReadingSource | None:
     return NvmlReadingSource(load_pynvml, os.environ.get("CUDA_VISIBLE_DEVICES"), time.time)
 
 
+def get_thermometer(settings: SettingsDep) -> Thermometer:
+    """GPU temperatures for studies' cooldowns: NVML (without a driver, it says why not)."""
+    from llem_service.studies.cooldown import NvmlThermometer
+
+    return NvmlThermometer()
+
+
 def require_token(request: Request, settings: SettingsDep) -> None:
     """The token check of /v1 routes when ``LLEM_API_TOKEN`` is set (constant-time).
 
@@ -142,6 +157,7 @@ def resolve(app: FastAPI, provider: Callable[..., T]) -> T:
 
 
 StoreDep = Annotated[JobStore, Depends(get_store)]
+StudyStoreDep = Annotated[StudyStore, Depends(get_study_store)]
 SchedulerDep = Annotated[Scheduler, Depends(get_scheduler)]
 FeedDep = Annotated[ChangeFeed, Depends(get_feed)]
 ResultsDep = Annotated[ResultFiles, Depends(get_results)]

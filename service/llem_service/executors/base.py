@@ -93,6 +93,8 @@ class RunContext:
         on_telemetry: Told the metered GPUs' latest readings (about once a second) while the
             run's meter samples them, for live monitoring; never used for a result. Executors
             that cannot forward them never call it.
+        keep_warm: The scheduler may offer the session a next job that can reuse what this run
+            loads (a study's next point): keep it after a successful run, until `close`.
     """
 
     job_id: str
@@ -103,6 +105,7 @@ class RunContext:
     executor_ref: str | None = None
     on_executor_ref: Callable[[str], None] = _ignore_ref
     on_telemetry: TelemetryCallback = _ignore_telemetry
+    keep_warm: bool = False
 
 
 @dataclass(frozen=True)
