@@ -173,6 +173,12 @@ export function barChart(container, name, xs, ys, { xLabel, yLabel, unit }) {
   return register(name, chart);
 }
 
+function padded(u, min, max) {
+  if (min === null || max === null) return [0, 1];
+  const pad = (max - min) * 0.08 || Math.abs(max) * 0.1 || 1;
+  return [Math.max(0, min - pad), max + pad];
+}
+
 /**
  * A scatter of points (x, y) with the frontier marked: ``frontier`` flags each point.
  * Lower y is better; ``xBetter`` says whether a larger or smaller x is better.
@@ -193,7 +199,8 @@ export function frontierChart(container, name, points, { xLabel, yLabel }) {
         { label: "frontier", stroke: "#d62728", width: 2, spanGaps: true, points: { show: true, size: 11, stroke: "#d62728", fill: "#d62728" } },
       ],
       axes: [{ label: xLabel }, { label: yLabel }],
-      scales: { x: { time: false } },
+      // Padded ranges: a point on the edge of the plot is not cut in half.
+      scales: { x: { time: false, range: padded }, y: { range: padded } },
     },
     [xs, all, front],
     container,

@@ -4,7 +4,7 @@
 
 import { api, TERMINAL } from "../api.js";
 import { forget, frontierChart } from "../charts.js";
-import { clear, facts, h, message, section, table } from "../dom.js";
+import { append, clear, facts, h, message, section, table } from "../dom.js";
 import { num, plusMinus, seconds, shortId, unit, when } from "../format.js";
 import { progressCell, statusBadge } from "./jobs.js";
 
@@ -68,7 +68,8 @@ function runsTable(study) {
 
 function rankedTable(pareto, swept) {
   const metric = pareto.energy_metric;
-  const onFrontier = new Set([...pareto.frontier_vs_tokens_per_s, ...pareto.frontier_vs_ttft_p90]);
+  const vsTps = new Set(pareto.frontier_vs_tokens_per_s);
+  const vsTtft = new Set(pareto.frontier_vs_ttft_p90);
   const meeting = new Set(pareto.meeting_targets);
   const ranked = [...pareto.points].sort((a, b) => (energyOf(a, metric) ?? Infinity) - (energyOf(b, metric) ?? Infinity));
   const uncertainty = metric ? `${metric.replace(/_j$/, "")}_uncertainty_j` : null;
@@ -76,13 +77,14 @@ function rankedTable(pareto, swept) {
     "table",
     { id: "study-ranked" },
     h("caption", {}, metric ? `Points ranked by ${metric.replaceAll("_", " ")} (lowest first); mean over cycles, ± the bound, [95% CI]` : "Points (no energy measured: ranked by design order)"),
-    h("thead", {}, h("tr", {}, ["Rank", ...swept, "J/token", "Tokens/s", "TTFT p90", "ITL p90", "Cycles", "Frontier", "Meets targets"].map((c) => h("th", { scope: "col" }, c)))),
+    h("thead", {}, h("tr", {}, ["Rank", ...swept, "J/token", "Tokens/s", "TTFT p90", "ITL p90", "Cycles", "Frontier vs tokens/s", "Frontier vs TTFT", "Meets targets"].map((c) => h("th", { scope: "col" }, c)))),
     h(
       "tbody",
       {},
       ranked.map((row, i) => {
         const ci = metric && row.ci95[metric] ? ` [${num(row.ci95[metric].low)}–${num(row.ci95[metric].high)}]` : "";
-        const classes = [onFrontier.has(row.point) ? "frontier" : "", meeting.has(row.point) ? "" : "excluded"].join(" ").trim();
+        const front = vsTps.has(row.point) || vsTtft.has(row.point);
+        const classes = [front ? "frontier" : "", meeting.has(row.point) ? "" : "excluded"].join(" ").trim();
         return h(
           "tr",
           { class: classes || null, dataset: { point: row.point } },
@@ -93,7 +95,8 @@ function rankedTable(pareto, swept) {
           h("td", { class: "num" }, seconds(row.ttft_p90_s)),
           h("td", { class: "num" }, seconds(row.itl_p90_s)),
           h("td", {}, row.n_cycles),
-          h("td", {}, onFrontier.has(row.point) ? "yes" : ""),
+          h("td", {}, vsTps.has(row.point) ? "yes" : ""),
+          h("td", {}, vsTtft.has(row.point) ? "yes" : ""),
           h("td", {}, meeting.has(row.point) ? "yes" : "no"),
         );
       }),
@@ -157,7 +160,7 @@ export async function studyPage(main, { params, say }) {
   }
 
   function showHead() {
-    clear(headBox).append(
+    append(clear(headBox), [
       facts([
         ["Status", statusBadge(study.status)],
         ["Design hash", h("code", {}, study.design_hash)],
@@ -171,7 +174,7 @@ export async function studyPage(main, { params, say }) {
       study.skipped.length
         ? table("Skipped points (invalid configs)", ["Point", "Values", "Why"], study.skipped.map((s) => [s.index, valuesText(s.values), s.reason]))
         : null,
-    );
+    ]);
     main.dataset.status = study.status;
     cancel.hidden = TERMINAL.has(study.status);
   }
