@@ -127,6 +127,32 @@ class Page:
         self.shots.append(path)
         return path
 
+    def screenshot_of(self, name: str, css: str) -> Path:
+        """A screenshot of one element (the README's pictures are two of these)."""
+        from selenium.webdriver.common.by import By
+
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / f"{name}.png"
+        element = self.driver.find_element(By.CSS_SELECTOR, css)
+        height = self.js("return arguments[0].getBoundingClientRect().height", element)
+        self.driver.set_window_size(1400, int(height) + 300)
+        self.js("arguments[0].scrollIntoView()", element)
+        element.screenshot(str(path))
+        self.driver.set_window_size(1400, 1000)
+        self.shots.append(path)
+        return path
+
+    def screenshot_top(self, name: str, height: int) -> Path:
+        """A screenshot of the page's first ``height`` pixels."""
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / f"{name}.png"
+        self.js("window.scrollTo(0, 0)")
+        self.driver.set_window_size(1400, height)
+        self.driver.save_screenshot(str(path))
+        self.driver.set_window_size(1400, 1000)
+        self.shots.append(path)
+        return path
+
     def console_errors(self) -> list[str]:
         """Console errors since the last call, less those the test allowed."""
         entries = self.driver.get_log("browser")

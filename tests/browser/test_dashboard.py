@@ -164,7 +164,9 @@ def _timeline_rows(server: LiveServer, job_id: str) -> dict[str, list[Any]]:
 def test_an_experiment_page_draws_every_point_of_the_power_timeline(
     start_server: Callable[..., LiveServer], page: Callable[[str], Page]
 ) -> None:
-    server = start_server(backend=FakeInferenceBackend(sleep_s=3.0), meter=busy_meter())
+    # The fake reports the time it really takes, so the figures agree with the timeline.
+    backend = FakeInferenceBackend(sleep_s=3.0, measured_time_s=3.0)
+    server = start_server(backend=backend, meter=busy_meter())
     job_id = submit(
         server,
         name="timeline",
@@ -201,6 +203,7 @@ def test_an_experiment_page_draws_every_point_of_the_power_timeline(
     ]
     assert window == {"start": pytest.approx(measured[0]), "end": pytest.approx(measured[-1])}
     p.screenshot("experiment")
+    p.screenshot_top("experiment-summary-and-timeline", 1420)
 
     # Temperature on demand: a second series, the timeline's own values.
     p.driver.find_element(By.CSS_SELECTOR, "input[name='temperature_c']").click()
