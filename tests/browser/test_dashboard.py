@@ -257,7 +257,8 @@ def test_every_view_is_usable_from_the_keyboard(
     job_id = submit(server)
     assert wait_done(server, job_id) == "succeeded"
     p = page(server.base_url)
-    for path in ("/ui", f"/ui/experiments/{job_id}", "/ui/compare", "/ui/service", "/ui/nowhere"):
+    views = ("/ui", f"/ui/experiments/{job_id}", "/ui/compare", "/ui/service", "/ui/studies")
+    for path in (*views, "/ui/nowhere"):
         p.open(path)
         assert p.unlabelled_controls() == [], path
         assert p.js("return document.activeElement.tagName") == "H1", path

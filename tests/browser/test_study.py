@@ -117,3 +117,11 @@ def test_a_studys_frontier_charts_mark_the_points_no_other_beats(
     )
     assert sorted(dimmed) == sorted(r["point"] for r in points if r not in meeting)
     p.screenshot("study-targets")
+    p.open("/ui/studies")
+    listed = p.js(
+        "return [...document.querySelectorAll('#studies tbody tr')].map(r => r.textContent)"
+    )
+    assert len(listed) == 1
+    assert "frontier" in listed[0]
+    assert "9 / 9" in listed[0]
+    p.screenshot("studies")

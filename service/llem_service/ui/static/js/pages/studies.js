@@ -10,11 +10,24 @@ import { progressCell, statusBadge } from "./jobs.js";
 
 const REFRESH_MS = 5000;
 
-export async function studiesPage(main) {
-  const page = await api("/v1/studies?limit=100");
-  clear(main).append(
-    h("h1", { tabindex: "-1" }, "Studies"),
-    page.items.length
+export async function studiesPage(main, { say }) {
+  const heading = h("h1", { tabindex: "-1" }, "Studies");
+  const body = h("div", {});
+  clear(main).append(heading, body);
+  async function render() {
+    const page = await api("/v1/studies?limit=100");
+    clear(body).append(studiesTable(page));
+  }
+  await render();
+  // Progress moves as runs end: re-read the list every few seconds while the page is seen.
+  const timer = setInterval(() => {
+    if (!document.hidden) render().catch((error) => say(`Could not refresh: ${error.message}`, "error"));
+  }, REFRESH_MS);
+  return () => clearInterval(timer);
+}
+
+function studiesTable(page) {
+  return page.items.length
       ? table(
           "Studies, newest first",
           ["Study", "Status", "Points", "Runs done", "Submitted"],
@@ -24,9 +37,7 @@ export async function studiesPage(main) {
           }),
           { id: "studies" },
         )
-      : message("No studies yet. Submit one with llem-client study run, or POST /v1/studies."),
-  );
-  return () => {};
+      : message("No studies yet. Submit one with llem-client study run, or POST /v1/studies.");
 }
 
 function valuesText(values) {
