@@ -27,7 +27,7 @@ DURATION_S = float(os.environ.get("LLEM_LOAD_DURATION_S", "30"))
 INTERVAL_S = float(os.environ.get("LLEM_LOAD_INTERVAL_S", "1.0"))
 #: Open dashboards, each doing what the jobs page and an experiment page do (see `_dashboard`).
 DASHBOARDS = int(os.environ.get("LLEM_LOAD_DASHBOARDS", "5"))
-#: Seconds between two scrapes of /metrics (Prometheus's default is 15 s).
+#: Seconds between two scrapes of /metrics (Prometheus's default is 15 s); 0: no scraper.
 SCRAPE_S = float(os.environ.get("LLEM_LOAD_SCRAPE_S", "1.0"))
 #: The dashboard's jobs page re-reads the list this often (ui/static/js/pages/jobs.js).
 DASHBOARD_REFRESH_S = 3.0
@@ -173,7 +173,8 @@ async def _run_load(url: str, job_ids: list[str], finished: str | None) -> dict[
             _dashboard(url, job_ids[0], finished, stop_at, latencies, errors, seed)
             for seed in range(DASHBOARDS)
         ]
-        extra.append(_scraper(url, stop_at, latencies, errors))
+        if SCRAPE_S > 0:
+            extra.append(_scraper(url, stop_at, latencies, errors))
     await asyncio.gather(
         *(
             _client(url, job_ids, stop_at, latencies, errors, connected, seed)
@@ -197,7 +198,7 @@ async def _run_load(url: str, job_ids: list[str], finished: str | None) -> dict[
         "clients": CLIENTS,
         "clients_connected": len(connected),
         "dashboards": DASHBOARDS if finished is not None else 0,
-        "metrics_scrape_interval_s": SCRAPE_S if finished is not None else None,
+        "metrics_scrape_interval_s": SCRAPE_S if finished is not None and SCRAPE_S > 0 else None,
         "duration_s": round(elapsed_s, 1),
         "interval_s": INTERVAL_S,
         "requests": requests,
