@@ -8,7 +8,6 @@ its job, which says nothing about the server's speed.
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
@@ -64,7 +63,17 @@ def route_template(scope: Scope) -> str:
     if "app_root_path" in scope:  # inside a Mount (the static files): its prefix
         return f"{scope.get('root_path', '')}/{{path}}"
     path: str = scope.get("path", "")
-    for name, value in (scope.get("path_params") or {}).items():
-        text = re.escape(str(value))
-        path = re.sub(rf"(?<=/){text}(?=/|$)", f"{{{name}}}", path, count=1)
-    return path
+    params = scope.get("path_params")
+    if not params:
+        return path
+    # Segment by segment, no regular expression: a pattern per job id would miss re's cache
+    # and compile on every request.
+    segments = path.split("/")
+    for name, value in params.items():
+        parts = str(value).split("/")
+        width = len(parts)
+        for i in range(len(segments) - width, 0, -1):  # parameters come last: search back
+            if segments[i : i + width] == parts:
+                segments[i : i + width] = [f"{{{name}}}"]
+                break
+    return "/".join(segments)

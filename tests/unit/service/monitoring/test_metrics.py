@@ -68,6 +68,7 @@ def test_requests_are_counted_by_route_template_and_status(
     http.get("/v1/experiments/def")
     http.get("/nowhere")
     http.get("/ui/static/app.css")
+    http.get("/ui/experiments/abc")  # a path parameter that spans segments
 
     samples = scrape(http)
 
