@@ -100,7 +100,7 @@ export default async function comparePage(main, { navigate, query }) {
   const results = await Promise.all(ids.map((id) => api(`/v1/experiments/${id}/result`)));
   const [ref] = results;
   const onlyDiff = h("input", { type: "checkbox", id: "only-differences" });
-  const head = h("tr", {}, h("th", { scope: "col" }, "Figure"), results.map((r, i) =>
+  const head = (first) => h("tr", {}, h("th", { scope: "col" }, first), results.map((r, i) =>
     h("th", { scope: "col" }, h("a", { href: `/ui/experiments/${ids[i]}` }, r.config.name || r.config.model), h("br"), h("small", { class: "mono" }, `${shortId(ids[i])}${i === 0 ? " (reference)" : ""}`)),
   ));
   const body = h("tbody", {});
@@ -124,8 +124,8 @@ export default async function comparePage(main, { navigate, query }) {
     const differs = values.some((v) => v !== values[0]);
     configBody.append(h("tr", { class: differs ? "row-differs" : "row-same" }, h("th", { scope: "row" }, h("code", {}, key)), values.map((v, i) => h("td", { class: i > 0 && v !== values[0] ? "differs" : "" }, v))));
   }
-  const figures = h("table", { class: "compare", id: "compare-figures" }, h("caption", {}, "Figures (each against the reference)"), h("thead", {}, head), body);
-  const configTable = h("table", { class: "compare", id: "compare-config" }, h("caption", {}, "Config"), h("thead", {}, head.cloneNode(true)), configBody);
+  const figures = h("table", { class: "compare", id: "compare-figures" }, h("caption", {}, "Figures (each against the reference)"), h("thead", {}, head("Figure")), body);
+  const configTable = h("table", { class: "compare", id: "compare-config" }, h("caption", {}, "Config"), h("thead", {}, head("Field")), configBody);
   onlyDiff.addEventListener("change", () => {
     main.classList.toggle("only-differences", onlyDiff.checked);
   });
