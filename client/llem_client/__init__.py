@@ -54,6 +54,8 @@ if TYPE_CHECKING:
     )
     from llem_client._hashing import canonical_config_json, measurement_config_hash
     from llem_client._jobs import (
+        BaselineList,
+        CachedBaseline,
         FieldError,
         Job,
         JobList,
@@ -130,6 +132,8 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(["canonical_config_json", "measurement_config_hash"], "_hashing"),
     **dict.fromkeys(
         [
+            "BaselineList",
+            "CachedBaseline",
             "FieldError",
             "Job",
             "JobList",
@@ -199,6 +203,8 @@ __all__ = [
     "BadRequestError",
     "BaselineConfig",
     "BaselineInfo",
+    "BaselineList",
+    "CachedBaseline",
     "Client",
     "ClientRequestError",
     "ConflictError",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+from datetime import datetime, timezone
+
 from fastapi import APIRouter
-from llem_client import SCHEMA_VERSION, ServiceInfo, __version__
+from llem_client import SCHEMA_VERSION, BaselineList, CachedBaseline, ServiceInfo, __version__
 
 from llem_service.api.problems import problem_responses
 from llem_service.deps import MeterDep, SchedulerDep, StoreDep
@@ -26,6 +29,26 @@ def get_info(meter: MeterDep, store: StoreDep, scheduler: SchedulerDep) -> Servi
         energy_meter_reason=probe.reason,
         queue_length=store.queue_length(),
         running_job=next(iter(scheduler.running_job_ids), None),
+    )
+
+
+@router.get("/baselines", response_model=BaselineList, responses=problem_responses(401))
+def get_baselines(scheduler: SchedulerDep) -> BaselineList:
+    """The idle baselines the service keeps (one per GPU at most), newest measurement each."""
+    now = time.time()
+    return BaselineList(
+        items=[
+            CachedBaseline(
+                device_uuid=b.device_uuid,
+                power_w=b.power_w,
+                power_uncertainty_w=b.power_uncertainty_w,
+                method=b.method,
+                duration_s=b.duration_s,
+                measured_at=datetime.fromtimestamp(b.measured_at, timezone.utc),
+                age_s=max(0.0, now - b.measured_at),
+            )
+            for b in scheduler.baselines.all()
+        ]
     )
 
 

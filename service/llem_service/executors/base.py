@@ -24,16 +24,18 @@ returns None, and the job is recovered by the store's rule (failed as interrupte
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from llem_client import ExperimentConfig, ExperimentResult, JobProgress, JobStatus, ProblemDetail
 
 from llem_service.energy.base import Baseline
+from llem_service.energy.readings import GpuReading
 from llem_service.energy.timeseries import Columns
 
 ProgressCallback = Callable[[JobProgress], None]
+TelemetryCallback = Callable[[Sequence[GpuReading]], None]
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,10 @@ def _ignore_ref(ref: str) -> None:
     """The default `RunContext.on_executor_ref`: nothing to remember."""
 
 
+def _ignore_telemetry(readings: Sequence[GpuReading]) -> None:
+    """The default `RunContext.on_telemetry`: nobody watches."""
+
+
 @dataclass(frozen=True)
 class RunContext:
     """Everything one run needs from the scheduler.
@@ -84,6 +90,9 @@ class RunContext:
             job started before a restart; None for a new run.
         on_executor_ref: Told the executor's handle as soon as there is one, so that the store
             keeps it and a restarted server can reattach.
+        on_telemetry: Told the metered GPUs' latest readings (about once a second) while the
+            run's meter samples them, for live monitoring; never used for a result. Executors
+            that cannot forward them never call it.
         keep_warm: The scheduler may offer the session a next job that can reuse what this run
             loads (a study's next point): keep it after a successful run, until `close`.
     """
@@ -95,6 +104,7 @@ class RunContext:
     baselines: tuple[Baseline, ...] = ()
     executor_ref: str | None = None
     on_executor_ref: Callable[[str], None] = _ignore_ref
+    on_telemetry: TelemetryCallback = _ignore_telemetry
     keep_warm: bool = False
 
 

@@ -28,7 +28,15 @@ import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from llem_client import BaselineInfo, JobProgress, JobStatus, ProblemDetail, ResultWarning
+from llem_client import (
+    BaselineInfo,
+    ExperimentResult,
+    Job,
+    JobProgress,
+    JobStatus,
+    ProblemDetail,
+    ResultWarning,
+)
 
 from llem_service.energy.base import Baseline
 from llem_service.errors import Failures
@@ -56,6 +64,9 @@ _log = logging.getLogger("llem.scheduler")
 
 #: After the store failed (a full disk), wait this long before using it again: never spin.
 STORE_RETRY_S = 1.0
+
+#: Told each job the scheduler ran, once its end is recorded, with its result if it succeeded.
+FinishedListener = Callable[[Job, ExperimentResult | None], None]
 
 
 class BaselineCache:
@@ -118,6 +129,8 @@ class Scheduler:
         self._cancels: dict[str, threading.Event] = {}  # running here, oldest first
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        #: Told each ended run (metrics count outcomes and energy); a failing one is logged.
+        self.finished_listeners: list[FinishedListener] = []
 
     # -- control ------------------------------------------------------------------------------
 
@@ -367,6 +380,23 @@ class Scheduler:
                 _log.exception("job %s: could not record its failure", job_id)
                 await asyncio.sleep(STORE_RETRY_S)
         self.feed.notify()
+        self._tell_finished(job_id, outcome.result)
+
+    def _tell_finished(self, job_id: str, result: ExperimentResult | None) -> None:
+        if not self.finished_listeners:
+            return
+        try:
+            job = self.store.get(job_id)
+        except Exception:
+            _log.exception("job %s: could not read it back for its listeners", job_id)
+            return
+        if job is None or not job.status.terminal:
+            return
+        for listener in self.finished_listeners:
+            try:
+                listener(job, result if job.status is JobStatus.SUCCEEDED else None)
+            except Exception:
+                _log.exception("job %s: a finished-job listener failed", job_id)
 
     async def _record(
         self,
