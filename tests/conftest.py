@@ -3,7 +3,7 @@
 - `make_config` / `make_result`: valid objects with small defaults; each test overrides only
   what it is about.
 - `start_server`: a real uvicorn server on a free loopback port, in a thread, running the real
-  app, worker and child processes, with the fakes of `tests.fakes` injected through
+  app, scheduler and child processes, with the fakes of `tests.fakes` injected through
   ``app.dependency_overrides``.
 - `server_process`: the same app as a separate process (`tests.server_process`), for the tiers
   that signal or kill it.
@@ -35,7 +35,7 @@ from llem_client import (
     measurement_config_hash,
 )
 
-from tests.fakes import FakeHub, FakeInferenceBackend, fake_meter
+from tests.fakes import FakeHub, FakeInferenceBackend, fake_meter, fake_readings, fake_thermometer
 from tests.server_process import ServerProcess
 
 
@@ -223,22 +223,35 @@ def build_app(
     *,
     backend: Any = None,
     meter: Any = None,
+    readings: Any = None,
     token: str | None = None,
+    thermometer: Any = None,
     hub: Any = None,
     **settings: Any,
 ) -> FastAPI:
-    """The real app on ``data_dir``, with the fake backend, meter and model hub injected
-    (by default a hub that has every well-formed model id)."""
+    """The real app on ``data_dir``, with the fake backend, meter, thermometer and model hub
+    injected (by default a hub that has every well-formed model id), and the idle GPU poll
+    reading ``readings`` (by default the scripted GPU of `tests.fakes.fake_readings`)."""
     from llem_service.app import create_app
-    from llem_service.deps import get_energy_meter, get_inference_backend, get_model_hub
+    from llem_service.deps import (
+        get_energy_meter,
+        get_inference_backend,
+        get_model_hub,
+        get_reading_source,
+        get_thermometer,
+    )
     from llem_service.settings import Settings
 
     app = create_app(Settings(data_dir=data_dir, api_token=token, cancel_grace_s=2.0, **settings))
     fake_backend = backend if backend is not None else FakeInferenceBackend()
     meter = meter if meter is not None else fake_meter()
-    model_hub = hub if hub is not None else FakeHub()
+    thermometer = thermometer if thermometer is not None else fake_thermometer()
     app.dependency_overrides[get_inference_backend] = lambda: fake_backend
     app.dependency_overrides[get_energy_meter] = lambda: meter
+    source = readings if readings is not None else fake_readings()
+    app.dependency_overrides[get_reading_source] = lambda: source
+    app.dependency_overrides[get_thermometer] = lambda: thermometer
+    model_hub = hub if hub is not None else FakeHub()
     app.dependency_overrides[get_model_hub] = lambda: model_hub
     return app
 

@@ -1,7 +1,7 @@
 """Explicit fakes for the service's seams. Reading a class tells you exactly what it does.
 
 They are plain dataclasses so that they pickle into the experiment's child process, where the
-real worker runs them just as it runs the real backend and meter.
+real scheduler runs them just as it runs the real backend and meter.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from llem_service.backends.base import (
     WorkloadReport,
 )
 from llem_service.energy.meter import NvmlEnergyMeter
+from llem_service.energy.readings import NvmlReadingSource
 from llem_service.models.hub import HubAnswer, HubLookup
+from llem_service.studies.cooldown import NvmlThermometer
 
 from tests.fake_nvml import FakeGpu, FakeNvml, PowerProfile
 
@@ -83,6 +85,15 @@ class FakeInferenceBackend:
         self._maybe_fail("load")
         return LoadReport(
             load_time_s=self.load_time_s,
+            device_uuids=(FAKE_DEVICE.uuid,) if self.gpu else (),
+            n_parameters=1234,
+        )
+
+    def reuse(self, config: ExperimentConfig) -> LoadReport:
+        """Keeps the 'model' of the last load: no load time."""
+        self._maybe_fail("load")
+        return LoadReport(
+            load_time_s=0.0,
             device_uuids=(FAKE_DEVICE.uuid,) if self.gpu else (),
             n_parameters=1234,
         )
@@ -157,6 +168,25 @@ def fake_meter(
         **gpu,
     )
     return NvmlEnergyMeter(library=FakeNvml(gpus=(device,)))
+
+
+def fake_readings(power_w: float = 60.0, **gpu: Any) -> NvmlReadingSource:
+    """The idle poll's reader over the scripted GPU `FAKE_DEVICE`, idle at ``power_w``."""
+    device = FakeGpu(
+        uuid=FAKE_DEVICE.uuid,
+        name=FAKE_DEVICE.name,
+        profile=PowerProfile(((1.0, power_w),)),
+        **gpu,
+    )
+    return NvmlReadingSource(FakeNvml(gpus=(device,)), None, time.time)
+
+
+def fake_thermometer(temperature_c: int = 40) -> NvmlThermometer:
+    """The real NVML thermometer over the scripted `FAKE_DEVICE`, at ``temperature_c``."""
+    device = FakeGpu(
+        uuid=FAKE_DEVICE.uuid, name=FAKE_DEVICE.name, temperature_c=(temperature_c, 0.0)
+    )
+    return NvmlThermometer(library=FakeNvml(gpus=(device,)))
 
 
 @dataclass

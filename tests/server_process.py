@@ -112,11 +112,16 @@ class ServerProcess:
 
 def main() -> None:
     from llem_service.app import create_app
-    from llem_service.deps import get_energy_meter, get_inference_backend, get_model_hub
+    from llem_service.deps import (
+        get_energy_meter,
+        get_inference_backend,
+        get_model_hub,
+        get_reading_source,
+    )
     from llem_service.serve import make_server
     from llem_service.settings import Settings
 
-    from tests.fakes import FakeHub, ScriptedBackend, fake_meter
+    from tests.fakes import FakeHub, ScriptedBackend, fake_meter, fake_readings
 
     settings = Settings()
     app = create_app(settings)
@@ -128,6 +133,8 @@ def main() -> None:
     meter = fake_meter(power_w=250.0, cue_file=cue_file, cue=cue)
     app.dependency_overrides[get_inference_backend] = lambda: backend
     app.dependency_overrides[get_energy_meter] = lambda: meter
+    readings = fake_readings()
+    app.dependency_overrides[get_reading_source] = lambda: readings
     hub = FakeHub()
     app.dependency_overrides[get_model_hub] = lambda: hub
     make_server(app, settings, access_log=False).run()

@@ -23,6 +23,7 @@ from llem_client._client import (
     _remaining,
     _transport_error,
 )
+from llem_client._client_studies import AsyncStudyMethods
 from llem_client._exceptions import (
     APIConnectionError,
     APITimeoutError,
@@ -34,7 +35,7 @@ from llem_client._results import ExperimentResult
 from llem_client._sse import SSEDecoder
 
 
-class AsyncClient:
+class AsyncClient(AsyncStudyMethods):
     """The asynchronous twin of `Client`; same arguments, same methods, awaitable."""
 
     def __init__(

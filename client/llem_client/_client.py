@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from llem_client._client_studies import StudyMethods
 from llem_client._config import ExperimentConfig
 from llem_client._exceptions import (
     APIConnectionError,
@@ -181,7 +182,7 @@ def _transport_error(exc: httpx.TransportError, base_url: str) -> APIConnectionE
     return APIConnectionError(f"cannot reach the llem server at {base_url}: {exc}")
 
 
-class Client:
+class Client(StudyMethods):
     """A synchronous llem client.
 
     Args:

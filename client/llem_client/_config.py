@@ -67,8 +67,26 @@ class InlinePrompts(_Section):
     prompts: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
 
 
+class HfPrompts(_Section):
+    """Prompts from a Hugging Face dataset, read with the ``datasets`` library (the server's
+    ``hf`` extra): a hub id, or a directory written by ``save_to_disk`` inside the server's
+    ``LLEM_MODEL_ROOTS``. Rows are taken in order and cycled when ``n_prompts`` exceeds them.
+
+    ``field`` names the column holding the prompt: a string, or a chat (a list of turns such as
+    ``{"role": "user", "content": ...}`` or ShareGPT's ``{"from": "human", "value": ...}``),
+    of which the first user turn is the prompt.
+    """
+
+    source: Literal["hf"] = "hf"
+    dataset: str = Field(min_length=1, description="Hub id, or a save_to_disk directory.")
+    subset: str | None = Field(default=None, description="The dataset's configuration name.")
+    split: str = Field(default="train", min_length=1)
+    field: str = Field(default="text", min_length=1, description="Column holding the prompt.")
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag, commit).")
+
+
 PromptSource = Annotated[
-    SyntheticPrompts | JsonlPrompts | InlinePrompts, Field(discriminator="source")
+    SyntheticPrompts | JsonlPrompts | InlinePrompts | HfPrompts, Field(discriminator="source")
 ]
 
 
@@ -81,14 +99,6 @@ def _prompt_sources() -> dict[str, set[str]]:
         name = get_args(model.model_fields["source"].annotation)[0]
         sources[name] = set(model.model_fields) - {"source"}
     return sources
-
-
-#: Fields of prompt sources this version does not have yet, and the source that will read them:
-#: a config that uses one is told which ``source`` it means. When that source joins
-#: `PromptSource`, its fields are inferred from the union and its entry here goes.
-FUTURE_SOURCE_FIELDS: dict[str, tuple[str, str]] = {
-    "dataset": ("hf", "a dataset on the Hugging Face hub"),
-}
 
 
 def infer_prompt_source(prompts: dict[str, Any]) -> str:
@@ -114,14 +124,6 @@ def infer_prompt_source(prompts: dict[str, Any]) -> str:
         for key in sorted(keys)
     }
     unknown = [key for key, names in owners.items() if not names]
-    future = [key for key in unknown if key in FUTURE_SOURCE_FIELDS]
-    if future:
-        source, what = FUTURE_SOURCE_FIELDS[future[0]]
-        raise ValueError(
-            f"prompts.{future[0]} names {what} (source: {source}), which this version cannot "
-            "read as prompts yet; use source: jsonl with a file under the server's "
-            "LLEM_MODEL_ROOTS (path, field), or source: inline (prompts)"
-        )
     if unknown:
         described = "; ".join(
             f"{name} has {', '.join(sorted(fields))}" for name, fields in sources.items()

@@ -36,11 +36,19 @@ if TYPE_CHECKING:
     from llem_client._cli_common import ClientFactory
     from llem_client._client import Client
 
+
+def _register_studies(commands: Commands) -> None:
+    from llem_client._cli_study import add_study_commands
+
+    add_study_commands(commands.subparsers, commands.connection, positive_float)
+
+
 #: The command groups, in the order of ``--help``.
 COMMAND_GROUPS: tuple[Callable[[Commands], None], ...] = (
     _cmd_run.register,
     _cmd_jobs.register,
     _cmd_results.register,
+    _register_studies,
     _cmd_info.register,
 )
 

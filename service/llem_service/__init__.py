@@ -1,4 +1,4 @@
-"""llem service: the FastAPI server, job store, worker, backends and energy meters."""
+"""llem service: the FastAPI server, job store, scheduler, executors, backends and energy meters."""
 
 from llem_client._version import SCHEMA_VERSION, __version__
 

@@ -4,29 +4,41 @@ so tests build as many as they like, and uvicorn calls `create_app_from_env` wit
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
-from llem_client import ExperimentResult, __version__
+from llem_client import __version__
 
-from llem_service.api import experiments, info, models
+from llem_service.api import experiments, info, metrics, models, studies
 from llem_service.api.docs import install_docs
 from llem_service.api.limits import BodySizeLimit
 from llem_service.api.methods import AllowHeader
 from llem_service.api.openapi import build_openapi, operation_id
 from llem_service.api.problems import install_error_handlers
-from llem_service.deps import get_energy_meter, get_inference_backend, require_token, resolve
-from llem_service.executors.local import ExperimentRunner, ProcessRunner
-from llem_service.experiment.results import ResultFiles, job_metrics
+from llem_service.deps import (
+    get_energy_meter,
+    get_inference_backend,
+    get_reading_source,
+    get_thermometer,
+    require_token,
+    resolve,
+)
+from llem_service.executors.base import Executor
+from llem_service.executors.local import LocalExecutor
+from llem_service.experiment.results import ResultFiles
 from llem_service.jobs.events import ChangeFeed
+from llem_service.jobs.scheduler import Scheduler
 from llem_service.jobs.shutdown import Shutdown
-from llem_service.jobs.store import JobStore, SqliteJobStore
-from llem_service.jobs.worker import Worker
+from llem_service.jobs.store import SqliteJobStore
+from llem_service.monitoring.executor import MonitoredExecutor
+from llem_service.monitoring.gpus import GpuTelemetry, IdlePoller
+from llem_service.monitoring.http import RequestMetrics
+from llem_service.monitoring.registry import ServiceMetrics
 from llem_service.settings import Settings
+from llem_service.ui import routes as ui
 
 _log = logging.getLogger("llem.service")
 
@@ -38,7 +50,7 @@ of one."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the service. The store, worker and feed start with the app's lifespan."""
+    """Build the service. The store, scheduler and feed start with the app's lifespan."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -48,29 +60,42 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = SqliteJobStore(settings.db_path)
-        interrupted = store.recover_interrupted()
-        if interrupted:
-            _log.warning("marked %d interrupted job(s) failed: %s", len(interrupted), interrupted)
+        poller = _idle_poller(app, settings, telemetry)
 
-        def make_runner() -> ExperimentRunner:
-            return ProcessRunner(
+        def make_executor() -> Executor:
+            local = LocalExecutor(
                 resolve(app, get_inference_backend),
                 resolve(app, get_energy_meter),
                 cancel_grace_s=settings.cancel_grace_s,
                 timeout_s=settings.experiment_timeout_s or None,
             )
+            return MonitoredExecutor(local, telemetry, poller)
 
         feed = ChangeFeed()
-        worker = Worker(store, ResultFiles(settings.results_dir), feed, make_runner)
-        app.state.store, app.state.feed, app.state.worker = store, feed, worker
-        app.state.results = worker.results
-        app.state.shutdown = Shutdown(worker, feed)
-        await asyncio.to_thread(_backfill_metrics, store, worker.results)
-        worker.start()
+        scheduler = Scheduler(
+            store,
+            ResultFiles(settings.results_dir),
+            feed,
+            make_executor,
+            thermometer=resolve(app, get_thermometer),
+        )
+        app.state.store, app.state.feed, app.state.scheduler = store, feed, scheduler
+        app.state.results = scheduler.results
+        app.state.poller = poller
+        app.state.shutdown = Shutdown(scheduler, feed)
+        service_metrics.watch_jobs(store, lambda: scheduler.running_job_ids)
+        scheduler.finished_listeners.append(service_metrics.job_finished)
+        scheduler.start()
+        if poller is not None:
+            poller.start()
         try:
             yield
         finally:
+            # Begun already if the server was signalled (llem_service.serve); else now.
             await app.state.shutdown.wait()
+            if poller is not None:
+                poller.stop()
+            service_metrics.unwatch_jobs()
             store.close()
 
     app = FastAPI(
@@ -84,30 +109,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    # Live GPU readings outlive the lifespan's parts: /metrics may be scraped before start-up.
+    telemetry = GpuTelemetry(stale_after_s=max(60.0, 3 * settings.metrics_poll_s))
+    service_metrics = app.state.metrics = ServiceMetrics(telemetry)
     install_error_handlers(app)
     app.include_router(info.health_router)
     v1 = [Depends(require_token)]
     app.include_router(experiments.router, prefix="/v1", dependencies=v1)
+    app.include_router(studies.router, prefix="/v1", dependencies=v1)
     app.include_router(models.router, prefix="/v1", dependencies=v1)
     app.include_router(info.router, prefix="/v1", dependencies=v1)
+    app.include_router(metrics.router)
+    app.mount("/ui/static", ui.static_files(), name="ui-static")
+    app.include_router(ui.router)
     install_docs(app)
 
     app.add_middleware(AllowHeader, routes=app.router.routes)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=service_metrics)
 
     app.openapi = lambda: build_openapi(app, settings)  # type: ignore[method-assign]
     return app
 
 
-def _backfill_metrics(store: JobStore, results: ResultFiles) -> None:
-    """Headline figures for succeeded jobs stored before the store kept them."""
-    for job_id, path in store.succeeded_without_metrics():
-        try:
-            result = ExperimentResult.model_validate_json(results.read_bytes(path or ""))
-        except (OSError, ValueError) as exc:
-            _log.warning("job %s: no figures for listings (%s)", job_id, exc)
-            continue
-        store.record_metrics(job_id, job_metrics(result))
+def _idle_poller(app: FastAPI, settings: Settings, telemetry: GpuTelemetry) -> IdlePoller | None:
+    """The idle GPU poll, unless it is switched off or nothing can read the GPUs."""
+    if settings.metrics_poll_s <= 0:
+        return None
+    source = resolve(app, get_reading_source)
+    if source is None:
+        return None
+    return IdlePoller(source, telemetry, settings.metrics_poll_s)
 
 
 def create_app_from_env() -> FastAPI:

@@ -1,7 +1,7 @@
-"""FastAPI dependencies: how routes and the worker reach the service's parts.
+"""FastAPI dependencies: how routes and the scheduler reach the service's parts.
 
 The seams (`get_inference_backend`, `get_energy_meter`) are providers that tests replace with
-``app.dependency_overrides[provider] = lambda: Fake(...)``. The worker resolves them through
+``app.dependency_overrides[provider] = lambda: Fake(...)``. The scheduler resolves them through
 the same overrides (`resolve`), so one override changes both the API and the experiments.
 A provider takes either nothing or the `Settings`.
 """
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hmac
 import inspect
+import os
+import time
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
@@ -19,14 +21,18 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from llem_service.backends.base import InferenceBackend
 from llem_service.energy.base import EnergyMeter
 from llem_service.energy.null import NullEnergyMeter
-from llem_service.errors import NotAuthenticated
+from llem_service.energy.readings import ReadingSource
+from llem_service.errors import CsrfRejected, NotAuthenticated
 from llem_service.experiment.results import ResultFiles
 from llem_service.jobs.events import ChangeFeed
+from llem_service.jobs.scheduler import Scheduler
 from llem_service.jobs.store import JobStore
-from llem_service.jobs.worker import Worker
+from llem_service.jobs.study_store import StudyStore
 from llem_service.models.catalog import ModelCatalog
 from llem_service.models.hub import HuggingFaceHub, ModelHub
 from llem_service.settings import Settings
+from llem_service.studies.cooldown import Thermometer
+from llem_service.ui.session import COOKIE_NAME, CSRF_HEADER, SAFE_METHODS, SessionKeys
 
 T = TypeVar("T")
 
@@ -44,9 +50,15 @@ def get_store(request: Request) -> JobStore:
     return store
 
 
-def get_worker(request: Request) -> Worker:
-    worker: Worker = request.app.state.worker
-    return worker
+def get_study_store(request: Request) -> StudyStore:
+    """The job store, seen through its study half."""
+    store: StudyStore = request.app.state.store
+    return store
+
+
+def get_scheduler(request: Request) -> Scheduler:
+    scheduler: Scheduler = request.app.state.scheduler
+    return scheduler
 
 
 def get_feed(request: Request) -> ChangeFeed:
@@ -106,30 +118,77 @@ bearer_scheme = HTTPBearer(
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="llem"'}
 
 
+def get_reading_source(settings: SettingsDep) -> ReadingSource | None:
+    """What the idle poll reads GPUs with: NVML when nvidia-ml-py is installed, else nothing.
+
+    Whether a driver and GPUs are there shows at the first poll (`IdlePoller.unavailable`)."""
+    from llem_service.energy.nvml import NvmlError, load_pynvml
+    from llem_service.energy.readings import NvmlReadingSource
+
+    try:
+        load_pynvml()
+    except NvmlError:
+        return None
+    return NvmlReadingSource(load_pynvml, os.environ.get("CUDA_VISIBLE_DEVICES"), time.time)
+
+
+def get_thermometer(settings: SettingsDep) -> Thermometer:
+    """GPU temperatures for studies' cooldowns: NVML (without a driver, it says why not)."""
+    from llem_service.studies.cooldown import NvmlThermometer
+
+    return NvmlThermometer()
+
+
 def require_token(
     request: Request,
     settings: SettingsDep,
-    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
+    # Declares the bearer scheme in the OpenAPI document; the header is read below, so that a
+    # dashboard session, a missing token and a wrong one each get their own answer.
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)] = None,
 ) -> None:
-    """Bearer-token check on /v1 routes when ``LLEM_API_TOKEN`` is set (constant-time)."""
+    """The token check of /v1 routes when ``LLEM_API_TOKEN`` is set (constant-time).
+
+    A request passes with ``Authorization: Bearer <token>``, or, without that header, with a
+    dashboard session cookie (`llem_service.ui.session`); on a session, a state-changing
+    request must also carry the session's CSRF token. A missing and a wrong token get answers
+    of their own.
+    """
     if settings.api_token is None:
         return
-    expected = settings.api_token.get_secret_value().encode()
+    token = settings.api_token.get_secret_value()
     header = request.headers.get("Authorization")
+    session = request.cookies.get(COOKIE_NAME)
+    if header is None and session is not None:
+        keys = SessionKeys(token)
+        if not keys.valid(session, time.time()):
+            raise NotAuthenticated(
+                "the dashboard session has expired or was made with another token; sign in again",
+                headers=_CHALLENGE,
+            )
+        if request.method not in SAFE_METHODS and not keys.csrf_ok(
+            session, request.headers.get(CSRF_HEADER)
+        ):
+            raise CsrfRejected(
+                f"a dashboard session's {request.method} request needs its {CSRF_HEADER} "
+                "header; reload the page"
+            )
+        return
     if not header:
         raise NotAuthenticated(
             "this server requires a bearer token (Authorization: Bearer <token>); none was sent",
             headers=_CHALLENGE,
         )
     scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    ):
         raise NotAuthenticated(
             "the bearer token sent is not this server's token", headers=_CHALLENGE
         )
 
 
 def resolve(app: FastAPI, provider: Callable[..., T]) -> T:
-    """Call ``provider``, or its override, outside a request (as the worker does)."""
+    """Call ``provider``, or its override, outside a request (as the scheduler does)."""
     fn: Callable[..., Any] = app.dependency_overrides.get(provider, provider)
     if inspect.signature(fn).parameters:
         return fn(app.state.settings)  # type: ignore[no-any-return]
@@ -137,7 +196,8 @@ def resolve(app: FastAPI, provider: Callable[..., T]) -> T:
 
 
 StoreDep = Annotated[JobStore, Depends(get_store)]
-WorkerDep = Annotated[Worker, Depends(get_worker)]
+StudyStoreDep = Annotated[StudyStore, Depends(get_study_store)]
+SchedulerDep = Annotated[Scheduler, Depends(get_scheduler)]
 FeedDep = Annotated[ChangeFeed, Depends(get_feed)]
 ResultsDep = Annotated[ResultFiles, Depends(get_results)]
 MeterDep = Annotated[EnergyMeter, Depends(get_energy_meter)]

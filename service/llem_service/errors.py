@@ -65,7 +65,7 @@ class Failures:
     PROCESS_DIED = Failure("experiment-process-died", "Experiment failed")
     TIMED_OUT = Failure("experiment-timed-out", "Experiment timed out")
     RUNNER_ERROR = Failure("runner-error", "Experiment could not start")
-    WORKER_ERROR = Failure("worker-error", "Experiment failed")
+    SCHEDULER_ERROR = Failure("scheduler-error", "Experiment failed")
     INTERRUPTED = Failure("interrupted", "Interrupted")
     RESULT_NOT_SAVED = Failure("result-not-saved", "Result not saved")
 
@@ -168,6 +168,12 @@ class ConfigRefused(LlemServiceError):
         self.errors = list(errors)
 
 
+class CsrfRejected(LlemServiceError):
+    """A state-changing request on a dashboard session without its CSRF token."""
+
+    status, title, slug = 403, "Cross-site request refused", "csrf-rejected"
+
+
 class PayloadTooLarge(LlemServiceError):
     status, title, slug = 413, "Payload too large", "payload-too-large"
 
@@ -178,3 +184,27 @@ class TimeseriesNotRecorded(LlemServiceError):
 
 class ResultUnavailable(LlemServiceError):
     status, title, slug = 500, "Result unavailable", "result-unavailable"
+
+
+class StudyNotFound(LlemServiceError):
+    status, title, slug = 404, "Study not found", "study-not-found"
+
+
+class StudyAlreadyFinished(LlemServiceError):
+    status, title, slug = 409, "Study already finished", "study-already-finished"
+
+
+class StudyInvalid(LlemServiceError):
+    """A study document that cannot be expanded into a runnable design. ``loc`` names the part
+    of the document at fault (as a validation error's ``errors[].loc`` does, under ``body``)."""
+
+    status, title, slug = 422, "Invalid study", "study-invalid"
+
+    def __init__(self, detail: str, *, loc: tuple[str | int, ...] = ()) -> None:
+        super().__init__(detail)
+        self.loc = loc
+
+    def problem(self, instance: str | None = None) -> ProblemDetail:
+        problem = super().problem(instance)
+        problem.errors = [FieldError(loc=["body", *self.loc], msg=self.detail, type="study")]
+        return problem

@@ -50,6 +50,11 @@ class Settings(BaseSettings):
         description="Directories (separated by ':') that local models and JSONL prompt files "
         "must live in. Empty: local paths are refused.",
     )
+    max_study_points: int = Field(
+        default=10_000,
+        gt=0,
+        description="A study with more points than this (variants x sweep grid) is refused.",
+    )
     allow_remote_code: bool = Field(
         default=False, description="Allow configs that set pytorch.trust_remote_code."
     )
@@ -70,6 +75,17 @@ class Settings(BaseSettings):
         gt=0,
         description="At submit, how long to wait for the model hub to say whether a model "
         "exists before treating the hub as unreachable.",
+    )
+    metrics_public: bool = Field(
+        default=False,
+        description="Serve /metrics without the token (for a Prometheus on a trusted network); "
+        "by default /metrics needs it like every /v1 route.",
+    )
+    metrics_poll_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="While no experiment holds a GPU, read its power, energy counter, "
+        "temperature and use this often for /metrics; 0: no idle poll.",
     )
 
     @field_validator("api_token")

@@ -16,6 +16,8 @@ generated. The rules, as the server applies them:
 - an ``Idempotency-Key`` names one request body: a key the generator repeats with another
   body is made unique;
 - a list ``cursor`` is one the server issued (an opaque cursor cannot be guessed);
+- a study's base names a model (a study needs one valid point; the base or each variant may
+  name it, which JSON Schema cannot require);
 - ``model`` names a model the server has: here a well-formed hub id (the fuzz server's fake
   hub has every one), not a path, which would have to exist under ``LLEM_MODEL_ROOTS``; and
   a JSONL prompt file would have to exist there too, so a JSONL source becomes inline.
@@ -40,10 +42,13 @@ def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool
 
     Such a value matches none of the prompt sources (each forbids the others' fields), so it
     is not schema-valid; schemathesis's coverage phase builds it from two oneOf members and
-    checks it as positive. The server's 422 is right, and the unit tests cover it.
+    checks it as positive. The server's 422 is right, and the unit tests cover it. And the
+    same report for a study whose points are no valid config (`_study_points_invalid`).
     """
     if getattr(failure, "code", None) != "ST202" or not isinstance(case.body, dict):
         return True
+    if _study_points_invalid(case, response):
+        return False
     prompts = case.body.get("prompts")
     if not isinstance(prompts, dict) or "source" in prompts:
         return True
@@ -56,6 +61,21 @@ def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool
     return True
 
 
+def _study_points_invalid(case: Any, response: Any) -> bool:
+    """A study document whose shape is valid but whose sweep or variants make no valid
+    config: its ``sweep`` names config fields by dotted path with values of their own types,
+    and the server expands it into configs and validates each (``study-invalid`` lists the
+    points and why). JSON Schema states the document's shape, not which paths and values give
+    valid configs; the unit tests of studies cover those refusals."""
+    if case.operation.method.upper() != "POST" or case.operation.path != "/v1/studies":
+        return False
+    try:
+        problem = response.json()
+    except ValueError:
+        return False
+    return isinstance(problem, dict) and problem.get("type") == "urn:llem:problem:study-invalid"
+
+
 @schemathesis.hook
 def map_case(context: Any, case: Any) -> Any:
     operation = context.operation
@@ -66,12 +86,21 @@ def map_case(context: Any, case: Any) -> Any:
     query = case.query or {}
     if route == ("GET", "/v1/experiments") and not _issued_form(query.get("cursor")):
         query.pop("cursor", None)
+    if route == ("GET", "/v1/studies") and not _issued_study_cursor(query.get("cursor")):
+        query.pop("cursor", None)
+    if route == ("POST", "/v1/studies") and isinstance(case.body, dict):
+        within_study_rules(case.body)
+        _unique_idempotency_key(case)
     if route == ("POST", "/v1/experiments") and isinstance(case.body, dict):
         within_cross_field_rules(case.body)
-        key = (case.headers or {}).get("Idempotency-Key")
-        if isinstance(key, str):
-            case.headers["Idempotency-Key"] = f"{key[:200]}-{uuid.uuid4().hex}"
+        _unique_idempotency_key(case)
     return case
+
+
+def _unique_idempotency_key(case: Any) -> None:
+    key = (case.headers or {}).get("Idempotency-Key")
+    if isinstance(key, str):
+        case.headers["Idempotency-Key"] = f"{key[:200]}-{uuid.uuid4().hex}"
 
 
 def _issued_form(cursor: Any) -> bool:
@@ -87,6 +116,24 @@ def _issued_form(cursor: Any) -> bool:
         return kind == "seq" and value.isdigit()
     except ValueError:
         return False
+
+
+def _issued_study_cursor(cursor: Any) -> bool:
+    """Studies' cursors are the server's own ``study:N``, or none."""
+    if cursor is None or cursor == "":
+        return True
+    kind, _, value = str(cursor).partition(":")
+    return kind == "study" and value.isdigit()
+
+
+def within_study_rules(study: dict[str, Any]) -> None:
+    """A study needs at least one point that is a valid config: the base (or a variant) must
+    name a model, which JSON Schema cannot require of "the base or every variant"."""
+    base = study.setdefault("base", {})
+    if isinstance(base, dict):
+        model = base.get("model")
+        if not isinstance(model, str) or hub_id_problem(model) is not None:
+            base["model"] = FAKE_MODEL
 
 
 def within_cross_field_rules(config: dict[str, Any]) -> None:

@@ -45,12 +45,13 @@ def test_four_phases_and_every_check_pass(
 ) -> None:
     # No meter: experiments end in well under a second, so the queue the fuzzer fills drains
     # and event streams of new jobs end; the timeseries route is exercised by
-    # test_generated_client.
+    # test_generated_client. A low study limit keeps generated sweeps from queueing thousands.
     server = start_server(
         backend=ScriptedBackend(),
         meter=NullEnergyMeter("the fuzz tier runs without a meter"),
         token=TOKEN,
         experiment_timeout_s=5.0,
+        max_study_points=20,
     )
     events = tmp_path / "events.ndjson"
     done = subprocess.run(

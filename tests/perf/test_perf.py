@@ -108,7 +108,7 @@ def test_submit_to_start(server: ServerProcess, baseline: Baseline) -> None:
 def test_status_latency(server: ServerProcess, baseline: Baseline) -> None:
     samples = []
     with httpx.Client(base_url=server.url, timeout=30) as http:
-        job_id = submit(http, sleep_s="60")  # a running job: the worker is busy too
+        job_id = submit(http, sleep_s="60")  # a running job: the scheduler is busy too
         for _ in range(300):
             started = time.perf_counter()
             response = http.get(f"/v1/experiments/{job_id}")

@@ -17,9 +17,9 @@ from llem_service.deps import (
     CatalogDep,
     FeedDep,
     ResultsDep,
+    SchedulerDep,
     SettingsDep,
     StoreDep,
-    WorkerDep,
 )
 from llem_service.energy.timeseries import parquet_to_csv
 from llem_service.errors import (
@@ -140,7 +140,7 @@ def submit_experiment(
     request: Request,
     response: Response,
     store: StoreDep,
-    worker: WorkerDep,
+    scheduler: SchedulerDep,
     feed: FeedDep,
     settings: SettingsDep,
     catalog: CatalogDep,
@@ -159,7 +159,7 @@ def submit_experiment(
     admit(config, settings, catalog)
     submission = store.submit(config, idempotency_key)
     if submission.created:
-        worker.wake()
+        scheduler.wake()
         feed.notify()
     response.headers["Location"] = str(request.url_for("get_experiment", job_id=submission.job.id))
     return submission.job
@@ -215,6 +215,20 @@ def delete_experiment(
     results.delete(job.id, result_path)
     feed.notify()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/{job_id}/config",
+    response_model=ExperimentConfig,
+    responses=problem_responses(400, 401, 404),
+)
+def get_config(job_id: JobId, store: StoreDep) -> ExperimentConfig:
+    """The config the job was submitted with, defaults filled in, in any state (to run it
+    again, say)."""
+    config = store.config(_job_or_404(store, job_id).id)
+    if config is None:
+        raise JobNotFound(f"no job with id {job_id!r}")
+    return config
 
 
 @router.get(
@@ -299,7 +313,7 @@ def get_timeseries(
     },
 )
 def cancel_experiment(
-    job_id: JobId, response: Response, store: StoreDep, worker: WorkerDep, feed: FeedDep
+    job_id: JobId, response: Response, store: StoreDep, scheduler: SchedulerDep, feed: FeedDep
 ) -> Job:
     """Cancel a queued job at once (200), or stop a running one (202; it ends ``cancelled``)."""
     job = _job_or_404(store, job_id)
@@ -311,7 +325,7 @@ def cancel_experiment(
             return cancelled
         job = _job_or_404(store, job_id)  # claimed in between: it is running now
     if job.status is JobStatus.RUNNING:
-        worker.request_cancel(job_id)
+        scheduler.request_cancel(job_id)
         response.status_code = status.HTTP_202_ACCEPTED
         return job
     raise JobAlreadyFinished(f"job {job_id} already ended {job.status.value}")

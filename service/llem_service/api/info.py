@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import time
+from datetime import datetime, timezone
+
 from fastapi import APIRouter
-from llem_client import SCHEMA_VERSION, ServiceInfo, __version__
+from llem_client import SCHEMA_VERSION, BaselineList, CachedBaseline, ServiceInfo, __version__
 
 from llem_service.api.problems import problem_responses
-from llem_service.deps import MeterDep, StoreDep, WorkerDep
+from llem_service.deps import MeterDep, SchedulerDep, StoreDep
 
 router = APIRouter(tags=["service"])
 health_router = APIRouter(tags=["service"])
 
 
 @router.get("/info", response_model=ServiceInfo, responses=problem_responses(401))
-def get_info(meter: MeterDep, store: StoreDep, worker: WorkerDep) -> ServiceInfo:
+def get_info(meter: MeterDep, store: StoreDep, scheduler: SchedulerDep) -> ServiceInfo:
     """What this service is and has: versions, devices, energy meter, queue."""
     probe = meter.probe()
     return ServiceInfo(
@@ -25,7 +28,27 @@ def get_info(meter: MeterDep, store: StoreDep, worker: WorkerDep) -> ServiceInfo
         energy_meter_available=probe.available,
         energy_meter_reason=probe.reason,
         queue_length=store.queue_length(),
-        running_job=worker.current_job_id,
+        running_job=next(iter(scheduler.running_job_ids), None),
+    )
+
+
+@router.get("/baselines", response_model=BaselineList, responses=problem_responses(401))
+def get_baselines(scheduler: SchedulerDep) -> BaselineList:
+    """The idle baselines the service keeps (one per GPU at most), newest measurement each."""
+    now = time.time()
+    return BaselineList(
+        items=[
+            CachedBaseline(
+                device_uuid=b.device_uuid,
+                power_w=b.power_w,
+                power_uncertainty_w=b.power_uncertainty_w,
+                method=b.method,
+                duration_s=b.duration_s,
+                measured_at=datetime.fromtimestamp(b.measured_at, timezone.utc),
+                age_s=max(0.0, now - b.measured_at),
+            )
+            for b in scheduler.baselines.all()
+        ]
     )
 
 

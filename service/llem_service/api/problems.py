@@ -27,8 +27,8 @@ _DESCRIPTIONS = {
     400: "Bad request: a body that is not UTF-8 JSON, an ambiguous job id prefix (`candidates` "
     "lists the jobs it matches), or a cursor this server did not issue",
     401: "Missing or wrong bearer token",
-    404: "No such job (or, for a timeseries, none was recorded)",
-    409: "The job is not in a state that allows this",
+    404: "No such job or study (or, for a timeseries, none was recorded)",
+    409: "The job or study is not in a state that allows this",
     413: "Request body too large",
     422: "Validation failed, or the config cannot run on this server (a model it does not "
     "have, a size over its limits); `errors` lists each field",

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from llem_client import ExperimentResult, JobMetrics
+from llem_client import ExperimentResult
 
 from llem_service.energy.timeseries import Columns, write_parquet
 
@@ -74,12 +74,3 @@ class ResultFiles:
             Path(result_path).unlink(missing_ok=True)
         (self.directory / f"{experiment_id}.json").unlink(missing_ok=True)
         self.timeseries_path(experiment_id).unlink(missing_ok=True)
-
-
-def job_metrics(result: ExperimentResult) -> JobMetrics:
-    """The figures a job listing shows of its result."""
-    energy = result.energy
-    return JobMetrics(
-        tokens_per_second=result.avg_tokens_per_second,
-        energy_per_output_token_j=energy.energy_per_output_token_j if energy else None,
-    )

@@ -1,1 +1,1 @@
-"""Jobs: the store, the scheduler that runs them (today one worker) and change events."""
+"""Jobs: the store, the scheduler that runs them on granted GPUs, and change events."""

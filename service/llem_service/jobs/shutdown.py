@@ -4,8 +4,8 @@ uvicorn, on SIGTERM, stops accepting connections and then waits for the open one
 before it runs the app's lifespan shutdown. An event stream stays open until its job ends, so
 waiting for the lifespan would keep the experiment running and the streams open until uvicorn
 gives up on them and cuts them. `Shutdown.begin` is therefore called from the signal
-(`llem_service.serve.GracefulServer`), before uvicorn waits: the worker stops the running
-experiment (SIGTERM, then SIGKILL after the cancel grace) and marks its job interrupted; then the
+(`llem_service.serve.GracefulServer`), before uvicorn waits: the scheduler stops the running
+experiments (SIGTERM, then SIGKILL after the cancel grace) and marks them interrupted; then the
 change feed closes, so every stream sends the job's last state, a final ``shutdown`` event
 where the job has not ended, and closes. The lifespan's shutdown then finds it all done.
 """
@@ -16,16 +16,16 @@ import asyncio
 import logging
 
 from llem_service.jobs.events import ChangeFeed
-from llem_service.jobs.worker import Worker
+from llem_service.jobs.scheduler import Scheduler
 
 _log = logging.getLogger("llem.service")
 
 
 class Shutdown:
-    """Stops the worker, then closes the feed; once, however often it is begun."""
+    """Stops the scheduler, then closes the feed; once, however often it is begun."""
 
-    def __init__(self, worker: Worker, feed: ChangeFeed) -> None:
-        self.worker = worker
+    def __init__(self, scheduler: Scheduler, feed: ChangeFeed) -> None:
+        self.scheduler = scheduler
         self.feed = feed
         self._task: asyncio.Task[None] | None = None
 
@@ -37,7 +37,7 @@ class Shutdown:
 
     async def _run(self) -> None:
         try:
-            await self.worker.stop()
+            await self.scheduler.stop()
         finally:
             self.feed.close()
 

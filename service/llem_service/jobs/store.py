@@ -12,13 +12,14 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
 from llem_client import (
+    CooldownConfig,
     ExperimentConfig,
     Job,
     JobMetrics,
@@ -35,6 +36,8 @@ from llem_service.errors import (
     InvalidCursor,
     JobStillActive,
 )
+from llem_service.executors.base import WHOLE_HOST, GpuGrant, RunningJob
+from llem_service.jobs.study_store import SqliteStudyQueries
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -55,22 +58,50 @@ CREATE TABLE IF NOT EXISTS jobs (
     request_fingerprint TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
--- Headline figures of succeeded jobs, for listings; a table of its own so the jobs table
--- keeps its shape. Deleted with its job.
-CREATE TABLE IF NOT EXISTS job_metrics (
-    job_id TEXT PRIMARY KEY,
-    tokens_per_second REAL NOT NULL,
-    energy_per_output_token_j REAL
-);
 """
+
+#: Schema changes since the table above, in order; ``PRAGMA user_version`` counts those applied,
+#: so a store written by an older server gains its columns when a newer one opens it.
+_MIGRATIONS: tuple[str, ...] = (
+    # The GPUs the scheduler granted (JSON list of UUIDs; [] = the whole host), and the
+    # executor's own handle of the job (a Slurm job id), so a restarted server can reattach.
+    "ALTER TABLE jobs ADD COLUMN granted_gpus TEXT; ALTER TABLE jobs ADD COLUMN executor_ref TEXT;",
+    # Studies (#12): a studies table, and each study run an ordinary job linked to its study,
+    # point, cycle and place in the planned order. ``attempt`` counts tries (2: retried after
+    # a restart); ``reuse_group`` lets consecutive jobs of one group share an experiment
+    # process; ``metrics_json`` keeps a succeeded job's headline figures for study tables.
+    """
+    CREATE TABLE IF NOT EXISTS studies (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        design_hash TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        cancelled_at TEXT,
+        design_json TEXT NOT NULL,
+        temperatures_json TEXT,
+        idempotency_key TEXT UNIQUE,
+        request_fingerprint TEXT
+    );
+    ALTER TABLE jobs ADD COLUMN study_id TEXT;
+    ALTER TABLE jobs ADD COLUMN study_point INTEGER;
+    ALTER TABLE jobs ADD COLUMN study_cycle INTEGER;
+    ALTER TABLE jobs ADD COLUMN study_position INTEGER;
+    ALTER TABLE jobs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE jobs ADD COLUMN reuse_group TEXT;
+    ALTER TABLE jobs ADD COLUMN cooldown_json TEXT;
+    ALTER TABLE jobs ADD COLUMN metrics_json TEXT;
+    ALTER TABLE jobs ADD COLUMN retried_error_json TEXT;
+    CREATE INDEX IF NOT EXISTS jobs_by_study ON jobs (study_id, study_position);
+    """,
+)
 
 _JOB_COLUMNS = (
     "jobs.seq, jobs.id, jobs.status, jobs.model, jobs.name, jobs.config_hash, jobs.created_at,"
     " jobs.started_at, jobs.finished_at, jobs.progress_json, jobs.error_json,"
-    " json_extract(jobs.config_json, '$.tags') AS tags_json,"
-    " m.tokens_per_second, m.energy_per_output_token_j"
+    " json_extract(jobs.config_json, '$.tags') AS tags_json, jobs.metrics_json"
 )
-_JOBS = "jobs LEFT JOIN job_metrics m ON m.job_id = jobs.id"
+_JOBS = "jobs"
 #: Shortest job id prefix looked up as a prefix: shorter ones match too much to be meant.
 MIN_ID_PREFIX = 4
 #: Candidates an ambiguous prefix lists.
@@ -86,13 +117,53 @@ class Submission:
 
 
 @dataclass(frozen=True)
+class QueuedJob:
+    """A job waiting to run, as the scheduler sees it: its place in line and its config.
+
+    ``reuse_group``: jobs of one group (a study that allows it) may run one after another in
+    one executor session that keeps what it loaded; None: never run in another job's session.
+    """
+
+    id: str
+    seq: int
+    config: ExperimentConfig
+    reuse_group: str | None = None
+
+
+@dataclass(frozen=True)
+class StudyLink:
+    """Where a job stands in its study.
+
+    Attributes:
+        study_id: The study.
+        point: The point of the design.
+        cycle: The cycle, from 0.
+        position: Place in the study's planned order, from 0.
+        attempt: 1, or 2 for a retry after a restart.
+        cooldown: The pause the study asks for between its runs; None for none.
+    """
+
+    study_id: str
+    point: int
+    cycle: int
+    position: int
+    attempt: int = 1
+    cooldown: CooldownConfig | None = None
+
+
+@dataclass(frozen=True)
 class ClaimedJob:
+    """A job the scheduler has started, on the GPUs it granted."""
+
     job: Job
     config: ExperimentConfig
+    grant: GpuGrant = WHOLE_HOST
+    reuse_group: str | None = None
+    study: StudyLink | None = None
 
 
 class JobStore(Protocol):
-    """Where jobs live. The worker claims, updates and finishes; the API submits and reads."""
+    """Where jobs live. The scheduler claims, updates and finishes; the API submits and reads."""
 
     def submit(
         self, config: ExperimentConfig, idempotency_key: str | None = None
@@ -114,13 +185,38 @@ class JobStore(Protocol):
 
     def delete_finished(self, job_id: str) -> Job | None: ...
 
-    def record_metrics(self, job_id: str, metrics: JobMetrics) -> None: ...
+    def queued(self, limit: int = 64) -> list[QueuedJob]:
+        """The first ``limit`` queued jobs, oldest first (the order they are meant to run)."""
+        ...
 
-    def succeeded_without_metrics(self) -> list[tuple[str, str | None]]: ...
+    def claim(self, job_id: str, grant: GpuGrant = WHOLE_HOST) -> ClaimedJob | None:
+        """Mark the job running on ``grant``, if it is still queued (None otherwise)."""
+        ...
 
-    def claim_next(self) -> ClaimedJob | None: ...
+    def running(self) -> list[RunningJob]:
+        """Jobs marked running, oldest first, with their grants and executor handles."""
+        ...
+
+    def set_executor_ref(self, job_id: str, ref: str) -> None:
+        """Remember the executor's handle of a running job (for reattaching after a restart)."""
+        ...
+
+    def fail_interrupted(self, job_ids: Sequence[str]) -> None:
+        """Fail these running jobs as interrupted by a restart."""
+        ...
+
+    def retry_interrupted(self, job_ids: Sequence[str]) -> list[str]:
+        """Queue again, in their place, those of these running jobs that are study runs on
+        their first attempt (marked attempt 2); return them. The rest stay running."""
+        ...
 
     def update_progress(self, job_id: str, progress: JobProgress) -> None: ...
+
+    def set_study_temperatures(self, study_id: str, temperatures: Mapping[str, float]) -> None:
+        """Keep each GPU's temperature before the study's first run (the cooldown's target)."""
+        ...
+
+    def study_temperatures(self, study_id: str) -> dict[str, float] | None: ...
 
     def finish(
         self,
@@ -129,17 +225,25 @@ class JobStore(Protocol):
         *,
         error: ProblemDetail | None = None,
         result_path: str | None = None,
-    ) -> Job: ...
+        metrics: Mapping[str, float | None] | None = None,
+    ) -> Job:
+        """End a running job. ``metrics``: a succeeded job's headline figures, kept for study
+        tables (`llem_service.studies.table.run_metrics`)."""
+        ...
 
     def cancel_queued(self, job_id: str) -> Job | None: ...
-
-    def recover_interrupted(self) -> list[str]: ...
 
     def result_path(self, job_id: str) -> str | None: ...
 
     def queue_length(self) -> int: ...
 
-    def running_job_id(self) -> str | None: ...
+    def status_counts(self) -> dict[JobStatus, int]:
+        """How many jobs are in each status (statuses with none are absent)."""
+        ...
+
+    def config(self, job_id: str) -> ExperimentConfig | None:
+        """The config the job was submitted with (None for an unknown job)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -180,7 +284,7 @@ def _decode_cursor(cursor: str) -> int:
         raise InvalidCursor(f"cursor {cursor!r} is not one this server issued") from exc
 
 
-class SqliteJobStore:
+class SqliteJobStore(SqliteStudyQueries):
     """`JobStore` on one SQLite file in WAL mode; safe to share between threads."""
 
     def __init__(self, path: Path) -> None:
@@ -192,6 +296,15 @@ class SqliteJobStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+            # One transaction a step: a crash leaves the store at a step, never inside one.
+            self._db.executescript(
+                f"BEGIN IMMEDIATE; {script} PRAGMA user_version = {number}; COMMIT;"
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -199,11 +312,13 @@ class SqliteJobStore:
 
     @staticmethod
     def _job(row: sqlite3.Row) -> Job:
+        # A succeeded job's figures, as the scheduler stored them (studies' run_metrics).
+        figures = json.loads(row["metrics_json"]) if row["metrics_json"] else None
         metrics = None
-        if row["tokens_per_second"] is not None:
+        if figures is not None and figures.get("tokens_per_s") is not None:
             metrics = JobMetrics(
-                tokens_per_second=row["tokens_per_second"],
-                energy_per_output_token_j=row["energy_per_output_token_j"],
+                tokens_per_second=figures["tokens_per_s"],
+                energy_per_output_token_j=figures.get("energy_per_output_token_j"),
             )
         return Job(
             id=row["id"],
@@ -343,10 +458,11 @@ class SqliteJobStore:
         )
 
     def delete_finished(self, job_id: str) -> Job | None:
-        """Remove a finished job (its row and metrics); return it, or None if unknown.
+        """Remove a finished job; return it, or None if unknown.
 
         Raises:
-            JobStillActive: The job is queued or running (cancel it first).
+            JobStillActive: The job is queued or running (cancel it first), or it is a run of
+                a study, whose table it belongs to.
         """
         with self._lock:
             job = self._fetch(job_id)
@@ -356,66 +472,100 @@ class SqliteJobStore:
                 raise JobStillActive(
                     f"job {job_id} is {job.status.value}; cancel it before deleting it"
                 )
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute("DELETE FROM job_metrics WHERE job_id = ?", (job_id,))
-                self._db.execute(
-                    "DELETE FROM jobs WHERE id = ? AND status IN (?, ?, ?)",
-                    (job_id, *(s.value for s in TERMINAL)),
+            row = self._db.execute("SELECT study_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row["study_id"] is not None:
+                raise JobStillActive(
+                    f"job {job_id} is a run of study {row['study_id']}; it stays with its study"
                 )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+            self._db.execute(
+                "DELETE FROM jobs WHERE id = ? AND status IN (?, ?, ?)",
+                (job_id, *(s.value for s in TERMINAL)),
+            )
         return job
 
-    def record_metrics(self, job_id: str, metrics: JobMetrics) -> None:
-        """Keep a succeeded job's headline figures for listings."""
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO job_metrics"
-                " (job_id, tokens_per_second, energy_per_output_token_j) VALUES (?, ?, ?)",
-                (job_id, metrics.tokens_per_second, metrics.energy_per_output_token_j),
-            )
-
-    def succeeded_without_metrics(self) -> list[tuple[str, str | None]]:
-        """(id, result path) of succeeded jobs with no figures yet (stored before there were)."""
+    def queued(self, limit: int = 64) -> list[QueuedJob]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT jobs.id, jobs.result_path FROM jobs LEFT JOIN job_metrics m"
-                " ON m.job_id = jobs.id WHERE jobs.status = ? AND m.job_id IS NULL",
-                (JobStatus.SUCCEEDED.value,),
+                "SELECT id, seq, config_json, reuse_group FROM jobs WHERE status = ?"
+                " ORDER BY seq LIMIT ?",
+                (JobStatus.QUEUED.value, limit),
             ).fetchall()
-        return [(row["id"], row["result_path"]) for row in rows]
+        return [
+            QueuedJob(
+                row["id"],
+                row["seq"],
+                ExperimentConfig.model_validate_json(row["config_json"]),
+                row["reuse_group"],
+            )
+            for row in rows
+        ]
 
-    def claim_next(self) -> ClaimedJob | None:
-        """Oldest queued job, now running. Atomic: two workers never claim the same job."""
+    def claim(self, job_id: str, grant: GpuGrant = WHOLE_HOST) -> ClaimedJob | None:
+        """Atomic: a job is claimed once, and never after it was cancelled."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute(
-                    "SELECT id, config_json FROM jobs WHERE status = ? ORDER BY seq LIMIT 1",
-                    (JobStatus.QUEUED.value,),
-                ).fetchone()
-                if row is None:
-                    self._db.execute("COMMIT")
-                    return None
-                self._db.execute(
-                    "UPDATE jobs SET status = ?, started_at = ?, progress_json = ? WHERE id = ?",
-                    (
-                        JobStatus.RUNNING.value,
-                        _now(),
-                        JobProgress(phase="starting").model_dump_json(),
-                        row["id"],
-                    ),
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            job = self._fetch(row["id"])
+            cursor = self._db.execute(
+                "UPDATE jobs SET status = ?, started_at = ?, progress_json = ?, granted_gpus = ?"
+                " WHERE id = ? AND status = ?",
+                (
+                    JobStatus.RUNNING.value,
+                    _now(),
+                    JobProgress(phase="starting").model_dump_json(),
+                    json.dumps(list(grant.uuids)),
+                    job_id,
+                    JobStatus.QUEUED.value,
+                ),
+            )
+            if not cursor.rowcount:
+                return None
+            job = self._fetch(job_id)
+            row = self._db.execute(
+                "SELECT config_json, reuse_group, study_id, study_point, study_cycle,"
+                " study_position, attempt, cooldown_json FROM jobs WHERE id = ?",
+                (job_id,),
+            ).fetchone()
         assert job is not None
-        return ClaimedJob(job, ExperimentConfig.model_validate_json(row["config_json"]))
+        study = None
+        if row["study_id"] is not None:
+            cooldown = row["cooldown_json"]
+            study = StudyLink(
+                study_id=row["study_id"],
+                point=row["study_point"],
+                cycle=row["study_cycle"],
+                position=row["study_position"],
+                attempt=row["attempt"],
+                cooldown=CooldownConfig.model_validate_json(cooldown) if cooldown else None,
+            )
+        return ClaimedJob(
+            job,
+            ExperimentConfig.model_validate_json(row["config_json"]),
+            grant,
+            reuse_group=row["reuse_group"],
+            study=study,
+        )
+
+    def running(self) -> list[RunningJob]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, config_json, granted_gpus, executor_ref FROM jobs WHERE status = ?"
+                " ORDER BY seq",
+                (JobStatus.RUNNING.value,),
+            ).fetchall()
+        return [
+            RunningJob(
+                job_id=row["id"],
+                config=ExperimentConfig.model_validate_json(row["config_json"]),
+                grant=GpuGrant(tuple(json.loads(row["granted_gpus"] or "[]"))),
+                executor_ref=row["executor_ref"],
+            )
+            for row in rows
+        ]
+
+    def set_executor_ref(self, job_id: str, ref: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET executor_ref = ? WHERE id = ? AND status = ?",
+                (ref, job_id, JobStatus.RUNNING.value),
+            )
 
     def update_progress(self, job_id: str, progress: JobProgress) -> None:
         with self._lock:
@@ -431,6 +581,7 @@ class SqliteJobStore:
         *,
         error: ProblemDetail | None = None,
         result_path: str | None = None,
+        metrics: Mapping[str, float | None] | None = None,
     ) -> Job:
         if not status.terminal:
             raise ValueError(f"finish() needs a terminal status, not {status.value}")
@@ -443,13 +594,14 @@ class SqliteJobStore:
                 return job  # already ended (cancelled while queued, or recovered)
             self._db.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, error_json = ?, result_path = ?,"
-                " progress_json = ? WHERE id = ? AND status = ?",
+                " progress_json = ?, metrics_json = ? WHERE id = ? AND status = ?",
                 (
                     status.value,
                     _now(),
                     error.model_dump_json(exclude_none=True) if error else None,
                     result_path,
                     _with_phase(job.progress, phase),
+                    json.dumps(dict(metrics)) if metrics is not None else None,
                     job_id,
                     JobStatus.RUNNING.value,
                 ),
@@ -474,30 +626,26 @@ class SqliteJobStore:
             )
             return self._fetch(job_id) if cursor.rowcount else None
 
-    def recover_interrupted(self) -> list[str]:
-        """Fail the jobs a previous server process left running; return their ids."""
+    def fail_interrupted(self, job_ids: Sequence[str]) -> None:
         error = Failures.INTERRUPTED.problem(
             "the server restarted while this experiment ran; submit it again"
         )
         with self._lock:
-            ids = [
-                row["id"]
-                for row in self._db.execute(
-                    "SELECT id FROM jobs WHERE status = ?", (JobStatus.RUNNING.value,)
-                )
-            ]
-            self._db.execute(
+            self._db.executemany(
                 "UPDATE jobs SET status = ?, finished_at = ?, error_json = ?, progress_json = ?"
-                " WHERE status = ?",
-                (
-                    JobStatus.FAILED.value,
-                    _now(),
-                    error.model_dump_json(exclude_none=True),
-                    JobProgress(phase="failed").model_dump_json(),
-                    JobStatus.RUNNING.value,
-                ),
+                " WHERE id = ? AND status = ?",
+                [
+                    (
+                        JobStatus.FAILED.value,
+                        _now(),
+                        error.model_dump_json(exclude_none=True),
+                        JobProgress(phase="failed").model_dump_json(),
+                        job_id,
+                        JobStatus.RUNNING.value,
+                    )
+                    for job_id in job_ids
+                ],
             )
-        return ids
 
     def result_path(self, job_id: str) -> str | None:
         with self._lock:
@@ -513,10 +661,16 @@ class SqliteJobStore:
             ).fetchone()
         return int(row["n"])
 
-    def running_job_id(self) -> str | None:
+    def status_counts(self) -> dict[JobStatus, int]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT status, COUNT(*) AS n FROM jobs GROUP BY status"
+            ).fetchall()
+        return {JobStatus(row["status"]): int(row["n"]) for row in rows}
+
+    def config(self, job_id: str) -> ExperimentConfig | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT id FROM jobs WHERE status = ? ORDER BY seq LIMIT 1",
-                (JobStatus.RUNNING.value,),
+                "SELECT config_json FROM jobs WHERE id = ?", (job_id,)
             ).fetchone()
-        return row["id"] if row else None
+        return ExperimentConfig.model_validate_json(row["config_json"]) if row else None

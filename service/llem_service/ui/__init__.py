@@ -1,1 +1,2 @@
-"""What the service shows in a browser, with every asset served by the service itself."""
+"""The dashboard served at /ui, and the browser pages of the API (/docs, /redoc); every
+asset is served by the service itself."""

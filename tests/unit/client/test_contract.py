@@ -219,7 +219,7 @@ def test_prompts_without_a_source_are_synthetic() -> None:
 
 
 def test_prompts_without_a_source_say_which_source_to_add() -> None:
-    from llem_client import ExperimentConfig, InlinePrompts, JsonlPrompts
+    from llem_client import ExperimentConfig, HfPrompts, InlinePrompts, JsonlPrompts
 
     def prompts(value: dict[str, object]) -> object:
         return ExperimentConfig.model_validate({"model": "m", "prompts": value}).prompts
@@ -228,10 +228,9 @@ def test_prompts_without_a_source_say_which_source_to_add() -> None:
         path="x.jsonl", field="text"
     )
     assert prompts({"prompts": ["hi"]}) == InlinePrompts(prompts=["hi"])
-    with pytest.raises(
-        ValueError, match=r"prompts.dataset names a dataset on the Hugging Face hub \(source: hf\)"
-    ):
-        prompts({"dataset": "org/prompts"})
+    assert prompts({"dataset": "org/prompts"}) == HfPrompts(dataset="org/prompts")
+    with pytest.raises(ValueError, match=r"fit several; add source: jsonl or source: hf"):
+        prompts({"field": "text"})
     with pytest.raises(
         ValueError, match=r"mixes fields of different sources: path \(jsonl\), prompts \(inline\)"
     ):

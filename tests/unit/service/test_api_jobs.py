@@ -50,7 +50,6 @@ def rename(data_dir: Path, old: str, new: str) -> None:
     """Give a job a chosen id, so two ids can share a prefix (uuid4s rarely do)."""
     with sqlite3.connect(data_dir / "jobs.sqlite3") as db:
         db.execute("UPDATE jobs SET id = ? WHERE id = ?", (new, old))
-        db.execute("UPDATE job_metrics SET job_id = ? WHERE job_id = ?", (new, old))
 
 
 def test_a_unique_prefix_finds_the_job_on_every_route(http: TestClient) -> None:

@@ -60,12 +60,21 @@ def test_operation_ids_are_the_route_names(doc: dict[str, Any]) -> None:
         "GET /v1/experiments": "list_experiments",
         "GET /v1/experiments/{job_id}": "get_experiment",
         "DELETE /v1/experiments/{job_id}": "delete_experiment",
+        "GET /v1/experiments/{job_id}/config": "get_config",
         "GET /v1/experiments/{job_id}/result": "get_result",
         "GET /v1/experiments/{job_id}/timeseries": "get_timeseries",
         "POST /v1/experiments/{job_id}/cancel": "cancel_experiment",
         "GET /v1/experiments/{job_id}/events": "stream_events",
+        "POST /v1/studies": "submit_study",
+        "GET /v1/studies": "list_studies",
+        "GET /v1/studies/{study_id}": "get_study",
+        "POST /v1/studies/{study_id}/cancel": "cancel_study",
+        "GET /v1/studies/{study_id}/events": "stream_study_events",
+        "GET /v1/studies/{study_id}/results": "get_study_results",
+        "GET /v1/studies/{study_id}/pareto": "get_study_pareto",
         "GET /v1/models": "list_models",
         "GET /v1/info": "get_info",
+        "GET /v1/baselines": "get_baselines",
     }
 
 

@@ -1,4 +1,5 @@
-"""The real worker, child processes and client against a live server, fakes behind the seams."""
+"""The real scheduler, child processes and client against a live server, fakes behind the
+seams."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from llem_client import (
 )
 from llem_service.deps import get_energy_meter, get_inference_backend
 from llem_service.energy import NullEnergyMeter
+from llem_service.jobs.scheduler import BaselineCache
 from llem_service.jobs.store import SqliteJobStore
-from llem_service.jobs.worker import BaselineCache
 
 from tests.conftest import LiveServer, make_config
 from tests.fakes import FAKE_DEVICE, FakeInferenceBackend, fake_meter
@@ -273,7 +274,7 @@ def test_restart_keeps_queued_jobs_fails_the_running_one_and_keeps_results(
     store = SqliteJobStore(data_dir / "jobs.sqlite3")
     running = store.submit(make_config()).job.id
     queued = store.submit(make_config()).job.id
-    store.claim_next()
+    store.claim(running)
     store.close()
 
     second = start_server(data_dir=data_dir)

@@ -1,0 +1,458 @@
+"""The scheduler: starts queued jobs in order, on the GPUs its pool grants, through an executor.
+
+It owns each job's life cycle around the experiment: claim, run (in the executor's session,
+in a thread), record the outcome, release the GPUs. With `WholeHostPool` (the default) it runs
+one experiment at a time on the whole host, so measurements never overlap.
+
+Order: jobs start in submission order. A job the pool cannot grant yet blocks the jobs behind
+it, so no job overtakes another.
+
+Reuse: when a job ends, its session may take the next queued job on the same grant, if that
+job comes first in line, belongs to the same reuse group (a study that allows reuse) and the
+session can reuse what it holds for it (`ExecutorSession.reusable_for`: the same model and
+loading options). Otherwise the session closes and the grant goes back to the pool.
+
+Studies: before a study run the scheduler applies the study's cooldown (`studies.cooldown`),
+in the run's own cancellable window; a warning on the result says when it fell short.
+
+Restart: jobs the store still lists as running are offered to the executor
+(`Executor.reattach`); of those it cannot follow, study runs on their first attempt are queued
+again in their place (attempt 2) and the rest are failed as interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from llem_client import (
+    BaselineInfo,
+    ExperimentResult,
+    Job,
+    JobProgress,
+    JobStatus,
+    ProblemDetail,
+    ResultWarning,
+)
+
+from llem_service.energy.base import Baseline
+from llem_service.errors import Failures
+from llem_service.executors.base import (
+    Executor,
+    ExecutorSession,
+    GpuGrant,
+    RunContext,
+    RunningJob,
+    RunOutcome,
+)
+from llem_service.experiment.results import ResultFiles
+from llem_service.jobs.events import ChangeFeed
+from llem_service.jobs.gpus import GpuPool, WholeHostPool
+from llem_service.jobs.store import ClaimedJob, JobStore
+from llem_service.studies.cooldown import (
+    CooldownReport,
+    Thermometer,
+    ThermometerError,
+    cool_down,
+)
+from llem_service.studies.table import run_metrics
+
+_log = logging.getLogger("llem.scheduler")
+
+#: After the store failed (a full disk), wait this long before using it again: never spin.
+STORE_RETRY_S = 1.0
+
+#: Told each job the scheduler ran, once its end is recorded, with its result if it succeeded.
+FinishedListener = Callable[[Job, ExperimentResult | None], None]
+
+
+class BaselineCache:
+    """The latest idle baseline of each GPU, kept by the service across experiments (a child
+    process lives for one experiment only). Each experiment decides by its own
+    ``baseline.max_age_s`` whether a cached one is fresh enough."""
+
+    def __init__(self) -> None:
+        self._by_device: dict[str, Baseline] = {}
+
+    def all(self) -> tuple[Baseline, ...]:
+        return tuple(self._by_device.values())
+
+    def update(self, infos: Sequence[BaselineInfo]) -> None:
+        for info in infos:
+            if info.reused or info.contaminated:
+                continue
+            self._by_device[info.device_uuid] = Baseline(
+                device_uuid=info.device_uuid,
+                power_w=info.power_w,
+                power_uncertainty_w=info.power_uncertainty_w,
+                duration_s=info.duration_s,
+                measured_at=info.measured_at.timestamp(),
+                method=info.method,
+            )
+
+
+class Scheduler:
+    """Runs queued jobs until stopped.
+
+    Args:
+        store: The job store.
+        results: Where results are written.
+        feed: Notified at each job change (for SSE).
+        make_executor: Builds the executor of the next session; called per session, so the
+            backend and meter it carries are resolved when the job starts.
+        pool: Grants GPUs; `WholeHostPool` (one job at a time) by default.
+        thermometer: Reads GPU temperatures for studies that cool down to a temperature;
+            None: such cooldowns are not applied (a warning says so).
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        results: ResultFiles,
+        feed: ChangeFeed,
+        make_executor: Callable[[], Executor],
+        pool: GpuPool | None = None,
+        thermometer: Thermometer | None = None,
+    ) -> None:
+        self.store = store
+        self.thermometer = thermometer
+        self.results = results
+        self.feed = feed
+        self.make_executor = make_executor
+        self.pool: GpuPool = pool if pool is not None else WholeHostPool()
+        self.baselines = BaselineCache()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._cancels: dict[str, threading.Event] = {}  # running here, oldest first
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        #: Told each ended run (metrics count outcomes and energy); a failing one is logged.
+        self.finished_listeners: list[FinishedListener] = []
+
+    # -- control ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Recover what a previous server left running, then start taking jobs."""
+        self._recover()
+        self._loop_task = asyncio.create_task(self._run_forever(), name="llem-scheduler")
+
+    def wake(self) -> None:
+        """A job was queued, or GPUs were freed."""
+        self._wake.set()
+
+    @property
+    def running_job_ids(self) -> tuple[str, ...]:
+        """Jobs running here now, oldest first."""
+        return tuple(self._cancels)
+
+    def request_cancel(self, job_id: str) -> bool:
+        """Stop the job if it runs here; True if it did."""
+        cancel = self._cancels.get(job_id)
+        if cancel is None:
+            return False
+        cancel.set()
+        return True
+
+    async def stop(self) -> None:
+        """Stop taking jobs; running experiments are stopped and their jobs marked interrupted."""
+        self._stopping = True
+        for cancel in self._cancels.values():
+            cancel.set()
+        self._wake.set()
+        if self._loop_task is not None:
+            await self._loop_task
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- starting jobs ------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        lost = []
+        for job in self.store.running():
+            session = None
+            try:
+                session = self.make_executor().reattach(job)
+            except Exception:
+                _log.exception("job %s: could not reattach", job.job_id)
+            if session is None:
+                lost.append(job.job_id)
+                continue
+            _log.info("job %s: reattached", job.job_id)
+            self.pool.reserve(job.grant)
+            self._spawn(self._follow(session, job))
+        if lost:
+            retried = set(self.store.retry_interrupted(lost))
+            if retried:
+                _log.warning("queued %d interrupted study run(s) again: %s", len(retried), retried)
+            failed = [job_id for job_id in lost if job_id not in retried]
+            if failed:
+                self.store.fail_interrupted(failed)
+                _log.warning("marked %d interrupted job(s) failed: %s", len(failed), failed)
+
+    async def _run_forever(self) -> None:
+        while not self._stopping:
+            try:
+                self._dispatch()
+            except Exception:
+                _log.exception("could not start queued jobs")
+                await asyncio.sleep(STORE_RETRY_S)
+                continue
+            await self._wake.wait()
+            self._wake.clear()
+
+    def _dispatch(self) -> None:
+        """Start every queued job the pool grants now, in order, up to the first that waits."""
+        for queued in self.store.queued():
+            if self._stopping:
+                return
+            grant = self.pool.try_grant(queued)
+            if grant is None:
+                return
+            claimed = self.store.claim(queued.id, grant)
+            if claimed is None:  # cancelled since it was listed
+                self.pool.release(grant)
+                continue
+            self._spawn(self._run_session(claimed))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_session(self, claimed: ClaimedJob) -> None:
+        """Run ``claimed``, then the jobs the session can take after it, on one grant."""
+        grant = claimed.grant
+        session: ExecutorSession | None = None
+        job: ClaimedJob | None = claimed
+        try:
+            while job is not None:
+                if session is None:
+                    try:
+                        session = self.make_executor().open(grant)
+                    except Exception as exc:
+                        _log.exception("job %s: could not open a session", job.job.id)
+                        outcome = RunOutcome(JobStatus.FAILED, error=_could_not_start(exc))
+                        await self._record_safely(job.job.id, outcome, job.job.progress)
+                        return
+                _log.info("job %s: starting (%s)", job.job.id, job.config.model)
+                context = RunContext(job.job.id, job.config, keep_warm=job.reuse_group is not None)
+                await self._execute(session, context, job.job.progress, job)
+                job = self._next_on(session, grant, job)
+        finally:
+            if session is not None:
+                await asyncio.to_thread(session.close)
+            self.pool.release(grant)
+            self.wake()
+
+    def _next_on(
+        self, session: ExecutorSession, grant: GpuGrant, previous: ClaimedJob
+    ) -> ClaimedJob | None:
+        """The first job in line, claimed on ``grant``, if it is of ``previous``'s reuse group
+        and ``session`` can take it."""
+        if self._stopping or previous.reuse_group is None:
+            return None
+        try:
+            first = self.store.queued(limit=1)
+            if (
+                not first
+                or first[0].reuse_group != previous.reuse_group
+                or not session.reusable_for(first[0].config)
+            ):
+                return None
+            return self.store.claim(first[0].id, grant)
+        except Exception:
+            _log.exception("could not look for the next job of a session")
+            return None
+
+    async def _follow(self, session: ExecutorSession, running: RunningJob) -> None:
+        """A job reattached after a restart, followed to its end."""
+        job = self.store.get(running.job_id)
+        progress = job.progress if job is not None else JobProgress(phase="running")
+        context = RunContext(running.job_id, running.config, executor_ref=running.executor_ref)
+        try:
+            await self._execute(session, context, progress)
+        finally:
+            await asyncio.to_thread(session.close)
+            self.pool.release(running.grant)
+            self.wake()
+
+    # -- one run ------------------------------------------------------------------------------
+
+    async def _execute(
+        self,
+        session: ExecutorSession,
+        context: RunContext,
+        progress: JobProgress,
+        job: ClaimedJob | None = None,
+    ) -> None:
+        job_id = context.job_id
+        cancel = threading.Event()
+        self._cancels[job_id] = cancel
+        if self._stopping:
+            cancel.set()
+        self.feed.notify()
+        loop = asyncio.get_running_loop()
+        last = [progress]
+
+        def on_progress(update: JobProgress) -> None:  # runs in the session's thread
+            last[0] = update
+            self.store.update_progress(job_id, update)
+            loop.call_soon_threadsafe(self.feed.notify)
+
+        def on_executor_ref(ref: str) -> None:  # runs in the session's thread
+            self.store.set_executor_ref(job_id, ref)
+
+        run = RunContext(
+            job_id=job_id,
+            config=context.config,
+            cancel=cancel,
+            on_progress=on_progress,
+            baselines=self.baselines.all(),
+            executor_ref=context.executor_ref,
+            on_executor_ref=on_executor_ref,
+            keep_warm=context.keep_warm,
+        )
+        warnings: list[ResultWarning] = []
+        try:
+            if job is not None and job.study is not None and job.study.cooldown is not None:
+                cooled = await asyncio.to_thread(self._cool_down, job, cancel, on_progress)
+                if cooled.warning is not None:
+                    warnings.append(
+                        ResultWarning(code=cooled.warning[0], message=cooled.warning[1])
+                    )
+            outcome = await asyncio.to_thread(session.run, run)
+        except Exception as exc:
+            _log.exception("job %s: could not run", job_id)
+            outcome = RunOutcome(JobStatus.FAILED, error=_could_not_start(exc))
+        finally:
+            del self._cancels[job_id]
+        await self._record_safely(job_id, outcome, last[0], warnings)
+
+    def _cool_down(
+        self,
+        job: ClaimedJob,
+        cancel: threading.Event,
+        on_progress: Callable[[JobProgress], None],
+    ) -> CooldownReport:
+        """The study's pause before this run; before its first, the GPUs' temperature is
+        taken as the target of later ones (in the session's thread: it blocks)."""
+        study = job.study
+        assert study is not None
+        assert study.cooldown is not None
+        plan = study.cooldown
+        devices = job.grant.uuids
+        if study.position == 0:
+            if plan.until_temperature_within_c is not None and self.thermometer is not None:
+                try:
+                    if self.store.study_temperatures(study.study_id) is None:
+                        temperatures = self.thermometer.temperatures_c(devices)
+                        self.store.set_study_temperatures(study.study_id, temperatures)
+                except ThermometerError as exc:
+                    _log.warning(
+                        "study %s: no temperature to cool down to: %s", study.study_id, exc
+                    )
+            return CooldownReport(0.0)
+        on_progress(JobProgress(phase="cooldown"))
+        baseline = self.store.study_temperatures(study.study_id)
+        return cool_down(plan, devices, baseline, self.thermometer or _NO_THERMOMETER, cancel)
+
+    async def _record_safely(
+        self,
+        job_id: str,
+        outcome: RunOutcome,
+        progress: JobProgress,
+        warnings: list[ResultWarning] | None = None,
+    ) -> None:
+        try:
+            await self._record(job_id, outcome, progress, warnings or [])
+        except Exception:  # the scheduler must outlive any one job
+            _log.exception("job %s: unexpected error while recording its outcome", job_id)
+            try:
+                self.store.finish(
+                    job_id,
+                    JobStatus.FAILED,
+                    error=Failures.SCHEDULER_ERROR.problem("unexpected error in the scheduler"),
+                )
+            except Exception:  # the store itself failed (disk full): log, keep serving
+                _log.exception("job %s: could not record its failure", job_id)
+                await asyncio.sleep(STORE_RETRY_S)
+        self.feed.notify()
+        self._tell_finished(job_id, outcome.result)
+
+    def _tell_finished(self, job_id: str, result: ExperimentResult | None) -> None:
+        if not self.finished_listeners:
+            return
+        try:
+            job = self.store.get(job_id)
+        except Exception:
+            _log.exception("job %s: could not read it back for its listeners", job_id)
+            return
+        if job is None or not job.status.terminal:
+            return
+        for listener in self.finished_listeners:
+            try:
+                listener(job, result if job.status is JobStatus.SUCCEEDED else None)
+            except Exception:
+                _log.exception("job %s: a finished-job listener failed", job_id)
+
+    async def _record(
+        self,
+        job_id: str,
+        outcome: RunOutcome,
+        progress: JobProgress,
+        warnings: list[ResultWarning],
+    ) -> None:
+        if outcome.status is JobStatus.CANCELLED and self._stopping:
+            self.store.finish(
+                job_id,
+                JobStatus.FAILED,
+                error=Failures.INTERRUPTED.problem("the server shut down during the run"),
+            )
+            _log.warning("job %s: interrupted by shutdown", job_id)
+            return
+        if outcome.result is None:
+            self.store.finish(job_id, outcome.status, error=outcome.error)
+            _log.info("job %s: %s", job_id, outcome.status.value)
+            return
+        self.store.update_progress(job_id, progress.model_copy(update={"phase": "saving"}))
+        result = outcome.result
+        if warnings:
+            result = result.model_copy(update={"warnings": [*result.warnings, *warnings]})
+        if result.energy is not None:
+            self.baselines.update(result.energy.baselines)
+        try:
+            if outcome.timeseries is not None:
+                await asyncio.to_thread(self.results.write_timeseries, job_id, outcome.timeseries)
+                result = result.model_copy(
+                    update={"timeseries": f"/v1/experiments/{job_id}/timeseries"}
+                )
+            path = await asyncio.to_thread(self.results.write, result)
+        except OSError as exc:
+            # No timeseries without its result: a failed job serves neither.
+            self.results.timeseries_path(job_id).unlink(missing_ok=True)
+            self.store.finish(
+                job_id,
+                JobStatus.FAILED,
+                error=Failures.RESULT_NOT_SAVED.problem(f"could not write the result: {exc}"),
+            )
+            _log.error("job %s: result not saved: %s", job_id, exc)
+            return
+        self.store.finish(
+            job_id, JobStatus.SUCCEEDED, result_path=str(path), metrics=run_metrics(result)
+        )
+        _log.info("job %s: succeeded", job_id)
+
+
+class _NoThermometer:
+    def temperatures_c(self, device_uuids: Sequence[str]) -> dict[str, float]:
+        raise ThermometerError("this server reads no GPU temperatures")
+
+
+_NO_THERMOMETER = _NoThermometer()
+
+
+def _could_not_start(exc: Exception) -> ProblemDetail:
+    return Failures.RUNNER_ERROR.problem(f"{type(exc).__name__}: {exc}")
