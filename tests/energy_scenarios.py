@@ -544,3 +544,66 @@ SCENARIOS: dict[str, Scenario] = {
     ),
     "multi_gpu": Scenario("multi_gpu", n_gpus=2),
 }  # fmt: skip
+
+
+@dataclass
+class Tally:
+    """Coverage of each figure over runs: values that covered the truth, values published,
+    runs where it was null, and the stated relative uncertainty of each published value."""
+
+    covered: dict[str, int] = field(default_factory=dict)
+    published: dict[str, int] = field(default_factory=dict)
+    nulls: dict[str, int] = field(default_factory=dict)
+    relative: dict[str, list[float]] = field(default_factory=dict)
+    warnings: dict[str, int] = field(default_factory=dict)
+    runs: int = 0
+    silent_nulls: int = 0  # runs with a null figure and no warning saying why
+
+    def add(self, result: ExperimentResult, truth: Truth) -> None:
+        self.runs += 1
+        codes = {w.code for w in result.warnings}
+        for code in codes:
+            self.warnings[code] = self.warnings.get(code, 0) + 1
+        values = published(result)
+        null_here = False
+        for name, true in truth.values().items():
+            key = figure_group(name)
+            estimate = values.get(name)
+            if estimate is None:
+                self.nulls[key] = self.nulls.get(key, 0) + 1
+                null_here = True
+                continue
+            hits = covered(estimate, true)
+            self.covered[key] = self.covered.get(key, 0) + sum(hits)
+            self.published[key] = self.published.get(key, 0) + len(hits)
+            estimates = estimate if isinstance(estimate, list) else [estimate]
+            self.relative.setdefault(key, []).extend(
+                e.total / abs(e.value) if e.value else math.inf for e in estimates
+            )
+        if null_here and "energy_figure_unbounded" not in codes:
+            self.silent_nulls += 1
+
+    def coverage(self, key: str) -> float | None:
+        n = self.published.get(key, 0)
+        return self.covered.get(key, 0) / n if n else None
+
+    def figures(self) -> list[str]:
+        return sorted(set(self.published) | set(self.nulls))
+
+
+def figure_group(name: str) -> str:
+    """Figures reported together: every repeat, device or request percentile is one figure."""
+    parts = name.split(".")
+    if parts[0] in ("repeat", "device"):
+        return f"{parts[0]}.{parts[-1]}"
+    if parts[0] == "requests" and len(parts) == 3:
+        return f"{parts[0]}.{parts[1]}"
+    return name
+
+
+def tally(scenario: Scenario, seeds: Sequence[int], *, calibrated: bool) -> Tally:
+    out = Tally()
+    for seed in seeds:
+        result, truth = scenario.draw(seed, calibrated=calibrated).execute()
+        out.add(result, truth)
+    return out

@@ -30,9 +30,9 @@ from llem_client import BaselineConfig, BaselineInfo
 
 from llem_service.energy.base import Baseline, DeviceMeta, MeterRecord, MeterSession
 from llem_service.energy.figures import Warning
-from llem_service.energy.integrate import distinct_readings, integrate_power
+from llem_service.energy.integrate import integrate_power
 from llem_service.energy.uncertainty import Estimate, Source
-from llem_service.energy.windows import DEFAULT_COUNTER_PERIOD_S
+from llem_service.energy.windows import DEFAULT_COUNTER_PERIOD_S, FIELD_REFRESH_S
 
 #: How far ahead a trend in idle power is extrapolated to bound what is still to come: the
 #: thermal time constant of a GPU and its heatsink, tens of seconds (MEASUREMENT.md).
@@ -202,16 +202,26 @@ def _measure(
 
 
 def _trend(record: MeterRecord, uuid: str, t0: float, t1: float) -> tuple[float, float] | None:
-    """Slope of the distinct power readings over ``[t0, t1]`` and its standard error (W/s);
-    None under three readings."""
+    """Slope of the power readings over ``[t0, t1]`` and its standard error (W/s); None
+    under three readings. The field refreshes every ~100 ms however often it is read, so the
+    error counts one independent reading per refresh at most."""
     rows = record.timeline.device(uuid)
-    times, powers, _ = distinct_readings(rows.t_s, rows.power_w)
-    pairs = [(t, p) for t, p in zip(times, powers, strict=True) if t0 <= t <= t1]
-    return _slope(pairs)
+    pairs = [
+        (t, p)
+        for t, p in zip(rows.t_s, rows.power_w, strict=True)
+        if p is not None and p > 0 and t0 <= t <= t1
+    ]
+    independent = min(len(pairs), int((t1 - t0) / FIELD_REFRESH_S))
+    return _slope(pairs, independent)
 
 
-def _slope(pairs: Sequence[tuple[float, float]]) -> tuple[float, float] | None:
-    if len(pairs) < 3:
+def _slope(
+    pairs: Sequence[tuple[float, float]], independent: int | None = None
+) -> tuple[float, float] | None:
+    """Least-squares slope and its standard error, the error counting ``independent``
+    points at most."""
+    n = independent if independent is not None else len(pairs)
+    if len(pairs) < 3 or n < 3:
         return None
     xs = [t for t, _ in pairs]
     ys = [y for _, y in pairs]
@@ -221,7 +231,7 @@ def _slope(pairs: Sequence[tuple[float, float]]) -> tuple[float, float] | None:
         return None
     slope = sum((x - mx) * (y - my) for x, y in pairs) / sxx
     residual = sum((y - my - slope * (x - mx)) ** 2 for x, y in pairs)
-    se = math.sqrt(residual / (len(pairs) - 2) / sxx) if len(pairs) > 2 else 0.0
+    se = math.sqrt(residual / (len(pairs) - 2) / sxx) * math.sqrt(len(pairs) / n)
     return slope, se
 
 

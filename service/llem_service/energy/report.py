@@ -223,7 +223,7 @@ def build_energy(
         devices=devices,
         baselines=[_baseline_info(b, baselines, account, now) for b in baselines.baselines],
         phase_split=phases.method,
-        phases=_phases(account, record, work, phases, publish, window.value),
+        phases=_phases(account, record, work, phases, publish),
         prefill_passes=_passes(phases, publish),
         requests=requests,
         sampler=_sampler_report(record),
@@ -295,7 +295,6 @@ def _phases(
     work: Work,
     phases: PhaseSplit,
     publish: _Publisher,
-    window_j: float,
 ) -> list[PhaseEnergy]:
     out = []
     # Warm-up runs the workload's own batches: periodic as the window is.
@@ -322,12 +321,11 @@ def _phases(
     ]
     durations = _phase_durations(phases)
     for name, estimate, method in batches:
-        # Phases are parts of the window: judged against the window's energy.
         out.append(
             PhaseEnergy(
                 phase=name,
                 duration_s=durations[name],
-                energy_j=publish(estimate, f"The {name} phase's energy", window_j),
+                energy_j=publish(estimate, f"The {name} phase's energy"),
                 method=method,
             )
         )
