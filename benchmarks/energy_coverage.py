@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llem_service.energy.base import MeterRecord
 from llem_service.energy.integrate import PowerCurve
 
-from tests.energy_scenarios import SCENARIOS, Run, Tally, Truth, figure_group
+from tests.energy_scenarios import SCENARIOS, Run
+from tests.energy_truth import Tally, Truth, figure_group
 
 RESULTS = Path(__file__).parent / "results"
 #: Figures shown in the table, in order, with how they read.
@@ -198,7 +199,9 @@ class OldTally:
     relative: dict[str, list[float]]
     sums: list[float]  # per-request sum / window adjusted energy (truth)
 
-    def add(self, figures: dict[str, Old | list[Old] | None], truth: dict[str, object]) -> None:
+    def add(
+        self, figures: dict[str, Old | list[Old] | None], truth: dict[str, float | list[float]]
+    ) -> None:
         for name, figure in figures.items():
             if figure is None:
                 continue
@@ -208,7 +211,7 @@ class OldTally:
             trues = true if isinstance(true, list) else [true]
             for old, t in zip(olds, trues, strict=True):
                 self.counted[key] = self.counted.get(key, 0) + 1
-                error = abs(old.value - t)  # type: ignore[operator]
+                error = abs(old.value - t)
                 ok = old.total is not None and error <= old.total
                 self.covered[key] = self.covered.get(key, 0) + int(ok)
                 if old.total is not None and old.value:
@@ -235,7 +238,7 @@ def measure(runs: int, calibrated: bool) -> dict[str, object]:
             if result.energy and result.energy.requests and result.energy.energy_j:
                 total = sum(e.value for e in result.energy.requests.energy_j)
                 request_sums.append(total / result.energy.energy_j.value)
-        figures = {key: _figure(key, runs, new, old) for key in FIGURES}
+        figures = {key: _figure(key, new, old) for key in FIGURES}
         out[name] = {
             "runs": runs,
             "seconds": round(time.perf_counter() - started, 1),
@@ -255,12 +258,11 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(finite) if finite else None
 
 
-def _figure(key: str, runs: int, new: Tally, old: OldTally) -> dict[str, object]:
+def _figure(key: str, new: Tally, old: OldTally) -> dict[str, object]:
     counted = old.counted.get(key)
-    seen = key in new.published or key in new.nulls
     return {
         "new_coverage": new.coverage(key),
-        "new_published_runs": runs - new.nulls.get(key, 0) if seen else 0,
+        "new_published_runs": new.published_runs.get(key, 0),
         "new_median_relative_uncertainty": _median(new.relative.get(key, [])),
         "old_coverage": old.covered.get(key, 0) / counted if counted else None,
         "old_stated": key in old.relative,

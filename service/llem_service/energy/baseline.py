@@ -159,17 +159,6 @@ def measure(
     now: float,
     prefix: str,
 ) -> dict[str, Baseline]:
-    now_wall = now
-    return _measure(session, metas, plan, now_wall, prefix)
-
-
-def _measure(
-    session: MeterSession,
-    metas: Sequence[DeviceMeta],
-    plan: BaselineConfig,
-    now_wall: float,
-    prefix: str,
-) -> dict[str, Baseline]:
     """Slide an idle window until every GPU's power has settled (or the cap); see the module
     docstring. Counter marks are labelled ``{prefix}_0``, ``{prefix}_1``..."""
     step = plan.duration_s / _STEPS_PER_WINDOW
@@ -194,7 +183,7 @@ def _measure(
     start, end = record.mark(f"{prefix}_{k - _STEPS_PER_WINDOW}"), record.mark(f"{prefix}_{k}")
     return {
         m.uuid: _baseline(
-            record, m, start.label, end.label, plan, now=now_wall, waited_s=max(0.0, waited),
+            record, m, start.label, end.label, plan, now=now, waited_s=max(0.0, waited),
             settled=settled, trend=trends[m.uuid],
         )
         for m in metas
@@ -293,7 +282,7 @@ def _baseline(
         duration_s=window,
         measured_at=now,
         method=f"{method} of {window:.1f} s, CUDA context up, no work queued"
-        + (f", after {waited_s:.0f} s of settling" if waited_s > 0 else ""),
+        + (f", after {waited_s:.0f} s of settling" if waited_s >= 0.5 else ""),
         warnings=tuple(warnings),
         settle_s=waited_s,
         settled=settled,

@@ -182,7 +182,8 @@ class NvmlEnergyMeter:
 
 
 class NvmlSession:
-    """One experiment's metering: counters at marks, a sampler thread, baselines."""
+    """One experiment's metering: counters at marks and a sampler thread. What the idle
+    baseline is, and when one may be reused, is `llem_service.energy.baseline`'s business."""
 
     def __init__(
         self,

@@ -10,7 +10,7 @@ accuracy the table states) and ``ideal`` (the sensor is exact and the meter is t
 tests every other term without the generous calibration bound to hide behind.
 
 The default tier runs a few fixed seeds per scenario (seconds; a broken term fails it), the
-``slow`` variant many (``scripts/test -m slow tests/unit/service/energy/test_coverage.py``);
+``montecarlo`` variant many (``scripts/test -m montecarlo``, about 5 minutes);
 ``benchmarks/energy_coverage.py`` records the figures of both the new and the old method.
 """
 
@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.energy_scenarios import SCENARIOS, Scenario, Tally, tally
+from tests.energy_scenarios import SCENARIOS, Scenario
+from tests.energy_truth import Tally, tally
 
 FAST_RUNS = 3
 SLOW_RUNS = 100
@@ -80,7 +81,7 @@ def test_published_figures_cover_the_truth(name: str, calibrated: bool) -> None:
     check(name, scenario, result)
 
 
-@pytest.mark.slow
+@pytest.mark.montecarlo
 @pytest.mark.parametrize("calibrated", [True, False], ids=["calibrated", "ideal"])
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_published_figures_cover_the_truth_over_many_runs(name: str, calibrated: bool) -> None:

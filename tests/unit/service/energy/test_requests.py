@@ -11,7 +11,8 @@ from llem_service.energy.phases import PhaseSplit, gaps_s
 from llem_service.energy.requests import attribute, per_token_percentiles, steady_state
 from llem_service.energy.uncertainty import Estimate, Source
 
-from tests.energy_scenarios import SCENARIOS, published
+from tests.energy_scenarios import SCENARIOS
+from tests.energy_truth import published
 
 batch_shapes = st.lists(
     st.lists(st.tuples(st.integers(1, 512), st.integers(1, 40)), min_size=1, max_size=6),
