@@ -87,7 +87,7 @@ def get_energy_meter(settings: SettingsDep) -> EnergyMeter:
         load_pynvml()
     except NvmlError as exc:
         return NullEnergyMeter(str(exc))
-    return NvmlEnergyMeter()
+    return NvmlEnergyMeter(sensors=settings.sensor_table)
 
 
 def get_reading_source(settings: SettingsDep) -> ReadingSource | None:

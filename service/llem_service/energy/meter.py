@@ -9,21 +9,23 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
-from llem_client import BaselineConfig, DeviceInfo, EnergyConfig
+from llem_client import DeviceInfo, EnergyConfig
 
 from llem_service.energy.base import (
-    Baseline,
     CounterMark,
     DeviceMeta,
+    DeviceNotMetered,
+    DeviceState,
     MeterError,
     MeterProbe,
     MeterRecord,
+    Timeline,
 )
-from llem_service.energy.integrate import integrate_power
 from llem_service.energy.nvml import (
+    NVML_ERROR_NOT_FOUND,
     GpuDevice,
     GpuProcess,
     Nvml,
@@ -34,6 +36,7 @@ from llem_service.energy.nvml import (
 )
 from llem_service.energy.readings import GpuReading, readings_from_rows
 from llem_service.energy.sampler import Clock, PowerSampler
+from llem_service.energy.sensors import SensorTable
 
 T = TypeVar("T")
 
@@ -42,8 +45,6 @@ MIN_INTERVAL_S = 0.010
 MAX_INTERVAL_S = 0.100
 #: Used when no GPU has an energy counter to probe.
 DEFAULT_INTERVAL_S = 0.050
-#: A baseline is contaminated when the GPU was busier than this during the idle window.
-BASELINE_BUSY_PCT = 10
 
 
 def visible_devices(devices: Sequence[GpuDevice], cuda_visible: str | None) -> list[GpuDevice]:
@@ -117,13 +118,15 @@ class NvmlEnergyMeter:
     Args:
         library: Returns pynvml or a fake with its surface.
         clock: Monotonic clock, seconds (the backend's batch stamps use ``time.perf_counter``).
-        sleep: Used while probing the counter.
+        sleep: Used while probing the counter and waiting for idle power.
+        sensors: The accuracy table each GPU's sensor is looked up in.
     """
 
     library: Callable[[], NvmlLibrary] = load_pynvml
     clock: Clock = time.perf_counter
     sleep: Callable[[float], None] = time.sleep
     name: str = "nvml"
+    sensors: SensorTable = field(default_factory=SensorTable)
 
     def probe(self) -> MeterProbe:
         try:
@@ -158,15 +161,30 @@ class NvmlEnergyMeter:
         nvml = Nvml(self.library()).open()
         try:
             return NvmlSession(
-                nvml, list(device_uuids), plan, self.clock, self.sleep, on_failure=on_failure
+                nvml,
+                list(device_uuids),
+                plan,
+                self.clock,
+                self.sleep,
+                on_failure=on_failure,
+                sensors=self.sensors,
             )
+        except NvmlError as exc:
+            nvml.close()
+            if exc.code == NVML_ERROR_NOT_FOUND:
+                # e.g. a MIG instance: NVML meters only whole GPUs
+                raise DeviceNotMetered(
+                    f"NVML does not know the device the model runs on ({exc})"
+                ) from exc
+            raise
         except BaseException:
             nvml.close()
             raise
 
 
 class NvmlSession:
-    """One experiment's metering: counters at marks, a sampler thread, baselines."""
+    """One experiment's metering: counters at marks and a sampler thread. What the idle
+    baseline is, and when one may be reused, is `llem_service.energy.baseline`'s business."""
 
     def __init__(
         self,
@@ -176,6 +194,7 @@ class NvmlSession:
         clock: Clock,
         sleep: Callable[[float], None],
         on_failure: Callable[[MeterError], None] | None = None,
+        sensors: SensorTable | None = None,
     ) -> None:
         if not device_uuids:
             raise MeterError("no GPU to meter: the experiment runs on no CUDA device")
@@ -196,12 +215,11 @@ class NvmlSession:
                 else DEFAULT_INTERVAL_S
             )
         self.sampler = PowerSampler(self.devices, interval_s, clock, on_failure=on_failure)
+        self._sensors = sensors or SensorTable()
         self.metas = tuple(
             self._describe(d, counters[d.uuid], periods.get(d.uuid)) for d in self.devices
         )
         self.marks: list[CounterMark] = []
-        self._baselines: tuple[Baseline, ...] = ()
-        self._reused: frozenset[str] = frozenset()
         self._versions = (
             _optional(nvml.driver_version),
             _optional(nvml.nvml_version),
@@ -211,9 +229,10 @@ class NvmlSession:
 
     def _describe(self, device: GpuDevice, has_counter: bool, period: float | None) -> DeviceMeta:
         processes: list[GpuProcess] = _optional(device.compute_processes) or []
+        name = device.name()
         return DeviceMeta(
             uuid=device.uuid,
-            name=device.name(),
+            name=name,
             nvml_index=device.index(),
             memory_total_bytes=device.memory_total_bytes(),
             power_limit_w=_optional(device.power_limit_w),
@@ -222,7 +241,12 @@ class NvmlSession:
             counter_update_period_s=period,
             power_field=self.sampler.power_field(device.uuid),
             compute_processes=tuple((p.pid, p.used_memory_bytes) for p in processes),
+            sensor=self._sensors.lookup(name),
         )
+
+    @property
+    def driver_version(self) -> str | None:
+        return self._versions[0]
 
     # -- the session protocol ---------------------------------------------------------------
 
@@ -265,83 +289,35 @@ class NvmlSession:
         ]
         return readings_from_rows(rows, energy)
 
-    def baselines(
-        self, plan: BaselineConfig, cached: Sequence[Baseline], *, now: float
-    ) -> tuple[Baseline, ...]:
-        if not plan.enabled:
-            return ()
-        wanted = {d.uuid for d in self.devices}
-        # Reused only if clean, young enough, and at least (about) as long as asked for.
-        fresh = {
-            b.device_uuid: b
-            for b in cached
-            if b.device_uuid in wanted
-            and not b.warnings
-            and 0 <= now - b.measured_at <= plan.max_age_s
-            and b.duration_s >= 0.9 * plan.duration_s
-        }
-        missing = [m for m in self.metas if m.uuid not in fresh]
-        measured: dict[str, Baseline] = {}
-        if missing:
-            measured = self._measure_baselines(missing, plan.duration_s, now)
-        self._reused = frozenset(fresh)
-        self._baselines = tuple(fresh.get(d.uuid) or measured[d.uuid] for d in self.devices)
-        return self._baselines
+    def wait(self, seconds: float) -> None:
+        self.sleep(seconds)
 
-    def _measure_baselines(
-        self, metas: Sequence[DeviceMeta], duration_s: float, now: float
-    ) -> dict[str, Baseline]:
-        self.mark("baseline_start")
-        self.sleep(duration_s)
-        self.mark("baseline_end")
-        start, end = self.marks[-2], self.marks[-1]
-        window = end.t_s - start.t_s
-        timeline = self.sampler.snapshot()
-        out: dict[str, Baseline] = {}
-        for meta in metas:
-            samples = timeline.device(meta.uuid)
-            a, b = start.energy_mj[meta.uuid], end.energy_mj[meta.uuid]
-            if a is not None and b is not None and b >= a and meta.counter_update_period_s:
-                power = (b - a) / 1e3 / window
-                error = (0.002 + power * meta.counter_update_period_s) / window
-                method = "energy counter over an idle window"
-            else:
-                energy = integrate_power(samples.t_s, samples.power_w, start.t_s, end.t_s)
-                if energy is None:
-                    raise MeterError(f"no power readings from {meta.uuid} to take a baseline")
-                power = energy / window
-                peak = max((p for p in samples.power_w if p is not None), default=power)
-                error = peak * self.sampler.interval_s / window + (peak - power)
-                method = "integrated power samples over an idle window"
-            busy = [
-                u
-                for u, t in zip(samples.utilization_pct, samples.t_s, strict=True)
-                if u is not None and start.t_s <= t <= end.t_s
-            ]
-            warnings: list[tuple[str, str]] = []
-            pids = set(start.foreign_pids.get(meta.uuid, ())) | set(
-                end.foreign_pids.get(meta.uuid, ())
+    def device_state(self) -> dict[str, DeviceState]:
+        return {
+            d.uuid: DeviceState(
+                temperature_c=_optional(d.temperature_c), power_limit_w=_optional(d.power_limit_w)
             )
-            if (busy and max(busy) > BASELINE_BUSY_PCT) or pids:
-                who = f" (processes {sorted(pids)})" if pids else ""
-                warnings.append(
-                    (
-                        "baseline_gpu_busy",
-                        f"GPU {meta.uuid} was not idle while its baseline was taken{who}: "
-                        "the baseline is too high and adjusted energy too low. Measure on a "
-                        "dedicated GPU.",
-                    )
-                )
-            out[meta.uuid] = Baseline(
-                device_uuid=meta.uuid,
-                power_w=power,
-                power_uncertainty_w=error,
-                duration_s=window,
-                measured_at=now,
-                method=f"{method} of {window:.1f} s, CUDA context up, before the model loaded",
-                warnings=tuple(warnings),
-            )
-        return out
+            for d in self.devices
+        }
+
+    def snapshot(self) -> MeterRecord:
+        return self._record(self.sampler.snapshot())
+
+    def _record(self, timeline: Timeline) -> MeterRecord:
+        starts, costs = self.sampler.rounds()
+        driver, nvml_version, cuda = self._versions
+        return MeterRecord(
+            devices=self.metas,
+            marks=tuple(self.marks),
+            timeline=timeline,
+            sample_interval_s=self.sampler.interval_s,
+            round_starts_s=starts,
+            round_costs_s=costs,
+            failed_reads=self.sampler.failed_reads,
+            driver_version=driver,
+            nvml_version=nvml_version,
+            cuda_driver_version=cuda,
+        )
 
     def close(self) -> MeterRecord:
         if self._closed is not None:
@@ -350,20 +326,5 @@ class NvmlSession:
             self.nvml.close()
         # else: the sampler thread is stuck inside NVML; shutting NVML down under it could
         # crash the process, and it ends with the process anyway.
-        starts, costs = self.sampler.rounds()
-        driver, nvml_version, cuda = self._versions
-        self._closed = MeterRecord(
-            devices=self.metas,
-            marks=tuple(self.marks),
-            timeline=self.sampler.snapshot(),
-            sample_interval_s=self.sampler.interval_s,
-            round_starts_s=starts,
-            round_costs_s=costs,
-            failed_reads=self.sampler.failed_reads,
-            baselines=self._baselines,
-            reused_baselines=self._reused,
-            driver_version=driver,
-            nvml_version=nvml_version,
-            cuda_driver_version=cuda,
-        )
+        self._closed = self._record(self.sampler.snapshot())
         return self._closed

@@ -3,23 +3,16 @@ says how to fix it. Called by `llem_service.energy.report.build_energy`."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from llem_service.energy.base import CounterMark, DeviceMeta, MeterRecord
+from llem_service.energy.figures import Warning, Window, Work
 from llem_service.energy.nvml import throttle_names
+from llem_service.energy.windows import DEFAULT_COUNTER_PERIOD_S, EnergyAccount
 from llem_service.experiment.summary import percentile
 
-if TYPE_CHECKING:
-    from llem_service.energy.report import EnergyAccount, Window, Work
-
-#: Assumed when the counter's period could not be probed (NVML's typical 100 ms).
-DEFAULT_COUNTER_PERIOD_S = 0.1
 #: A measured window shorter than this many counter updates is flagged.
 MIN_COUNTER_UPDATES = 10
 #: Temperature rise over the measured window that is flagged, degrees C.
 TEMPERATURE_DRIFT_C = 10
-
-Warning = tuple[str, str]
 
 
 def device_warnings(
@@ -119,7 +112,12 @@ def device_warnings(
 
 
 def window_warnings(
-    record: MeterRecord, account: EnergyAccount, window_s: float, work: Work
+    record: MeterRecord,
+    account: EnergyAccount,
+    window_s: float,
+    work: Work,
+    *,
+    timeline_split: bool,
 ) -> list[Warning]:
     out: list[Warning] = []
     periods = [m.counter_update_period_s or DEFAULT_COUNTER_PERIOD_S for m in account.metas]
@@ -146,7 +144,7 @@ def window_warnings(
                 "use fewer samples.",
             )
         )
-    if median_prefill is not None and median_prefill < record.sample_interval_s:
+    if timeline_split and median_prefill is not None and median_prefill < record.sample_interval_s:
         out.append(
             (
                 "phase_split_coarse",
