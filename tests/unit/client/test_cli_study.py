@@ -32,7 +32,9 @@ def _file(tmp_path: Path, **overrides: Any) -> str:
 def test_study_run_follows_each_run_and_prints_the_ranked_table(
     metered_server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = cli(capsys, "--server", metered_server.base_url, "study", "run", _file(tmp_path))
+    code, out, err = cli(
+        capsys, "--server", metered_server.base_url, "study", "run", _file(tmp_path)
+    )
 
     assert code == 0, err
     assert "skipped point 3 (batch_size=8): batch_size (8) exceeds n_prompts (4)" in err
