@@ -152,7 +152,8 @@ def fake_meter(
         counter_period_s=counter_period_s,
         **gpu,
     )
-    return NvmlEnergyMeter(library=FakeNvml(gpus=(device,)))
+    # Host energy off: the machine's own RAPL tree would make results differ between hosts.
+    return NvmlEnergyMeter(library=FakeNvml(gpus=(device,)), powercap_root=None)
 
 
 @dataclass

@@ -12,6 +12,18 @@ from typing import TYPE_CHECKING, Any
 from llem_client._version import SCHEMA_VERSION, __version__
 
 if TYPE_CHECKING:
+    from llem_client._acquisition import (
+        Acquisition,
+        FieldChange,
+        HostDomain,
+        HostEnergy,
+        PowerReadings,
+        ProcessDetection,
+        ProcessSeen,
+        SamplerAcquisition,
+        ThrottleCause,
+        Throttling,
+    )
     from llem_client._client import AsyncClient, Client
     from llem_client._config import (
         BaselineConfig,
@@ -72,6 +84,21 @@ if TYPE_CHECKING:
     )
 
 _LAZY: dict[str, str] = {
+    **dict.fromkeys(
+        [
+            "Acquisition",
+            "FieldChange",
+            "HostDomain",
+            "HostEnergy",
+            "PowerReadings",
+            "ProcessDetection",
+            "ProcessSeen",
+            "SamplerAcquisition",
+            "ThrottleCause",
+            "Throttling",
+        ],
+        "_acquisition",
+    ),
     **dict.fromkeys(["AsyncClient", "Client"], "_client"),
     **dict.fromkeys(
         [
@@ -152,6 +179,7 @@ __all__ = [
     "APIConnectionError",
     "APIStatusError",
     "APITimeoutError",
+    "Acquisition",
     "AsyncClient",
     "AuthenticationError",
     "BadRequestError",
@@ -168,9 +196,12 @@ __all__ = [
     "Environment",
     "ExperimentConfig",
     "ExperimentResult",
+    "FieldChange",
     "FieldError",
     "GpuEnvironment",
     "GpuProcess",
+    "HostDomain",
+    "HostEnergy",
     "InlinePrompts",
     "Job",
     "JobList",
@@ -183,7 +214,10 @@ __all__ = [
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "PhaseEnergy",
+    "PowerReadings",
     "ProblemDetail",
+    "ProcessDetection",
+    "ProcessSeen",
     "PytorchOptions",
     "RateLimitError",
     "RepeatResult",
@@ -191,10 +225,13 @@ __all__ = [
     "ResponseFormatError",
     "ResultWarning",
     "SampleStats",
+    "SamplerAcquisition",
     "SamplerReport",
     "ServerError",
     "ServiceInfo",
     "SyntheticPrompts",
+    "ThrottleCause",
+    "Throttling",
     "UnprocessableEntityError",
     "WarmupConfig",
     "__version__",

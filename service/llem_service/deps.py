@@ -75,7 +75,7 @@ def get_energy_meter(settings: SettingsDep) -> EnergyMeter:
         load_pynvml()
     except NvmlError as exc:
         return NullEnergyMeter(str(exc))
-    return NvmlEnergyMeter()
+    return NvmlEnergyMeter(powercap_root=settings.powercap_root or None)
 
 
 def require_token(request: Request, settings: SettingsDep) -> None:

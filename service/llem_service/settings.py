@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     allow_remote_code: bool = Field(
         default=False, description="Allow configs that set pytorch.trust_remote_code."
     )
+    powercap_root: str = Field(
+        default="/sys/class/powercap",
+        description="Where the host's RAPL counters are read (CPU package and DRAM energy); "
+        "in a container, where the host's powercap tree is mounted. Empty: host energy off.",
+    )
 
     @field_validator("api_token")
     @classmethod

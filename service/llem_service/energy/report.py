@@ -30,6 +30,7 @@ from llem_client import (
     SamplerReport,
 )
 
+from llem_service.energy.acquisition import build_acquisition, build_host
 from llem_service.energy.base import Baseline, CounterMark, DeviceMeta, MeterRecord
 from llem_service.energy.integrate import PowerCurve
 from llem_service.energy.trust import (
@@ -102,7 +103,8 @@ class EnergyAccount:
             raise ValueError(f"none of {sorted(wanted)} was metered")
         # Each GPU's rows, split out of the timeline once for the curves and the warnings.
         self.rows = {m.uuid: record.timeline.device(m.uuid) for m in self.metas}
-        self.curves = {u: PowerCurve(rows.t_s, rows.power_w) for u, rows in self.rows.items()}
+        # Each kept power reading sits where it was taken (NVML's timestamp where given).
+        self.curves = {u: PowerCurve(*rows.power_points()) for u, rows in self.rows.items()}
         self.baselines = {b.device_uuid: b for b in record.baselines}
 
     def window(self, meta: DeviceMeta, a: CounterMark, b: CounterMark) -> Window:
@@ -180,14 +182,12 @@ class EnergyAccount:
         return None if base is None else max(0.0, energy_j - base[0] * duration_s)
 
     def summed_curve(self) -> PowerCurve:
-        """Total power of the used GPUs at each sampling round (rows of a round share t)."""
-        totals: dict[float, float] = {}
-        for meta in self.metas:
-            curve = self.curves[meta.uuid]
-            for t, p in zip(curve.t, curve.p, strict=True):
-                totals[t] = totals.get(t, 0.0) + p
-        times = sorted(totals)
-        return PowerCurve(times, [totals[t] for t in times])
+        """Total power of the used GPUs at every reading of any of them: each GPU's curve
+        interpolated there, so a GPU's missing or failed reading is a gap its neighbours
+        bridge, never 0 W (a GPU without any reading is left out)."""
+        curves = [self.curves[m.uuid] for m in self.metas if self.curves[m.uuid]]
+        times = sorted({t for curve in curves for t in curve.t})
+        return PowerCurve(times, [sum(c.power_at(t) for c in curves) for t in times])
 
 
 def build_energy(
@@ -256,6 +256,10 @@ def build_energy(
         per_token = ((adjusted if base else energy) or 0.0) / tokens if tokens else 0.0
 
     warnings.extend(window_warnings(record, account, window_s, work))
+    acquisition, acquisition_warnings = build_acquisition(
+        record, account.metas, account.rows, start, end
+    )
+    warnings.extend(acquisition_warnings)
     repeat_energy = []
     previous = start
     for mark in ends:
@@ -292,6 +296,8 @@ def build_energy(
         per_request_energy_j=[per_token * n for n in work.output_tokens_per_request],
         per_request_basis=basis,
         sampler=_sampler_report(record),
+        acquisition=acquisition,
+        host=build_host(record, start, end, tokens),
     )
     return result, repeat_energy, warnings
 

@@ -2,7 +2,9 @@
 
 Built in the experiment's child process as plain columns, stored by the service as Parquet
 beside the result, and served as Parquet or CSV. ``t_s`` counts from the session's first
-counter mark.
+counter mark. ``power_w`` holds only the readings integrated (fresh, above 0 W), at
+``power_t_s``, when the sensor took them (NVML's timestamp where it gives one); it is null
+where NVML repeated its previous reading, read 0 W or less, or the read failed.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def timeline_table(record: MeterRecord, spans: Sequence[Span]) -> Columns:
             phase = "idle" if t > last else _measured_phase(spans, starts, t)
         phases.append(phase)
     columns["t_s"] = [t - origin for t in record.timeline.t_s]
+    columns["power_t_s"] = [None if t is None else t - origin for t in record.timeline.power_t_s]
     columns["phase"] = phases
     return columns
 
@@ -57,6 +60,7 @@ def _measured_phase(spans: Sequence[Span], starts: list[float], t: float) -> str
 _SCHEMA_TYPES = {
     "t_s": "float64",
     "device_uuid": "string",
+    "power_t_s": "float64",
     "power_w": "float64",
     "temperature_c": "int32",
     "sm_clock_mhz": "int32",
