@@ -187,6 +187,9 @@ class FakeGpu:
     max_sm_clock_mhz: int = 1980
     # Processes that come and go: (pid, from_s, until_s, used GPU memory in bytes).
     processes: tuple[tuple[int, float, float, int], ...] = ()
+    # The first ``n`` reads of a query fail with NVML ``code``: (query, n, code), e.g. a field
+    # that answers NotSupported once when first polled and then works.
+    fail_first: tuple[tuple[str, int, int], ...] = ()
 
     # -- the counter --------------------------------------------------------------------------
 
@@ -445,6 +448,7 @@ class FakeNvml:
     # ``own_pid_on_gpu`` lists, also when the sampler's process asks.
     _owner_pid: int | None = None
     _rngs: dict[str, random.Random] = field(default_factory=dict)
+    _reads: dict[str, int] = field(default_factory=dict)  # reads per query, for fail_first
 
     NVMLError = pynvml.NVMLError
 
@@ -477,7 +481,16 @@ class FakeNvml:
         transient = self._transient_error(gpu, what)
         if transient is not None:
             raise pynvml.NVMLError(transient)
+        self._fail_first(gpu, what)
         return gpu, t
+
+    def _fail_first(self, gpu: FakeGpu, what: str) -> None:
+        for query, n, code in gpu.fail_first:
+            if query == what:
+                key = f"{gpu.uuid}:{what}"
+                self._reads[key] = self._reads.get(key, 0) + 1
+                if self._reads[key] <= n:
+                    raise pynvml.NVMLError(code)
 
     def _rng(self, gpu: FakeGpu) -> random.Random:
         """The GPU's own generator of transient faults (seeded: a run is reproducible)."""
@@ -588,6 +601,10 @@ class FakeNvml:
             ):
                 # A field's own return code can fail transiently while the call succeeds.
                 code = self._transient_error(gpu, "power_instant")
+                try:
+                    self._fail_first(gpu, "power_instant")
+                except pynvml.NVMLError as exc:
+                    code = exc.value
                 value.nvmlReturn = pynvml.NVML_SUCCESS if code is None else code
                 value.timestamp = self.wall_us(gpu.instant_refresh_at(t))
                 zero = self._zero(gpu, "power_instant")

@@ -29,6 +29,7 @@ __all__ = [
     "Baseline",
     "CounterMark",
     "DeviceMeta",
+    "DeviceNotMetered",
     "EnergyMeter",
     "MeterError",
     "MeterProbe",
@@ -40,6 +41,12 @@ __all__ = [
 
 class MeterError(Exception):
     """The meter failed (lost device, driver error); the experiment fails with this message."""
+
+
+class DeviceNotMetered(MeterError):
+    """The GPU an experiment runs on cannot be metered here (a MIG instance, a device NVML does
+    not know, a vGPU that answers neither counter nor power). The message says why; the
+    experiment runs, and its energy is null with this reason."""
 
 
 @dataclass(frozen=True)

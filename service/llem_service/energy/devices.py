@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from llem_service.energy.base import MeterError
+from llem_service.energy.base import DeviceNotMetered
 from llem_service.energy.nvml import (
     NVML_ERROR_NOT_FOUND,
     NVML_GPU_VIRTUALIZATION_MODE_VGPU,
@@ -30,12 +30,6 @@ from llem_service.energy.nvml import (
 T = TypeVar("T")
 PCI_BUS_ID = "PCI_BUS_ID"
 FASTEST_FIRST = "FASTEST_FIRST"
-
-
-class DeviceNotMetered(MeterError):
-    """The GPU an experiment runs on cannot be metered here (a MIG instance, a device NVML does
-    not know, a vGPU that answers neither counter nor power). The message says why; the
-    experiment runs, and its energy is null with this reason."""
 
 
 def _optional(read: Callable[[], T]) -> T | None:

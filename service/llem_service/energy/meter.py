@@ -20,13 +20,13 @@ from llem_service.energy.base import (
     Baseline,
     CounterMark,
     DeviceMeta,
+    DeviceNotMetered,
     MeterError,
     MeterProbe,
     MeterRecord,
 )
 from llem_service.energy.devices import (
     DeviceKind,
-    DeviceNotMetered,
     counter_absent_reason,
     cuda_order,
     describe,

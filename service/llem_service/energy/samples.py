@@ -2,12 +2,12 @@
 process and the session (`ColumnWriter` / `ColumnReader`).
 
 The sampler runs in a process of its own. Each round it appends one row per GPU to typed
-arrays (``array.array``: 8 bytes a float, 2 to 8 an integer, about 50 bytes a row), and writes
-them to one file per column once ``flush_rows`` rows have gathered, or when the session asks
-for what it has (a baseline, the end of the run). Memory stays bounded however long the run:
-an hour at 10 ms on 8 GPUs is 2.9 million rows, about 140 MB on disk and never more than
-``flush_rows`` rows in the sampler's memory. The session reads each column file straight into
-an array (no per-row Python work).
+arrays (``array.array``: 67 bytes a row, 66 in the session's `Timeline`), and writes them to one
+file per column once ``flush_rows`` rows have gathered, or when the session asks for what it has
+(a baseline, the end of the run). The sampler's memory stays bounded however long the run: an
+hour at 10 ms on 8 GPUs is 2.9 million rows, about 190 MB on disk, and never more than
+``flush_rows`` rows in its memory. The session reads each column file straight into an array
+(no per-row Python work).
 
 A missing value (a field the GPU does not support, a failed read) is NaN in a float column and
 a sentinel in an integer column; the `Timeline`'s columns give it back as ``None``.

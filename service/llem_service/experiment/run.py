@@ -42,13 +42,13 @@ from llem_service.backends.base import (
 from llem_service.container import image_identity
 from llem_service.energy.base import (
     Baseline,
+    DeviceNotMetered,
     EnergyMeter,
     MeterError,
     MeterProbe,
     MeterRecord,
     MeterSession,
 )
-from llem_service.energy.nvml import NVML_ERROR_NOT_FOUND, NvmlError
 from llem_service.energy.report import RepeatEnergy, Span, Work, build_energy
 from llem_service.energy.timeseries import Columns, timeline_table
 from llem_service.experiment.summary import latency_stats, sample_stats
@@ -101,11 +101,8 @@ def run_experiment(
         if probe.available and uuids:
             try:
                 session = meter.open(uuids, config.energy, on_meter_failure)
-            except NvmlError as exc:
-                if exc.code != NVML_ERROR_NOT_FOUND:
-                    raise
-                # e.g. a MIG instance: NVML meters only whole GPUs
-                unmetered = f"NVML does not know the device the model runs on ({exc})"
+            except DeviceNotMetered as exc:  # a MIG instance, a vGPU without readings...
+                unmetered = str(exc)
         if session is not None:
             session.start()
             session.baselines(config.baseline, baselines, now=time.time())

@@ -138,7 +138,10 @@ def test_a_fresh_cached_baseline_is_reused_and_a_stale_one_is_not() -> None:
 
 
 def test_the_timeline_has_a_row_per_sample_and_labelled_phases() -> None:
-    output = run(n_prompts=2, batch_size=1, energy={"sample_interval_ms": 10})
+    # Prefill spans of 0.1 s: several 10 ms rounds land in each even when the sampler's
+    # process is kept waiting by a busy machine.
+    backend = FakeInferenceBackend(sleep_s=0.8)
+    output = run(backend, n_prompts=2, batch_size=1, energy={"sample_interval_ms": 10})
 
     assert output.timeseries is not None
     assert output.result.energy is not None
