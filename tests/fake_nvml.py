@@ -190,6 +190,8 @@ class FakeGpu:
     # The first ``n`` reads of a query fail with NVML ``code``: (query, n, code), e.g. a field
     # that answers NotSupported once when first polled and then works.
     fail_first: tuple[tuple[str, int, int], ...] = ()
+    # Processes a simulated run starts as it goes (a `ProcessSchedule` it appends to).
+    live_processes: ProcessSchedule | None = None
 
     # -- the counter --------------------------------------------------------------------------
 
@@ -412,6 +414,17 @@ class LiveProfile:
 
 
 Profile = PowerProfile | LiveProfile
+
+
+class ProcessSchedule:
+    """Processes a simulated run starts as it goes: `add` a process for a span of fake time.
+    Compared by identity, so a `FakeGpu` holding one stays hashable."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[int, float, float, int]] = []
+
+    def add(self, pid: int, from_s: float, until_s: float, used_bytes: int) -> None:
+        self.entries.append((pid, from_s, until_s, used_bytes))
 
 
 @dataclass
@@ -649,7 +662,8 @@ class FakeNvml:
         procs = [_Process(owner, 2**30)] if self.own_pid_on_gpu else []
         if t >= gpu.foreign_from_s:
             procs += [_Process(pid, 2**29) for pid in gpu.foreign_pids]
-        procs += [_Process(pid, used) for pid, a, b, used in gpu.processes if a <= t < b]
+        scheduled = [*gpu.processes, *(gpu.live_processes.entries if gpu.live_processes else ())]
+        procs += [_Process(pid, used) for pid, a, b, used in scheduled if a <= t < b]
         return procs
 
     # -- what the acquisition reads beyond power (issue 11) ------------------------------------
