@@ -234,8 +234,9 @@ def main() -> None:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU (scripted NVML)",
         "python": platform.python_version(),
-        "workload": workload_cost(args.rounds, args.gpus),
+        # Memory first: the workload's torch would sit in the same process's footprint.
         "memory": memory_over(args.hours, args.memory_gpus),
+        "workload": workload_cost(args.rounds, args.gpus),
         "load_average_1min": os.getloadavg()[0],
         "goal": {"slowdown_pct_max": 0.5},
     }
