@@ -12,7 +12,8 @@ all of them at once by `realistic_sensor`):
   about 25%). A workload periodic near the period then reads high or low by its phase.
 - **The instant power field** (``NVML_FI_DEV_POWER_INSTANT``) is, with ``instant_refresh_s``
   set, a value refreshed every ~100 ms (at ``instant_phase_s``) that holds the mean of a short
-  window (``instant_window_s``, ~25 ms) ending ``instant_lag_s`` before the refresh. Without it
+  window (``instant_window_s``, ~25 ms) ending ``instant_lag_s`` before the refresh, plus its
+  own noise (``instant_noise_w``). Without it
   the field is the exact power now (the old ideal). The field's ``timestamp`` is the refresh.
 - **The averaged field** (``nvmlDeviceGetPowerUsage``) is a moving average over
   ``average_window_s`` (1 s), refreshed every ``average_refresh_s`` when that is set.
@@ -22,6 +23,8 @@ all of them at once by `realistic_sensor`):
   generator so a run is reproducible. A driver can predate a query (``old_driver``), the counter
   can reset (``counter_reset_at_s``), the GPU can be lost (``lost_at_s``), another process can
   appear (``foreign_pids``).
+- **Calibration**: ``sensor_gain`` scales every reading (a sensor within its stated accuracy
+  is still off by some fixed factor).
 - **Temperature** rises linearly (``temperature_c``) or follows a trace (``temperature_trace``,
   e.g. a GPU cooling after load).
 
@@ -49,6 +52,7 @@ import pynvml
 from llem_client import DeviceInfo, EnergyConfig
 from llem_service.energy.base import MeterError, MeterProbe, MeterRecord, MeterSession
 from llem_service.energy.meter import NvmlEnergyMeter, NvmlSession
+from llem_service.energy.sensors import SensorTable
 
 
 @dataclass(frozen=True)
@@ -192,6 +196,8 @@ class FakeGpu:
     fail_first: tuple[tuple[str, int, int], ...] = ()
     # Processes a simulated run starts as it goes (a `ProcessSchedule` it appends to).
     live_processes: ProcessSchedule | None = None
+    sensor_gain: float = 1.0  # calibration error: every reading is gain x the truth
+    instant_noise_w: float = 0.0  # the instant field's own noise, per refresh (std, watts)
 
     # -- the counter --------------------------------------------------------------------------
 
@@ -219,9 +225,10 @@ class FakeGpu:
         return total
 
     def counter_mj(self, t: float) -> int:
+        gain = self.sensor_gain
         if self.counter_reset_at_s is not None and t >= self.counter_reset_at_s:
-            return round(self._sensed_cached(self.counter_reset_at_s, t) * 1e3)
-        return self.counter_start_mj + round(self._sensed_cached(0.0, t) * 1e3)
+            return round(gain * self._sensed_cached(self.counter_reset_at_s, t) * 1e3)
+        return self.counter_start_mj + round(gain * self._sensed_cached(0.0, t) * 1e3)
 
     def _sensed_cached(self, t0: float, t: float) -> float:
         # Part-time sensing sums one integral per update: remember the running total so a long
@@ -252,17 +259,24 @@ class FakeGpu:
 
     def instant_mw(self, t: float) -> int:
         if self.instant_refresh_s is None:
-            return int(self.profile.power_w(t) * 1e3)
-        end = self.instant_refresh_at(t) - self.instant_lag_s
-        return round(self.profile.mean_w(end - self.instant_window_s, end) * 1e3)
+            return int(self.sensor_gain * self.profile.power_w(t) * 1e3)
+        refresh = self.instant_refresh_at(t)
+        end = refresh - self.instant_lag_s
+        watts = self.sensor_gain * self.profile.mean_w(end - self.instant_window_s, end)
+        if self.instant_noise_w:
+            # the same noise for every read of one refresh: it is one reading
+            k = round(refresh / self.instant_refresh_s)
+            watts += random.Random(f"{self.seed}:{self.uuid}:{k}").gauss(0.0, self.instant_noise_w)
+        return round(watts * 1e3)
 
     def average_mw(self, t: float) -> int:
         if self.average_refresh_s is not None:
             t = math.floor(t / self.average_refresh_s + 1e-9) * self.average_refresh_s
         window = min(self.average_window_s, t) if t > 0 else 0.0
+        gain = self.sensor_gain
         if window <= 0:
-            return int(self.profile.power_w(0.0) * 1e3)
-        return round(self.profile.energy_j(t - window, t) / window * 1e3)
+            return int(gain * self.profile.power_w(0.0) * 1e3)
+        return round(gain * self.profile.energy_j(t - window, t) / window * 1e3)
 
     def temperature_at(self, t: float) -> int:
         trace = self.temperature_trace
@@ -296,6 +310,7 @@ def realistic_sensor(gpu: FakeGpu, rng: random.Random, *, part_time: bool = Fals
         instant_lag_s=0.0 if part_time else lag,
         instant_phase_s=phase if part_time else rng.uniform(0.0, period),
         average_refresh_s=period,
+        instant_noise_w=1.0,
         seed=rng.randrange(2**31),
     )
 
@@ -747,6 +762,7 @@ class ScriptedSession:
         *,
         interval_ms: float | None = 10.0,
         powercap_root: str | None = None,
+        sensors: SensorTable | None = None,
     ) -> None:
         self.clock = ManualClock()
         self.lib = FakeNvml(gpus=gpus, clock=self.clock, wall=self.clock.wall)
@@ -759,6 +775,7 @@ class ScriptedSession:
             wall=self.clock.wall,
             sampler="manual",
             powercap_root=powercap_root,
+            sensors=sensors or SensorTable(),
         )
         session = meter.open([g.uuid for g in gpus], EnergyConfig(sample_interval_ms=interval_ms))
         assert isinstance(session, NvmlSession)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
+from dataclasses import dataclass
 from typing import Any
 
 from llem_service.energy.acquisition import build_acquisition
-from llem_service.energy.base import MeterRecord
+from llem_service.energy.base import CounterMark, MeterRecord
+from llem_service.energy.figures import Window
 from llem_service.energy.nvml import GpuDevice, NvmlError
-from llem_service.energy.report import EnergyAccount
+from llem_service.energy.windows import EnergyAccount, Periodicity
 
 from benchmarks.validation.outcome import CheckResult
 from benchmarks.validation.rigs import Rig, Square
@@ -126,9 +128,30 @@ def check_fields(rig: Rig, state: State) -> CheckResult:
     return check
 
 
-def _window(record: MeterRecord, uuid: str, a: str, b: str) -> Any:
-    account = EnergyAccount(record, [uuid])
-    return account.window(account.metas[0], record.mark(a), record.mark(b))
+@dataclass(frozen=True)
+class Stated:
+    """One counter window as llem states it: the raw figures and the expanded (k = 2)
+    uncertainty llem would publish with it."""
+
+    window: Window
+    uncertainty_j: float
+
+    @property
+    def energy_j(self) -> float:
+        return self.window.energy_j
+
+
+def _stated(
+    account: EnergyAccount, a: CounterMark, b: CounterMark, rhythm: Periodicity | None = None
+) -> Stated:
+    estimate, window = account.estimate(account.metas[0], a, b, rhythm)
+    return Stated(window, estimate.expanded())
+
+
+def _window(
+    record: MeterRecord, uuid: str, a: str, b: str, rhythm: Periodicity | None = None
+) -> Stated:
+    return _stated(EnergyAccount(record, [uuid]), record.mark(a), record.mark(b), rhythm)
 
 
 def check_counter_vs_integral(rig: Rig, state: State) -> CheckResult:
@@ -157,7 +180,7 @@ def check_counter_vs_integral(rig: Rig, state: State) -> CheckResult:
         ("steady 30 s", "steady_0", "steady_300"),
         ("idle 10 s", "idle_0", "idle_1"),
     ):
-        w = _window(record, rig.uuid, a, b)
+        w = _window(record, rig.uuid, a, b).window
         span = record.mark(b).t_s - record.mark(a).t_s
         rows[name] = {
             "counter_j": w.energy_j,
@@ -214,7 +237,10 @@ def check_part_time(rig: Rig, state: State) -> CheckResult:
     off_w = off.energy_j / (record.mark("off_end").t_s - record.mark("off_start").t_s)
     measured = []
     for i, wave in enumerate(rows):
-        w = _window(record, rig.uuid, f"wave_{i}_start", f"wave_{i}_end")
+        # llem's stated uncertainty, told the work's rhythm (in an experiment it finds it in
+        # the batches' and steps' timing): its part-time sensing term is what must cover this.
+        rhythm = Periodicity(period_s=wave.period_s)
+        w = _window(record, rig.uuid, f"wave_{i}_start", f"wave_{i}_end", rhythm)
         span = record.mark(f"wave_{i}_end").t_s - record.mark(f"wave_{i}_start").t_s
         pulses = math.ceil(seconds / wave.period_s)
         on_s = min(span, pulses * wave.duty * wave.period_s)
@@ -266,9 +292,8 @@ def check_window_sweep(rig: Rig, state: State) -> CheckResult:
         check.error = "needs check 2's steady run"
         return check
     account = EnergyAccount(record, [rig.uuid])
-    meta = account.metas[0]
     marks = [record.mark(f"steady_{k}") for k in range(301)]
-    whole = account.window(meta, marks[0], marks[-1])
+    whole = _stated(account, marks[0], marks[-1])
     rate = whole.energy_j / (marks[-1].t_s - marks[0].t_s)
     by_length: dict[str, dict[str, float]] = {}
     inside = total = 0
@@ -277,7 +302,7 @@ def check_window_sweep(rig: Rig, state: State) -> CheckResult:
         worst = 0.0
         for i in range(0, 300 - steps + 1, steps):
             a, b = marks[i], marks[i + steps]
-            w = account.window(meta, a, b)
+            w = _stated(account, a, b)
             deviation = abs(w.energy_j - rate * (b.t_s - a.t_s))
             hits += deviation <= w.uncertainty_j
             n += 1

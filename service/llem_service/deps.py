@@ -75,7 +75,9 @@ def get_energy_meter(settings: SettingsDep) -> EnergyMeter:
         load_pynvml()
     except NvmlError as exc:
         return NullEnergyMeter(str(exc))
-    return NvmlEnergyMeter(powercap_root=settings.powercap_root or None)
+    return NvmlEnergyMeter(
+        sensors=settings.sensor_table, powercap_root=settings.powercap_root or None
+    )
 
 
 def require_token(request: Request, settings: SettingsDep) -> None:

@@ -12,7 +12,6 @@ from llem_client import ExperimentConfig, ExperimentResult, Job, JobList, JobSta
 
 from llem_service.api.problems import problem_responses
 from llem_service.deps import FeedDep, ResultsDep, SettingsDep, StoreDep, WorkerDep
-from llem_service.energy.timeseries import parquet_to_csv
 from llem_service.errors import (
     JobAlreadyFinished,
     JobHasNoResult,
@@ -143,7 +142,7 @@ def get_timeseries(
     except OSError as exc:
         raise ResultUnavailable(f"the timeseries of job {job_id} cannot be read: {exc}") from exc
     if format == "csv":
-        content = parquet_to_csv(content)
+        content = results.as_csv(content)
     media_type = "text/csv" if format == "csv" else PARQUET_MEDIA_TYPE
     disposition = f'attachment; filename="{job_id}.timeseries.{format}"'
     return Response(

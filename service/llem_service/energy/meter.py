@@ -9,21 +9,22 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from llem_client import BaselineConfig, DeviceInfo, EnergyConfig
+from llem_client import DeviceInfo, EnergyConfig
 
 from llem_service.energy.acquired import AcquisitionRecord
 from llem_service.energy.base import (
-    Baseline,
     CounterMark,
     DeviceMeta,
     DeviceNotMetered,
+    DeviceState,
     MeterError,
     MeterProbe,
     MeterRecord,
+    Timeline,
 )
 from llem_service.energy.devices import (
     DeviceKind,
@@ -36,8 +37,8 @@ from llem_service.energy.devices import (
     visible_devices,
 )
 from llem_service.energy.host import DEFAULT_ROOT, HostProbe, probe_host, read_zones
-from llem_service.energy.integrate import integrate_power
 from llem_service.energy.nvml import (
+    NVML_ERROR_NOT_FOUND,
     GpuDevice,
     GpuProcess,
     Nvml,
@@ -48,6 +49,7 @@ from llem_service.energy.nvml import (
 )
 from llem_service.energy.readings import Clock, SensorProbe, probe_sensors
 from llem_service.energy.sampler import PowerSampler, SamplerMode, SamplerSpec, make_directory
+from llem_service.energy.sensors import SensorTable
 from llem_service.energy.throttle import read_violations
 
 __all__ = ["DeviceNotMetered", "NvmlEnergyMeter", "NvmlSession", "visible_devices"]
@@ -59,8 +61,6 @@ MIN_INTERVAL_S = 0.010
 MAX_INTERVAL_S = 0.100
 #: Used when no GPU has an energy counter to probe.
 DEFAULT_INTERVAL_S = 0.050
-#: A baseline is contaminated when the GPU was busier than this during the idle window.
-BASELINE_BUSY_PCT = 10
 
 
 def _optional(read: Callable[[], T]) -> T | None:
@@ -88,6 +88,7 @@ class NvmlEnergyMeter:
             host energy off.
         samples_dir: Where the sampler's column files go (the system's temporary directory
             by default).
+        sensors: The accuracy table each GPU's sensor is looked up in.
     """
 
     library: Callable[[], NvmlLibrary] = load_pynvml
@@ -98,6 +99,7 @@ class NvmlEnergyMeter:
     powercap_root: str | None = str(DEFAULT_ROOT)
     samples_dir: str | None = None
     name: str = "nvml"
+    sensors: SensorTable = field(default_factory=SensorTable)
 
     def probe(self) -> MeterProbe:
         order = os.environ.get("CUDA_DEVICE_ORDER", "FASTEST_FIRST")
@@ -157,6 +159,13 @@ class NvmlEnergyMeter:
                 on_failure=on_failure,
                 options=self,
             )
+        except NvmlError as exc:
+            nvml.close()
+            if exc.code == NVML_ERROR_NOT_FOUND:
+                raise DeviceNotMetered(
+                    f"NVML does not know the device the model runs on ({exc})"
+                ) from exc
+            raise
         except BaseException:
             nvml.close()
             raise
@@ -228,13 +237,12 @@ class NvmlSession:
         )
         self._probes = {d.uuid: p for d, p in zip(self.devices, probes, strict=True)}
         self._kinds = kinds
+        self._sensors = options.sensors
         self.metas = tuple(
             self._describe(d, has_counter, probe, kinds[d.uuid])
             for d, has_counter, probe in zip(self.devices, counters, probes, strict=True)
         )
         self.marks: list[CounterMark] = []
-        self._baselines: tuple[Baseline, ...] = ()
-        self._reused: frozenset[str] = frozenset()
         self._versions = (
             _optional(nvml.driver_version),
             _optional(nvml.nvml_version),
@@ -246,9 +254,10 @@ class NvmlSession:
         self, device: GpuDevice, has_counter: bool, probe: SensorProbe, kind: DeviceKind
     ) -> DeviceMeta:
         processes: list[GpuProcess] = _optional(device.compute_processes) or []
+        name = device.name()
         return DeviceMeta(
             uuid=device.uuid,
-            name=device.name(),
+            name=name,
             nvml_index=device.index(),
             memory_total_bytes=device.memory_total_bytes(),
             power_limit_w=_optional(device.power_limit_w),
@@ -258,7 +267,12 @@ class NvmlSession:
             power_field=probe.power_field,
             compute_processes=tuple((p.pid, p.used_memory_bytes) for p in processes),
             counter_absent_reason=None if has_counter else counter_absent_reason(kind),
+            sensor=self._sensors.lookup(name),
         )
+
+    @property
+    def driver_version(self) -> str | None:
+        return self._versions[0]
 
     # -- the session protocol ---------------------------------------------------------------
 
@@ -297,97 +311,27 @@ class NvmlSession:
             return tuple(pids)
         return tuple(pids) if len(pids) > 1 else ()
 
-    def baselines(
-        self, plan: BaselineConfig, cached: Sequence[Baseline], *, now: float
-    ) -> tuple[Baseline, ...]:
-        if not plan.enabled:
-            return ()
-        wanted = {d.uuid for d in self.devices}
-        # Reused only if clean, young enough, and at least (about) as long as asked for.
-        fresh = {
-            b.device_uuid: b
-            for b in cached
-            if b.device_uuid in wanted
-            and not b.warnings
-            and 0 <= now - b.measured_at <= plan.max_age_s
-            and b.duration_s >= 0.9 * plan.duration_s
+    def wait(self, seconds: float) -> None:
+        self.sleep(seconds)
+
+    def device_state(self) -> dict[str, DeviceState]:
+        return {
+            d.uuid: DeviceState(
+                temperature_c=_optional(d.temperature_c), power_limit_w=_optional(d.power_limit_w)
+            )
+            for d in self.devices
         }
-        missing = [m for m in self.metas if m.uuid not in fresh]
-        measured: dict[str, Baseline] = {}
-        if missing:
-            measured = self._measure_baselines(missing, plan.duration_s, now)
-        self._reused = frozenset(fresh)
-        self._baselines = tuple(fresh.get(d.uuid) or measured[d.uuid] for d in self.devices)
-        return self._baselines
 
-    def _measure_baselines(
-        self, metas: Sequence[DeviceMeta], duration_s: float, now: float
-    ) -> dict[str, Baseline]:
-        self.mark("baseline_start")
-        self.sleep(duration_s)
-        self.mark("baseline_end")
-        start, end = self.marks[-2], self.marks[-1]
-        window = end.t_s - start.t_s
-        timeline = self.sampler.snapshot()
-        out: dict[str, Baseline] = {}
-        for meta in metas:
-            samples = timeline.device(meta.uuid)
-            a, b = start.energy_mj[meta.uuid], end.energy_mj[meta.uuid]
-            if a is not None and b is not None and b >= a and meta.counter_update_period_s:
-                power = (b - a) / 1e3 / window
-                error = (0.002 + power * meta.counter_update_period_s) / window
-                method = "energy counter over an idle window"
-            else:
-                energy = integrate_power(*samples.power_points(), start.t_s, end.t_s)
-                if energy is None:
-                    raise MeterError(f"no power readings from {meta.uuid} to take a baseline")
-                power = energy / window
-                peak = max((p for p in samples.power_w if p is not None), default=power)
-                error = peak * self.sampler.interval_s / window + (peak - power)
-                method = "integrated power samples over an idle window"
-            busy = [
-                u
-                for u, t in zip(samples.utilization_pct, samples.t_s, strict=True)
-                if u is not None and start.t_s <= t <= end.t_s
-            ]
-            warnings: list[tuple[str, str]] = []
-            pids = set(start.foreign_pids.get(meta.uuid, ())) | set(
-                end.foreign_pids.get(meta.uuid, ())
-            )
-            if (busy and max(busy) > BASELINE_BUSY_PCT) or pids:
-                who = f" (processes {sorted(pids)})" if pids else ""
-                warnings.append(
-                    (
-                        "baseline_gpu_busy",
-                        f"GPU {meta.uuid} was not idle while its baseline was taken{who}: "
-                        "the baseline is too high and adjusted energy too low. Measure on a "
-                        "dedicated GPU.",
-                    )
-                )
-            out[meta.uuid] = Baseline(
-                device_uuid=meta.uuid,
-                power_w=power,
-                power_uncertainty_w=error,
-                duration_s=window,
-                measured_at=now,
-                method=f"{method} of {window:.1f} s, CUDA context up, before the model loaded",
-                warnings=tuple(warnings),
-            )
-        return out
+    def snapshot(self) -> MeterRecord:
+        """The record so far, while sampling goes on (the baseline reads its window)."""
+        return self._record(self.sampler.snapshot())
 
-    def close(self) -> MeterRecord:
-        if self._closed is not None:
-            return self._closed
-        stopped = self.sampler.stop()
+    def _record(
+        self, timeline: Timeline, acquisition: AcquisitionRecord | None = None
+    ) -> MeterRecord:
         starts, costs = self.sampler.rounds()
-        timeline = self.sampler.snapshot()
-        if stopped:
-            self.nvml.close()
-        # else: the sampler thread is stuck inside NVML; shutting NVML down under it could
-        # crash the process, and it ends with the process anyway.
-        self.sampler.close()
         driver, nvml_version, cuda = self._versions
-        self._closed = MeterRecord(
+        return MeterRecord(
             devices=self.metas,
             marks=tuple(self.marks),
             timeline=timeline,
@@ -395,19 +339,30 @@ class NvmlSession:
             round_starts_s=starts,
             round_costs_s=costs,
             failed_reads=self.sampler.failed_reads,
-            baselines=self._baselines,
-            reused_baselines=self._reused,
             driver_version=driver,
             nvml_version=nvml_version,
             cuda_driver_version=cuda,
-            acquisition=AcquisitionRecord(
-                sampler_mode=self.sampler.mode,
-                sampler_pid=self.sampler.pid,
-                probes=self._probes,
-                kinds=self._kinds,
-                sampler=self.sampler.report,
-                host=self.host,
-                samples_bytes=self.sampler.samples_bytes,
-            ),
+            acquisition=acquisition,
         )
+
+    def close(self) -> MeterRecord:
+        if self._closed is not None:
+            return self._closed
+        stopped = self.sampler.stop()
+        timeline = self.sampler.snapshot()
+        if stopped:
+            self.nvml.close()
+        # else: the sampler thread is stuck inside NVML; shutting NVML down under it could
+        # crash the process, and it ends with the process anyway.
+        acquisition = AcquisitionRecord(
+            sampler_mode=self.sampler.mode,
+            sampler_pid=self.sampler.pid,
+            probes=self._probes,
+            kinds=self._kinds,
+            sampler=self.sampler.report,
+            host=self.host,
+            samples_bytes=self.sampler.samples_bytes,
+        )
+        self._closed = self._record(timeline, acquisition)
+        self.sampler.close()
         return self._closed

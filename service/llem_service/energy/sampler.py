@@ -218,9 +218,10 @@ def run_loop(
     events: Connection,
     *,
     parent_pid: int | None = None,
-) -> None:
-    """Sample on absolute deadlines until told to stop (or the parent is gone), answering
-    ``flush`` between rounds; then flush and send the report (after ``error`` on a failure)."""
+) -> bool:
+    """Sample on absolute deadlines until told to stop, answering ``flush`` between rounds;
+    then flush and send the report (after ``error`` on a failure). Returns False, at once,
+    when the session is gone (its process died): nobody will read the files."""
     clock = engine.clock
     interval = engine.spec.interval_s
     start = clock()
@@ -243,7 +244,10 @@ def run_loop(
         while True:
             if not control.poll(max(0.0, deadline - clock())):
                 break
-            message = control.recv()
+            try:
+                message = control.recv()
+            except (EOFError, OSError):
+                return False  # the session's end of the pipe is gone: its process died
             if message == "flush":
                 engine.flush()
                 events.send(("flushed", engine.samples.rows_written))
@@ -251,11 +255,12 @@ def run_loop(
                 stopping = True
                 break
         if parent_pid is not None and os.getppid() != parent_pid:
-            return  # orphaned: the experiment's process died; nobody will read the files
+            return False  # orphaned: the experiment's process died
     engine.flush()
     if error is not None:
         events.send(("error", str(error), isinstance(error, NvmlGpuLost)))
     events.send(("report", engine.report(str(error) if error else None)))
+    return True
 
 
 def _process_main(spec: SamplerSpec, control: Connection, events: Connection, parent: int) -> None:
@@ -269,11 +274,12 @@ def _process_main(spec: SamplerSpec, control: Connection, events: Connection, pa
         events.send(("error", f"could not start: {exc}", isinstance(exc, NvmlGpuLost)))
         return
     events.send(("ready", os.getpid()))
+    session_alive = False
     try:
-        run_loop(engine, control, events, parent_pid=parent)
+        session_alive = run_loop(engine, control, events, parent_pid=parent)
     finally:
         nvml.close()
-        if os.getppid() != parent:
+        if not session_alive:
             shutil.rmtree(spec.directory, ignore_errors=True)
 
 
@@ -365,8 +371,8 @@ class PowerSampler:
         self._listener.start()
         if not self._ready.wait(START_TIMEOUT_S) and self.error is None:
             self._fail(MeterError(f"the power sampler did not start within {START_TIMEOUT_S} s"))
-        if self.error is not None:
-            raise self.error
+        # A sampler that failed (a GPU lost as it started) is reported like one that fails
+        # later: through on_failure now, and by the session's next mark.
 
     def _listen(self, events: Connection) -> None:
         """Blocks on the sampler's messages (releasing the GIL while it waits)."""

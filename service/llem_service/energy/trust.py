@@ -3,22 +3,15 @@ says how to fix it. Called by `llem_service.energy.report.build_energy`."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from llem_service.energy.base import CounterMark, DeviceMeta, MeterRecord
+from llem_service.energy.figures import Warning, Window, Work
+from llem_service.energy.windows import DEFAULT_COUNTER_PERIOD_S, EnergyAccount
 from llem_service.experiment.summary import percentile
 
-if TYPE_CHECKING:
-    from llem_service.energy.report import EnergyAccount, Window, Work
-
-#: Assumed when the counter's period could not be probed (NVML's typical 100 ms).
-DEFAULT_COUNTER_PERIOD_S = 0.1
 #: A measured window shorter than this many counter updates is flagged.
 MIN_COUNTER_UPDATES = 10
 #: Temperature rise over the measured window that is flagged, degrees C.
 TEMPERATURE_DRIFT_C = 10
-
-Warning = tuple[str, str]
 
 
 def device_warnings(
@@ -94,7 +87,12 @@ def device_warnings(
 
 
 def window_warnings(
-    record: MeterRecord, account: EnergyAccount, window_s: float, work: Work
+    record: MeterRecord,
+    account: EnergyAccount,
+    window_s: float,
+    work: Work,
+    *,
+    timeline_split: bool,
 ) -> list[Warning]:
     out: list[Warning] = []
     periods = [m.counter_update_period_s or DEFAULT_COUNTER_PERIOD_S for m in account.metas]
@@ -112,7 +110,7 @@ def window_warnings(
         )
     prefill = sorted(s.first_token - s.start for s in work.spans)
     median_prefill = percentile(prefill, 0.5) if prefill else None
-    if median_prefill is not None and median_prefill < record.sample_interval_s:
+    if timeline_split and median_prefill is not None and median_prefill < record.sample_interval_s:
         out.append(
             (
                 "phase_split_coarse",

@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-from llem_client import BaselineInfo, JobProgress, JobStatus
+from llem_client import JobProgress, JobStatus
 
-from llem_service.energy.base import Baseline
+from llem_service.energy.baseline import BaselineCache
 from llem_service.errors import Failures
 from llem_service.executors.local import ExperimentRunner, RunOutcome
 from llem_service.experiment.results import ResultFiles
@@ -22,31 +22,6 @@ from llem_service.jobs.events import ChangeFeed
 from llem_service.jobs.store import ClaimedJob, JobStore
 
 _log = logging.getLogger("llem.worker")
-
-
-class BaselineCache:
-    """The latest idle baseline of each GPU, kept by the service across experiments (a child
-    process lives for one experiment only). Each experiment decides by its own
-    ``baseline.max_age_s`` whether a cached one is fresh enough."""
-
-    def __init__(self) -> None:
-        self._by_device: dict[str, Baseline] = {}
-
-    def all(self) -> tuple[Baseline, ...]:
-        return tuple(self._by_device.values())
-
-    def update(self, infos: Sequence[BaselineInfo]) -> None:
-        for info in infos:
-            if info.reused or info.contaminated:
-                continue
-            self._by_device[info.device_uuid] = Baseline(
-                device_uuid=info.device_uuid,
-                power_w=info.power_w,
-                power_uncertainty_w=info.power_uncertainty_w,
-                duration_s=info.duration_s,
-                measured_at=info.measured_at.timestamp(),
-                method=info.method,
-            )
 
 
 class Worker:

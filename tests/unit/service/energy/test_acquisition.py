@@ -8,8 +8,9 @@ from pathlib import Path
 import pynvml
 import pytest
 from llem_client import EnergyResult
-from llem_service.energy.report import Span, Work, build_energy
+from llem_service.energy.figures import Span
 
+from tests.energy_sections import energy_section
 from tests.fake_nvml import FakeGpu, PowerProfile, ScriptedSession
 
 BUSY = PowerProfile(((100.0, 300.0),))
@@ -27,11 +28,7 @@ def measure(
     scripted.run_for(measure_s)
     span = Span(start, start + 0.1, scripted.clock())
     scripted.mark("repeat_0_end")
-    work = Work(spans=(span,), output_tokens_per_request=(64,), output_tokens_per_repeat=(64,))
-    energy, _, found = build_energy(
-        scripted.close(), [gpu.uuid], work, cross_check_threshold=0.5, now=0.0
-    )
-    return energy, dict(found)
+    return energy_section(scripted.close(), [gpu.uuid], span)
 
 
 def test_a_process_that_comes_and_goes_between_the_marks_is_seen_with_its_memory() -> None:
@@ -168,19 +165,13 @@ def test_power_that_stops_answering_mid_run_is_given_up_and_the_change_reported(
     cue.touch()  # from here both power fields answer NotSupported
     scripted.run_for(2.0)
     scripted.mark("repeat_0_end")
-    work = Work(
-        spans=(Span(start, start + 0.1, scripted.clock()),),
-        output_tokens_per_request=(8,),
-        output_tokens_per_repeat=(8,),
-    )
-    energy, _, found = build_energy(
-        scripted.close(), [gpu.uuid], work, cross_check_threshold=0.5, now=0.0
-    )
+    span = Span(start, start + 0.1, scripted.clock())
+    energy, found = energy_section(scripted.close(), [gpu.uuid], span)
 
     assert energy.acquisition is not None
     (change,) = energy.acquisition.field_changes
     assert (change.field, change.before, change.after) == ("power", "instant", None)
-    assert "no power field left" in dict(found)["power_field_changed"]
+    assert "no power field left" in found["power_field_changed"]
     assert energy.source == "nvml_energy_counter"  # the counter carries the energy on
 
 
@@ -194,13 +185,7 @@ def test_a_sampler_much_slower_than_asked_warns() -> None:
         scripted.session.sampler.sample_once()
         scripted.clock.advance(0.05)
     scripted.mark("repeat_0_end")
-    work = Work(
-        spans=(Span(start, start + 0.1, scripted.clock()),),
-        output_tokens_per_request=(8,),
-        output_tokens_per_repeat=(8,),
-    )
-    _, _, found = build_energy(
-        scripted.close(), [FakeGpu().uuid], work, cross_check_threshold=0.5, now=0.0
-    )
+    span = Span(start, start + 0.1, scripted.clock())
+    _, found = energy_section(scripted.close(), [FakeGpu().uuid], span)
 
-    assert "median interval of 50.0 ms" in dict(found)["sampler_slow"]
+    assert "median interval of 50.0 ms" in found["sampler_slow"]

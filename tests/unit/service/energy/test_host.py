@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 from llem_client import HostEnergy
+from llem_service.energy.figures import Span
 from llem_service.energy.host import probe_host, zone_energy
-from llem_service.energy.report import Span, Work, build_energy
 
+from tests.energy_sections import energy_section
 from tests.fake_nvml import FakeGpu, PowerProfile, ScriptedSession
 from tests.fake_powercap import ScriptedPowercap
 
@@ -123,14 +124,8 @@ def host_energy(tree: ScriptedPowercap, steps: list[tuple[float, float]]) -> Hos
         tree.add_j("intel-rapl:0:2", watts * seconds / 10)
         scripted.run_for(seconds)
     scripted.mark("repeat_0_end")
-    work = Work(
-        spans=(Span(start, start + 0.1, scripted.clock()),),
-        output_tokens_per_request=(100,),
-        output_tokens_per_repeat=(100,),
-    )
-    energy, _, _ = build_energy(
-        scripted.close(), [gpu.uuid], work, cross_check_threshold=0.5, now=0.0
-    )
+    span = Span(start, start + 0.1, scripted.clock())
+    energy, _ = energy_section(scripted.close(), [gpu.uuid], span, output_tokens=100)
     assert energy.host is not None
     return energy.host
 
@@ -173,14 +168,8 @@ def test_a_window_whose_reads_were_too_sparse_is_unavailable_with_the_reason(
     tree.add_j("intel-rapl:0", 240.0)
     scripted.clock.advance(4.0)  # no sampling rounds: no reads in between
     scripted.mark("repeat_0_end")
-    work = Work(
-        spans=(Span(start, start + 0.1, scripted.clock()),),
-        output_tokens_per_request=(1,),
-        output_tokens_per_repeat=(1,),
-    )
-    energy, _, _ = build_energy(
-        scripted.close(), [gpu.uuid], work, cross_check_threshold=0.5, now=0.0
-    )
+    span = Span(start, start + 0.1, scripted.clock())
+    energy, _ = energy_section(scripted.close(), [gpu.uuid], span, output_tokens=1)
 
     assert energy.host is not None
     assert not energy.host.available
@@ -194,13 +183,12 @@ def test_host_energy_off_says_so() -> None:
     scripted.mark("load_start")
     scripted.mark("load_end")
     scripted.mark("warmup_end")
+    start = scripted.clock()
     scripted.run_for(1.0)
     scripted.mark("repeat_0_end")
-    work = Work(spans=(), output_tokens_per_request=(1,), output_tokens_per_repeat=(1,))
+    span = Span(start, start + 0.1, scripted.clock())
 
-    energy, _, _ = build_energy(
-        scripted.close(), [FakeGpu().uuid], work, cross_check_threshold=0.5, now=0.0
-    )
+    energy, _ = energy_section(scripted.close(), [FakeGpu().uuid], span, output_tokens=1)
 
     assert energy.host == HostEnergy(
         available=False, reason="host energy is off (LLEM_POWERCAP_ROOT is empty)"

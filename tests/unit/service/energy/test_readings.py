@@ -16,8 +16,8 @@ from llem_service.energy.readings import (
     RetryPolicy,
     probe_sensors,
 )
-from llem_service.energy.report import EnergyAccount
 from llem_service.energy.samples import FAILED, FRESH, NONPOSITIVE, REPEAT
+from llem_service.energy.windows import EnergyAccount
 
 from tests.fake_nvml import FakeGpu, FakeNvml, ManualClock, PowerProfile, ScriptedSession
 
@@ -204,7 +204,7 @@ def test_a_failed_read_on_one_gpu_is_a_gap_in_the_summed_curve_never_zero() -> N
     scripted.mark("repeat_0_end")
     record = scripted.close()
 
-    summed = EnergyAccount(record, ["GPU-a", "GPU-b"]).summed_curve()
+    summed = EnergyAccount(record, ["GPU-a", "GPU-b"]).summed
 
     assert record.failed_reads > 20  # GPU b's reads did fail...
     assert min(summed.p) == pytest.approx(300.0)  # ...yet the total never dropped to 200 W

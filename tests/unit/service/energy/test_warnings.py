@@ -9,8 +9,10 @@ import pynvml
 import pytest
 from llem_client import BaselineConfig, EnergyConfig
 from llem_service.energy import MeterError
+from llem_service.energy.baseline import BaselineSet, take_baselines
+from llem_service.energy.figures import Batch, Span, Work
 from llem_service.energy.meter import NvmlEnergyMeter
-from llem_service.energy.report import Span, Work, build_energy
+from llem_service.energy.report import build_energy
 
 from tests.fake_nvml import FakeGpu, FakeNvml, PowerProfile, ScriptedSession
 
@@ -20,16 +22,18 @@ BUSY = PowerProfile(((100.0, 300.0),))
 def warnings_of(gpu: FakeGpu, *, measure_s: float = 2.0, prefill_s: float = 0.2) -> dict[str, str]:
     scripted = ScriptedSession([gpu])
     for label in ("load_start", "load_end", "warmup_end"):
+        scripted.run_for(0.5)
         scripted.mark(label)
     start = scripted.clock()
     scripted.run_for(measure_s)
     span = Span(start, start + min(prefill_s, measure_s / 2), scripted.clock())
     scripted.mark("repeat_0_end")
-    work = Work(spans=(span,), output_tokens_per_request=(16,), output_tokens_per_repeat=(16,))
-    _, _, found = build_energy(
-        scripted.close(), [gpu.uuid], work, cross_check_threshold=0.1, now=0.0
-    )
-    return dict(found)
+    work = Work((Batch(span, (8,), (16,)),))
+    section = build_energy(
+        scripted.close(), [gpu.uuid], work, baselines=BaselineSet(), prefill=None,
+        plan=EnergyConfig(phase_split="none"), now=0.0,
+    )  # fmt: skip
+    return dict(section.warnings)
 
 
 def test_a_steady_well_measured_run_has_no_warnings() -> None:
@@ -92,7 +96,7 @@ def test_a_short_window_says_how_long_to_measure() -> None:
 def test_counter_and_samples_disagreeing_is_flagged() -> None:
     # The averaged power lags a step up, so samples under-read a short burst.
     gpu = FakeGpu(
-        profile=PowerProfile(((1.0, 60.0), (100.0, 600.0))),
+        profile=PowerProfile(((2.2, 60.0), (100.0, 600.0))),
         unsupported=frozenset({"field_values"}),
     )
 
@@ -138,9 +142,8 @@ def test_a_gpu_that_is_not_idle_during_its_baseline_is_flagged(gpu: FakeGpu, bus
     )
     session.start()
     try:
-        (baseline,) = session.baselines(
-            BaselineConfig(enabled=True, duration_s=0.3), (), now=time.time()
-        )
+        plan = BaselineConfig(enabled=True, duration_s=0.3, settle_max_s=0)  # no settling
+        (baseline,) = take_baselines(session, plan, (), now=time.time()).baselines
     finally:
         session.close()
 
