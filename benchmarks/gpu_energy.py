@@ -26,9 +26,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llem_client import BaselineConfig, EnergyConfig, ExperimentConfig
+from llem_client import EnergyConfig, ExperimentConfig
 from llem_service.backends.pytorch import PytorchBackend
-from llem_service.energy.base import Baseline, MeterError, MeterProbe, MeterRecord
+from llem_service.energy.base import MeterError, MeterProbe, MeterRecord
 from llem_service.energy.meter import NvmlEnergyMeter, NvmlSession
 from llem_service.experiment.run import run_experiment
 
@@ -120,14 +120,15 @@ class ZeusAlongside:
 
 @dataclass
 class _Session:
+    """The real session, with Zeus's window opened and closed at our marks; everything else
+    is the real session's own."""
+
     inner: NvmlSession
     monitor: Any
     owner: ZeusAlongside
 
-    def baselines(
-        self, plan: BaselineConfig, cached: Sequence[Baseline], *, now: float
-    ) -> tuple[Baseline, ...]:
-        return self.inner.baselines(plan, cached, now=now)
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
     def start(self) -> None:
         self.inner.start()
@@ -162,12 +163,14 @@ def repeatability(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     raw = result.repeats.energy_per_output_token_j
     adjusted = result.repeats.adjusted_energy_per_output_token_j
     assert raw is not None
+    ours = energy.energy_j
+    assert ours is not None, result.warnings
     zeus = None
     if isinstance(meter, ZeusAlongside) and meter.zeus_j:
         zeus = {
             "energy_j": meter.zeus_j[0],
             "window_s": meter.zeus_s[0],
-            "ours_minus_zeus_rel": (energy.energy_j - meter.zeus_j[0]) / meter.zeus_j[0],
+            "ours_minus_zeus_rel": (ours.value - meter.zeus_j[0]) / meter.zeus_j[0],
         }
     env = result.environment
     return {
@@ -178,12 +181,15 @@ def repeatability(root: Path, args: argparse.Namespace) -> dict[str, Any]:
         "power_limit_w": env.gpus[0].power_limit_w if env.gpus else None,
         "repeats": args.repeats,
         "tokens_per_second_mean": result.repeats.tokens_per_second.mean,
-        "energy_j": energy.energy_j,
-        "energy_uncertainty_j": energy.energy_uncertainty_j,
+        "energy_j": ours.value,
+        "energy_uncertainty_j": ours.total,
         "window_s": energy.window_s,
         "counter_vs_integral_rel_diff": energy.counter_vs_integral_rel_diff,
-        "baseline_power_w": energy.baseline_power_w,
-        "j_per_token_per_repeat": [r.energy_per_output_token_j for r in result.repeats.per_repeat],
+        "baseline_power_w": energy.baseline_power_w.value if energy.baseline_power_w else None,
+        "j_per_token_per_repeat": [
+            r.energy_per_output_token_j.value if r.energy_per_output_token_j else None
+            for r in result.repeats.per_repeat
+        ],
         "j_per_token_mean": raw.mean,
         "j_per_token_cv_pct": (raw.std or 0.0) / raw.mean * 100,
         "adjusted_j_per_token_cv_pct": (
@@ -191,7 +197,9 @@ def repeatability(root: Path, args: argparse.Namespace) -> dict[str, Any]:
         ),
         "sampler_interval_s": energy.sampler.interval_s,
         "sampler_cost_per_round_us": (energy.sampler.cost_per_sample_s or 0) * 1e6,
-        "phases": {p.phase: round(p.energy_j, 3) for p in energy.phases},
+        "phases": {
+            p.phase: round(p.energy_j.value, 3) if p.energy_j else None for p in energy.phases
+        },
         "warnings": [w.code for w in result.warnings],
         "zeus": zeus,
         "goal_met": (raw.std or 0.0) / raw.mean < 0.02,

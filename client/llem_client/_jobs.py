@@ -57,7 +57,10 @@ class JobProgress(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    phase: str = Field(description="queued, starting, loading, warmup, measuring, saving, done")
+    phase: str = Field(
+        description="queued, starting, loading, warmup, measuring, prefill (counter-measured "
+        "prefill passes), baseline (idle again after the window), saving, done"
+    )
     completed: int = Field(default=0, ge=0)
     total: int | None = Field(default=None, ge=0)
     unit: str | None = Field(default=None, description="What completed and total count.")

@@ -30,9 +30,9 @@ from llem_client import BaselineConfig, BaselineInfo
 
 from llem_service.energy.base import Baseline, DeviceMeta, MeterRecord, MeterSession
 from llem_service.energy.figures import Warning
-from llem_service.energy.integrate import distinct_readings, integrate_power
+from llem_service.energy.integrate import integrate_power
 from llem_service.energy.uncertainty import Estimate, Source
-from llem_service.energy.windows import DEFAULT_COUNTER_PERIOD_S
+from llem_service.energy.windows import DEFAULT_COUNTER_PERIOD_S, FIELD_REFRESH_S
 
 #: How far ahead a trend in idle power is extrapolated to bound what is still to come: the
 #: thermal time constant of a GPU and its heatsink, tens of seconds (MEASUREMENT.md).
@@ -159,17 +159,6 @@ def measure(
     now: float,
     prefix: str,
 ) -> dict[str, Baseline]:
-    now_wall = now
-    return _measure(session, metas, plan, now_wall, prefix)
-
-
-def _measure(
-    session: MeterSession,
-    metas: Sequence[DeviceMeta],
-    plan: BaselineConfig,
-    now_wall: float,
-    prefix: str,
-) -> dict[str, Baseline]:
     """Slide an idle window until every GPU's power has settled (or the cap); see the module
     docstring. Counter marks are labelled ``{prefix}_0``, ``{prefix}_1``..."""
     step = plan.duration_s / _STEPS_PER_WINDOW
@@ -194,7 +183,7 @@ def _measure(
     start, end = record.mark(f"{prefix}_{k - _STEPS_PER_WINDOW}"), record.mark(f"{prefix}_{k}")
     return {
         m.uuid: _baseline(
-            record, m, start.label, end.label, plan, now=now_wall, waited_s=max(0.0, waited),
+            record, m, start.label, end.label, plan, now=now, waited_s=max(0.0, waited),
             settled=settled, trend=trends[m.uuid],
         )
         for m in metas
@@ -202,16 +191,26 @@ def _measure(
 
 
 def _trend(record: MeterRecord, uuid: str, t0: float, t1: float) -> tuple[float, float] | None:
-    """Slope of the distinct power readings over ``[t0, t1]`` and its standard error (W/s);
-    None under three readings."""
+    """Slope of the power readings over ``[t0, t1]`` and its standard error (W/s); None
+    under three readings. The field refreshes every ~100 ms however often it is read, so the
+    error counts one independent reading per refresh at most."""
     rows = record.timeline.device(uuid)
-    times, powers, _ = distinct_readings(rows.t_s, rows.power_w)
-    pairs = [(t, p) for t, p in zip(times, powers, strict=True) if t0 <= t <= t1]
-    return _slope(pairs)
+    pairs = [
+        (t, p)
+        for t, p in zip(rows.t_s, rows.power_w, strict=True)
+        if p is not None and p > 0 and t0 <= t <= t1
+    ]
+    independent = min(len(pairs), int((t1 - t0) / FIELD_REFRESH_S))
+    return _slope(pairs, independent)
 
 
-def _slope(pairs: Sequence[tuple[float, float]]) -> tuple[float, float] | None:
-    if len(pairs) < 3:
+def _slope(
+    pairs: Sequence[tuple[float, float]], independent: int | None = None
+) -> tuple[float, float] | None:
+    """Least-squares slope and its standard error, the error counting ``independent``
+    points at most."""
+    n = independent if independent is not None else len(pairs)
+    if len(pairs) < 3 or n < 3:
         return None
     xs = [t for t, _ in pairs]
     ys = [y for _, y in pairs]
@@ -221,7 +220,7 @@ def _slope(pairs: Sequence[tuple[float, float]]) -> tuple[float, float] | None:
         return None
     slope = sum((x - mx) * (y - my) for x, y in pairs) / sxx
     residual = sum((y - my - slope * (x - mx)) ** 2 for x, y in pairs)
-    se = math.sqrt(residual / (len(pairs) - 2) / sxx) if len(pairs) > 2 else 0.0
+    se = math.sqrt(residual / (len(pairs) - 2) / sxx) * math.sqrt(len(pairs) / n)
     return slope, se
 
 
@@ -283,7 +282,7 @@ def _baseline(
         duration_s=window,
         measured_at=now,
         method=f"{method} of {window:.1f} s, CUDA context up, no work queued"
-        + (f", after {waited_s:.0f} s of settling" if waited_s > 0 else ""),
+        + (f", after {waited_s:.0f} s of settling" if waited_s >= 0.5 else ""),
         warnings=tuple(warnings),
         settle_s=waited_s,
         settled=settled,

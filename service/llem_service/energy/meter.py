@@ -172,7 +172,8 @@ class NvmlEnergyMeter:
 
 
 class NvmlSession:
-    """One experiment's metering: counters at marks, a sampler process, baselines.
+    """One experiment's metering: counters at marks and a sampler process. What the idle
+    baseline is, and when one may be reused, is `llem_service.energy.baseline`'s business.
 
     Raises `DeviceNotMetered` (a `MeterError`) when a GPU cannot be metered at all: a MIG
     instance, a device NVML does not know, a GPU with neither counter nor power reading.

@@ -72,12 +72,39 @@ class EnergySection:
     warnings: list[Warning] = field(default_factory=list)
 
 
+#: How to get a figure that was null, by the term that dominated its uncertainty.
+_ADVICE = {
+    "counter_quantisation": "the window spans too few energy-counter updates: measure longer "
+    "(more prompts or repeats)",
+    "counter_resolution": "the window spans too few energy-counter updates: measure longer",
+    "power_integration": "this GPU has no energy counter, so energy is integrated from power "
+    "samples: use a GPU with a counter (Volta or newer, not a vGPU)",
+    "part_time_sensing": "the work repeats in step with the sensor's period, which this GPU "
+    "senses only part of: change the batch size or output length so the rhythm drifts, or "
+    "measure longer",
+    "sensor_gain": "the sensor's stated accuracy dominates: calibrate against a meter and set "
+    "LLEM_SENSOR_ACCURACY",
+    "sensor_offset": "the sensor's stated accuracy dominates: calibrate against a meter and "
+    "set LLEM_SENSOR_ACCURACY",
+    "baseline_quantisation": "the idle window is short: raise baseline.duration_s",
+    "baseline_drift": "idle power was still moving: let the GPU rest, raise "
+    "baseline.settle_max_s or baseline.duration_s",
+    "prefill_passes": "the prefill passes ran at another speed than prefill inside the window",
+    "between_batches_power": "the gaps between batches are too short for the power readings "
+    "to place: fewer, larger batches leave fewer gaps",
+    "timeline_share": "prefill spans are too short for the power readings: keep "
+    "energy.phase_split='counter' so prefill is measured by the counter",
+    "batch_split": "the batches' shares of decode energy are uncertain: measure longer",
+    "step_power": "requests that stop early share steps unevenly: set fixed_output_length",
+}
+
+
 class _Publisher:
     """Turns estimates into wire figures, or null with one warning per kind of figure."""
 
     def __init__(self, limit: float) -> None:
         self.limit = limit
-        self.nulled: dict[str, float] = {}
+        self.nulled: dict[str, tuple[float, str | None]] = {}
 
     def __call__(
         self, estimate: Estimate | None, what: str, scale: float | None = None
@@ -86,28 +113,32 @@ class _Publisher:
             return None
         relative = estimate.relative(scale)
         if not math.isfinite(estimate.value) or relative > self.limit:
-            self.nulled[what] = max(self.nulled.get(what, 0.0), relative)
+            terms = estimate.by_term()
+            dominant = max(terms, key=lambda k: terms[k])[0] if terms else None
+            if relative >= self.nulled.get(what, (-1.0, None))[0]:
+                self.nulled[what] = (relative, dominant)
             return None
         return estimate.wire()
 
     def warnings(self) -> list[Warning]:
         out = []
-        for what, relative in self.nulled.items():
+        for what, (relative, dominant) in self.nulled.items():
             shown = "unbounded" if not math.isfinite(relative) else f"±{relative:.0%}"
+            advice = _ADVICE.get(dominant or "", "measure a longer window")
             out.append(
                 (
                     "energy_figure_unbounded",
                     f"{what} is null: its uncertainty ({shown}) exceeds "
-                    f"energy.max_relative_uncertainty ({self.limit:.0%}). Measure a longer "
-                    "window (more prompts or repeats), keep energy.phase_split='counter', or "
-                    "use a GPU with an energy counter; see the other warnings for the cause.",
+                    f"energy.max_relative_uncertainty ({self.limit:.0%}), mostly "
+                    f"{dominant or 'unknown'}; {advice}.",
                 )
             )
         return out
 
 
-def counted_devices(record: MeterRecord, loaded: Sequence[str], prepared: Sequence[str],
-                    explicit: bool) -> tuple[list[str], list[Warning]]:  # fmt: skip
+def counted_devices(
+    record: MeterRecord, loaded: Sequence[str], prepared: Sequence[str], *, explicit: bool
+) -> tuple[list[str], list[Warning]]:
     """Which metered GPUs count, and a warning for any GPU the model occupies unmetered.
 
     Explicit ``energy.devices`` are metered as asked; otherwise the GPUs the model occupies
@@ -228,7 +259,7 @@ def build_energy(
         devices=devices,
         baselines=[_baseline_info(b, baselines, account, now) for b in baselines.baselines],
         phase_split=phases.method,
-        phases=_phases(account, record, work, phases, publish, window.value),
+        phases=_phases(account, record, work, phases, publish),
         prefill_passes=_passes(phases, publish),
         requests=requests,
         sampler=_sampler_report(record),
@@ -302,7 +333,6 @@ def _phases(
     work: Work,
     phases: PhaseSplit,
     publish: _Publisher,
-    window_j: float,
 ) -> list[PhaseEnergy]:
     out = []
     # Warm-up runs the workload's own batches: periodic as the window is.
@@ -329,12 +359,11 @@ def _phases(
     ]
     durations = _phase_durations(phases)
     for name, estimate, method in batches:
-        # Phases are parts of the window: judged against the window's energy.
         out.append(
             PhaseEnergy(
                 phase=name,
                 duration_s=durations[name],
-                energy_j=publish(estimate, f"The {name} phase's energy", window_j),
+                energy_j=publish(estimate, f"The {name} phase's energy"),
                 method=method,
             )
         )

@@ -76,7 +76,9 @@ def attribute(work: Work, phases: PhaseSplit, curve: PowerCurve) -> RequestFigur
             prompt_share = (batch.input_tokens[r] if batch.input_tokens else 1) / prompt_total
             mine = [k for k in range(len(steps)) if batch.output_tokens[r] >= k + 2]
             step_time = sum(steps[k] / active[k] for k in mine)
-            decode_share = step_time / decode_time if decode_time > 0 else 0.0
+            # No decoding step (single-token requests): whatever decode energy the batch was
+            # given still belongs to its requests, equally.
+            decode_share = step_time / decode_time if decode_time > 0 else 1.0 / n
             value = (
                 phases.prefill_batches[index] * prompt_share
                 + phases.decode_batches[index] * decode_share
@@ -93,7 +95,7 @@ def attribute(work: Work, phases: PhaseSplit, curve: PowerCurve) -> RequestFigur
                 batch.prefill_s * prompt_share
                 + batch.decode_s * decode_share
                 + phases.gap_s[index] / n
-            )
+            )  # adds up to the batch's span plus its gap
             tokens.append(batch.output_tokens[r])
     return RequestFigures(tuple(energy), tuple(time_s), tuple(tokens))
 

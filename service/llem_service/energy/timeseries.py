@@ -30,7 +30,7 @@ _PHASE_AFTER_MARK = {
 
 def timeline_table(record: MeterRecord, spans: Sequence[Span]) -> Columns:
     """The record's samples as columns with a ``phase`` column: baseline, load, warmup,
-    prefill, decode, between_batches or idle."""
+    prefill, decode, between_batches, prefill_passes, baseline_after or idle."""
     columns = record.timeline.columns()
     origin = record.marks[0].t_s if record.marks else (record.timeline.t_s or [0.0])[0]
     mark_times = [m.t_s for m in record.marks]

@@ -37,6 +37,10 @@ AVERAGE_FIELD_DELAY_S = 1.0
 #: How late the instant field follows power: a refresh every ~100 ms holding a ~25 ms mean
 #: that itself lags (MEASUREMENT.md). Until the field's own refresh is probed, its bound.
 INSTANT_FIELD_DELAY_S = 0.15
+#: How long the sampler must keep reading after the last counter mark for the power before it
+#: to show in the readings (the slowest field's delay is the averaged one; the instant field
+#: is what a session samples when it can).
+READINGS_TAIL_S = INSTANT_FIELD_DELAY_S + 0.05
 #: How often NVML's power fields refresh (MEASUREMENT.md): readings closer than this are not
 #: independent.
 FIELD_REFRESH_S = 0.1
@@ -239,12 +243,16 @@ class EnergyAccount:
 
     def _edge_power(self, meta: DeviceMeta, t: float, period: float) -> float:
         """Highest power the period before a read can have held: the readings around it
-        (they run late by up to the field's delay, so the search reaches that far after)."""
+        (they run late by up to the field's delay, so the search reaches that far after).
+        Where the readings stop before that (the session closed), what came last is unseen:
+        the GPU's power limit bounds it."""
         curve = self.curves[meta.uuid]
         if not curve:
-            return 0.0
+            return meta.power_limit_w or 0.0
         delay = field_delay_s(meta)
         margin = self.record.sample_interval_s
+        if curve.t[-1] < t + delay and meta.power_limit_w:
+            return meta.power_limit_w
         found = [curve.power_at(t)]
         peak = curve.peak_w(t - period - margin, t + delay + margin)
         if peak is not None:

@@ -15,7 +15,6 @@ What the energy section says (and which GPUs count) is the energy package's busi
 
 from __future__ import annotations
 
-import math
 import platform
 import socket
 import time
@@ -30,8 +29,6 @@ from llem_client import (
     GpuEnvironment,
     GpuProcess,
     JobProgress,
-    RepeatResult,
-    RepeatSummary,
     ResultWarning,
     __version__,
     measurement_config_hash,
@@ -58,15 +55,19 @@ from llem_service.energy.figures import Batch, PrefillRun, Span, Warning, Work
 from llem_service.energy.phases import pass_rhythm
 from llem_service.energy.report import (
     EnergySection,
-    RepeatEnergy,
     build_energy,
     counted_devices,
     unavailable_warning,
 )
 from llem_service.energy.timeseries import Columns, timeline_table
-from llem_service.energy.windows import passes_window_s
-from llem_service.experiment.repeats import RepeatPolicy, RepeatStop, Statistic
-from llem_service.experiment.summary import latency_stats, sample_stats
+from llem_service.energy.windows import READINGS_TAIL_S, passes_window_s
+from llem_service.experiment.repeats import (
+    RepeatPolicy,
+    RepeatStop,
+    repeat_statistic,
+    summarise,
+)
+from llem_service.experiment.summary import latency_stats
 
 ProgressSink = Callable[[JobProgress], None]
 
@@ -153,6 +154,9 @@ def run_experiment(
             report(JobProgress(phase="baseline"))
             after = take_after(session, config.baseline, now=time.time())
             run.baselines = replace(run.baselines, after=after)
+        if session is not None:
+            # Power readings run late: sample past the last mark so what came before it shows.
+            session.wait(READINGS_TAIL_S)
     finally:
         try:
             if session is not None:
@@ -182,7 +186,10 @@ def _measure(
         progress = _MeasuringProgress(report, repeat * config.n_prompts, total)
         run.workloads.append(backend.run(config, progress))
         mark(f"repeat_{repeat}_end")
-        statistic, value, floor = _repeat_statistic(session, run, repeat)
+        record = session.snapshot() if session is not None else None
+        statistic, value, floor = repeat_statistic(
+            record, run.workloads[repeat], repeat, run.baselines
+        )
         values.append(value)
         floors.append(floor)
         run.stop = policy.decide(statistic, values, max(floors))
@@ -191,40 +198,6 @@ def _measure(
     warning = policy.warning(run.stop)
     if warning is not None:
         run.warnings.append(warning)
-
-
-def _repeat_statistic(
-    session: MeterSession | None, run: _Run, repeat: int
-) -> tuple[Statistic, float, float]:
-    """The figure repeats are stopped on, and its own quantisation error (standard): J/token
-    from the counters at the repeat's edges (adjusted when every GPU has a baseline), else
-    tokens/s (exact)."""
-    workload = run.workloads[repeat]
-    tokens = workload.output_tokens
-    if session is None or tokens == 0:
-        return "tokens_per_second", _ratio(tokens, workload.duration_s), 0.0
-    record = session.snapshot()
-    a = record.mark("warmup_end" if repeat == 0 else f"repeat_{repeat - 1}_end")
-    b = record.mark(f"repeat_{repeat}_end")
-    span = b.t_s - a.t_s
-    energy = 0.0
-    variance = 0.0
-    periods = {m.uuid: m.counter_update_period_s or 0.1 for m in record.devices}
-    for uuid, end in b.energy_mj.items():
-        start = a.energy_mj.get(uuid)
-        if start is None or end is None or end < start:
-            return "tokens_per_second", _ratio(tokens, workload.duration_s), 0.0
-        joules = (end - start) / 1e3
-        energy += joules
-        # two reads, each lagging up to one period at this power (rectangular)
-        power = joules / span if span > 0 else 0.0
-        variance += 2 * (power * periods.get(uuid, 0.1)) ** 2 / 3
-    floor = math.sqrt(variance) / tokens
-    idle = [run.baselines.of(u) for u in b.energy_mj]
-    if run.baselines.baselines and all(i is not None for i in idle):
-        energy -= sum(i.power_w for i in idle if i is not None) * span
-        return "adjusted_energy_per_output_token_j", energy / tokens, floor
-    return "energy_per_output_token_j", energy / tokens, floor
 
 
 def _prefill_passes(
@@ -391,7 +364,7 @@ def _assemble(
             [w.peak_memory_allocated_bytes for w in workloads]
         ),
         peak_memory_reserved_bytes=_max_or_none([w.peak_memory_reserved_bytes for w in workloads]),
-        repeats=_repeat_summary(workloads, section.repeats, run.stop),
+        repeats=summarise(workloads, section.repeats, run.stop),
         energy_meter_available=section.result is not None,
         energy=section.result,
         total_flops=prefill_flops + decode_flops,
@@ -402,52 +375,6 @@ def _assemble(
         warnings=[ResultWarning(code=c, message=m) for c, m in warnings],
     )
     return ExperimentOutput(result=result, timeseries=timeseries)
-
-
-def _repeat_summary(
-    workloads: Sequence[WorkloadReport],
-    energies: Sequence[RepeatEnergy],
-    stop: RepeatStop | None,
-) -> RepeatSummary:
-    rows = []
-    for i, w in enumerate(workloads):
-        e = energies[i] if i < len(energies) else None
-        tokens = w.output_tokens
-        rows.append(
-            RepeatResult(
-                index=i,
-                duration_s=w.duration_s,
-                output_tokens=tokens,
-                tokens_per_second=_ratio(tokens, w.duration_s),
-                energy_j=e.energy.wire() if e else None,
-                adjusted_energy_j=e.adjusted.wire() if e and e.adjusted else None,
-                energy_per_output_token_j=(e.energy / tokens).wire() if e and tokens else None,
-                adjusted_energy_per_output_token_j=(
-                    (e.adjusted / tokens).wire() if e and e.adjusted and tokens else None
-                ),
-            )
-        )
-    raw = [r.energy_per_output_token_j for r in rows]
-    adjusted = [r.adjusted_energy_per_output_token_j for r in rows]
-    return RepeatSummary(
-        per_repeat=rows,
-        tokens_per_second=sample_stats([r.tokens_per_second for r in rows]),
-        energy_per_output_token_j=(
-            sample_stats([x.value for x in raw if x is not None]) if None not in raw else None
-        ),
-        adjusted_energy_per_output_token_j=(
-            sample_stats([x.value for x in adjusted if x is not None])
-            if None not in adjusted
-            else None
-        ),
-        stop_reason=stop.reason if stop else "fixed",
-        stop_statistic=stop.statistic if stop else None,
-        achieved_ci_rel=(
-            stop.achieved_ci_rel
-            if stop and stop.achieved_ci_rel is not None and stop.achieved_ci_rel != float("inf")
-            else None
-        ),
-    )
 
 
 def _max_or_none(values: Sequence[int | None]) -> int | None:

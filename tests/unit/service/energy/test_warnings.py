@@ -14,6 +14,7 @@ from llem_service.energy.figures import Batch, Span, Work
 from llem_service.energy.meter import NvmlEnergyMeter
 from llem_service.energy.report import build_energy
 
+from tests.energy_scenarios import SCENARIOS
 from tests.fake_nvml import FakeGpu, FakeNvml, PowerProfile, ScriptedSession
 
 BUSY = PowerProfile(((100.0, 300.0),))
@@ -164,3 +165,23 @@ def test_a_lost_gpu_stops_the_sampler_and_fails_the_next_mark_without_hanging() 
     started = time.monotonic()
     session.close()
     assert time.monotonic() - started < 1
+
+
+@pytest.mark.parametrize(
+    ("scenario", "figure", "cause", "advice"),
+    [
+        ("short_window", "J/token", "counter_quantisation", "measure longer"),
+        ("periodic_at_sensor_period", "J/token", "part_time_sensing", "change the batch size"),
+    ],
+)
+def test_a_null_figure_says_what_dominated_and_how_to_get_it(
+    scenario: str, figure: str, cause: str, advice: str
+) -> None:
+    result, _ = SCENARIOS[scenario].draw(0).execute()
+
+    assert result.energy is not None
+    assert result.energy.energy_per_output_token_j is None
+    messages = [w.message for w in result.warnings if w.code == "energy_figure_unbounded"]
+    (message,) = [m for m in messages if m.startswith(f"{figure} is null")]
+    assert cause in message
+    assert advice in message
