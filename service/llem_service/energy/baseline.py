@@ -172,12 +172,12 @@ def measure(
         k += 1
         session.mark(f"{prefix}_{k}")
         record = session.snapshot()
-        now = record.marks[-1].t_s
-        if k < _STEPS_PER_WINDOW or now - first < trend_s - 1e-9:
+        clock_s = record.marks[-1].t_s
+        if k < _STEPS_PER_WINDOW or clock_s - first < trend_s - 1e-9:
             continue
-        trends = {m.uuid: _trend(record, m.uuid, now - trend_s, now) for m in metas}
+        trends = {m.uuid: _trend(record, m.uuid, clock_s - trend_s, clock_s) for m in metas}
         settled = all(t is None or abs(t[0]) <= plan.settle_trend_w_per_s for t in trends.values())
-        waited = now - first - trend_s
+        waited = clock_s - first - trend_s
         if settled or waited + step > plan.settle_max_s:
             break
     start, end = record.mark(f"{prefix}_{k - _STEPS_PER_WINDOW}"), record.mark(f"{prefix}_{k}")

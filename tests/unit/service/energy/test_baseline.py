@@ -41,6 +41,7 @@ def test_a_cold_gpu_settles_at_the_first_fit_and_its_state_is_recorded() -> None
     assert baseline.temperature_c == 38
     assert baseline.power_limit_w == 700.0
     assert baseline.driver_version == "550.54.15"
+    assert baseline.measured_at == NOW  # wall-clock, for the reuse rule's age
     assert not baseline.warnings
     # the trend is fitted over 15 s: that long has passed, no more
     assert scripted.now() == pytest.approx(15.0 + 0.6, abs=0.7)

@@ -9,9 +9,11 @@ from llem_client import JobProgress
 from llem_service.backends.base import BackendError
 from llem_service.energy import MeterError, NullEnergyMeter
 from llem_service.energy.base import Baseline
+from llem_service.energy.meter import NvmlEnergyMeter
 from llem_service.experiment.run import ExperimentOutput, run_experiment
 
 from tests.conftest import make_config
+from tests.fake_nvml import FakeGpu, FakeNvml
 from tests.fakes import FAKE_DEVICE, FakeInferenceBackend, fake_meter
 
 
@@ -336,3 +338,15 @@ def test_result_carries_the_hash_and_the_environment() -> None:
     assert (gpu.uuid, gpu.power_limit_w, gpu.persistence_mode) == (FAKE_DEVICE.uuid, 700.0, True)
     assert result.started_at <= result.finished_at
     assert result.total_flops == (32 + 16) * 1000
+
+
+def test_a_device_the_meter_does_not_know_runs_unmetered_and_says_why() -> None:
+    # e.g. a MIG instance: NVML meters only whole GPUs, and the session says so itself
+    other_gpu = NvmlEnergyMeter(library=FakeNvml(gpus=(FakeGpu(uuid="GPU-somewhere-else"),)))
+
+    result = run(meter=other_gpu).result
+
+    assert result.energy is None
+    (warning,) = result.warnings
+    assert warning.code == "energy_unavailable"
+    assert "NVML does not know the device the model runs on" in warning.message

@@ -91,7 +91,7 @@ def test_the_service_keeps_a_baseline_and_the_next_experiment_reuses_it(
     assert second.energy is not None
     (measured,) = first.energy.baselines
     (reused,) = second.energy.baselines
-    assert (measured.reused, reused.reused) == (False, True)
+    assert (measured.reused, reused.reused) == (False, True), reused.method
     assert reused.device_uuid == FAKE_DEVICE.uuid
     assert reused.power_w == measured.power_w
     assert reused.measured_at == measured.measured_at
