@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llem_service.energy.devices import DeviceKind
+from llem_service.energy.field_readers import SensorProbe
 from llem_service.energy.host import HostProbe
-from llem_service.energy.readings import SensorProbe
 from llem_service.energy.sampler import SamplerMode, SamplerReport
 
 

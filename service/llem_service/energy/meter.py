@@ -36,6 +36,7 @@ from llem_service.energy.devices import (
     unmeterable_reason,
     visible_devices,
 )
+from llem_service.energy.field_readers import Clock, SensorProbe, probe_sensors
 from llem_service.energy.host import DEFAULT_ROOT, HostProbe, probe_host, read_zones
 from llem_service.energy.nvml import (
     NVML_ERROR_NOT_FOUND,
@@ -47,7 +48,6 @@ from llem_service.energy.nvml import (
     NvmlLibrary,
     load_pynvml,
 )
-from llem_service.energy.readings import Clock, SensorProbe, probe_sensors
 from llem_service.energy.sampler import PowerSampler, SamplerMode, SamplerSpec, make_directory
 from llem_service.energy.sensors import SensorTable
 from llem_service.energy.throttle import read_violations

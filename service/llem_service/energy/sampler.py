@@ -30,257 +30,45 @@ import contextlib
 import multiprocessing
 import os
 import shutil
-import signal
 import tempfile
 import threading
 import time
 from array import array
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Literal
 
 from llem_service.energy.base import MeterError
-from llem_service.energy.host import RaplZone, read_zones
-from llem_service.energy.nvml import GpuDevice, Nvml, NvmlGpuLost, NvmlLibrary
-from llem_service.energy.processes import ProcessReport, ProcessTracker
-from llem_service.energy.readings import (
-    Clock,
-    FieldChange,
-    OptionalReader,
-    PowerField,
-    PowerReader,
-    PowerStats,
-    RetryPolicy,
+from llem_service.energy.field_readers import Clock
+from llem_service.energy.nvml import GpuDevice, Nvml
+from llem_service.energy.sampler_engine import (
+    OPTIONAL_FIELDS,
+    DeviceReadReport,
+    SamplerEngine,
+    SamplerReport,
+    SamplerSpec,
+    process_main,
+    run_loop,
 )
-from llem_service.energy.samples import (
-    MISSING_INT,
-    ROUND_COLUMNS,
-    SAMPLE_COLUMNS,
-    ColumnReader,
-    ColumnWriter,
-    Timeline,
-)
+from llem_service.energy.samples import ROUND_COLUMNS, SAMPLE_COLUMNS, ColumnReader, Timeline
+
+__all__ = [
+    "DeviceReadReport",
+    "PowerSampler",
+    "SamplerEngine",
+    "SamplerMode",
+    "SamplerReport",
+    "SamplerSpec",
+    "make_directory",
+    "run_loop",
+]
 
 SamplerMode = Literal["process", "thread", "manual"]
-
-_OPTIONAL_FIELDS = (
-    "temperature_c",
-    "sm_clock_mhz",
-    "memory_used_bytes",
-    "utilization_pct",
-    "clock_event_reasons",
-)
 
 #: How long the session waits for the sampler's process to start, answer or stop.
 START_TIMEOUT_S = 60.0
 REPLY_TIMEOUT_S = 5.0
-
-
-@dataclass(frozen=True)
-class SamplerSpec:
-    """Everything the sampler's process needs (picklable).
-
-    Attributes:
-        library: Returns pynvml (or a fake with its surface) inside the sampler's process.
-        device_uuids: The GPUs, in the session's order.
-        interval_s: Target time between rounds.
-        power_fields: Each GPU's power field, as probed.
-        refresh_s: Each power field's refresh period, where probed.
-        directory: Where the column files go.
-        own_pid: The experiment's process (for telling its own GPU contexts apart).
-        host_zones: RAPL zones to read about once a second (wrap-arounds).
-        slow_poll_s: Interval of the process listing and the RAPL reads.
-        flush_rows: Rows gathered in memory before they go to disk.
-    """
-
-    library: Callable[[], NvmlLibrary]
-    device_uuids: tuple[str, ...]
-    interval_s: float
-    power_fields: tuple[PowerField | None, ...]
-    refresh_s: tuple[float | None, ...]
-    directory: str
-    own_pid: int
-    host_zones: tuple[RaplZone, ...] = ()
-    slow_poll_s: float = 1.0
-    flush_rows: int = 4096
-    policy: RetryPolicy = field(default_factory=RetryPolicy)
-
-
-@dataclass
-class DeviceReadReport:
-    """What became of one GPU's readings."""
-
-    device_uuid: str
-    power: PowerStats
-    failed_reads: dict[str, int]
-    changes: list[FieldChange]
-
-
-@dataclass
-class SamplerReport:
-    """What the sampler saw besides the samples themselves."""
-
-    devices: list[DeviceReadReport]
-    processes: ProcessReport
-    host_reads: list[tuple[float, dict[str, int]]] = field(default_factory=list)
-    pid: int | None = None
-    error: str | None = None
-
-    @property
-    def failed_reads(self) -> int:
-        return sum(sum(d.failed_reads.values()) for d in self.devices)
-
-
-class SamplerEngine:
-    """One sampling round at a time, written to the column files. No threads, no sleeping:
-    the loop (`run_loop`), a thread, or a test decides when rounds happen."""
-
-    def __init__(
-        self, devices: Sequence[GpuDevice], spec: SamplerSpec, clock: Clock, wall: Clock
-    ) -> None:
-        self.devices = list(devices)
-        self.spec = spec
-        self.clock = clock
-        self.wall = wall
-        directory = Path(spec.directory)
-        self.samples = ColumnWriter(
-            directory, SAMPLE_COLUMNS, prefix="sample_", flush_rows=spec.flush_rows
-        )
-        self.rounds = ColumnWriter(
-            directory, ROUND_COLUMNS, prefix="round_", flush_rows=max(1, spec.flush_rows // 8)
-        )
-        self.power = [
-            PowerReader(d, f, r, spec.policy, clock, wall)
-            for d, f, r in zip(devices, spec.power_fields, spec.refresh_s, strict=True)
-        ]
-        self.optional = [
-            [OptionalReader(n, getattr(d, n), spec.policy, clock) for n in _OPTIONAL_FIELDS]
-            for d in devices
-        ]
-        self.processes = ProcessTracker(devices, spec.own_pid, spec.slow_poll_s)
-        self.host_reads: list[tuple[float, dict[str, int]]] = []
-        self._next_host: float | None = None
-
-    def sample_once(self) -> None:
-        """One round: read every GPU, append a row each, record the round's cost."""
-        started = self.clock()
-        cpu_started = time.thread_time()
-        # Powers first, all GPUs together: they are what the round is for.
-        powers = [reader.read() for reader in self.power]
-        values = [[reader.read() for reader in optional] for optional in self.optional]
-        rows = [
-            (started, index, power_t, power_w, flag, *(MISSING_INT if v is None else v for v in vs))
-            for index, ((power_w, power_t, flag), vs) in enumerate(zip(powers, values, strict=True))
-        ]
-        ended = self.clock()
-        cpu = time.thread_time() - cpu_started
-        for row in rows:
-            self.samples.append(row)
-        self.rounds.append((started, ended - started, cpu))
-
-    def poll_slow(self) -> None:
-        """The processes on the GPUs and the host's RAPL counters, when due."""
-        now = self.clock()
-        if self.processes.due(now):
-            self.processes.poll(now, self.wall())
-        if self.spec.host_zones and (self._next_host is None or now >= self._next_host):
-            self._next_host = now + self.spec.slow_poll_s
-            self.host_reads.append((now, read_zones(self.spec.host_zones)))
-
-    def flush(self) -> None:
-        self.samples.flush()
-        self.rounds.flush()
-
-    def report(self, error: str | None = None) -> SamplerReport:
-        devices = [
-            DeviceReadReport(
-                device_uuid=d.uuid,
-                power=p.stats,
-                failed_reads={"power": p.stats.failed} | {r.name: r.failed for r in optional},
-                changes=[*p.changes, *(c for r in optional for c in r.changes)],
-            )
-            for d, p, optional in zip(self.devices, self.power, self.optional, strict=True)
-        ]
-        return SamplerReport(
-            devices=devices,
-            processes=self.processes.report(),
-            host_reads=list(self.host_reads),
-            pid=os.getpid(),
-            error=error,
-        )
-
-
-def run_loop(
-    engine: SamplerEngine,
-    control: Connection,
-    events: Connection,
-    *,
-    parent_pid: int | None = None,
-) -> bool:
-    """Sample on absolute deadlines until told to stop, answering ``flush`` between rounds;
-    then flush and send the report (after ``error`` on a failure). Returns False, at once,
-    when the session is gone (its process died): nobody will read the files."""
-    clock = engine.clock
-    interval = engine.spec.interval_s
-    start = clock()
-    k = 0
-    error: MeterError | None = None
-    stopping = False
-    while not stopping:
-        try:
-            engine.sample_once()
-            engine.poll_slow()
-        except Exception as exc:  # a lost GPU, or a bug: sampling must not die silently
-            error = exc if isinstance(exc, MeterError) else MeterError(f"crashed: {exc!r}")
-            break
-        k += 1
-        deadline = start + k * interval
-        now = clock()
-        if deadline < now:  # fell behind: skip missed rounds rather than burst
-            k = int((now - start) / interval) + 1
-            deadline = start + k * interval
-        while True:
-            if not control.poll(max(0.0, deadline - clock())):
-                break
-            try:
-                message = control.recv()
-            except (EOFError, OSError):
-                return False  # the session's end of the pipe is gone: its process died
-            if message == "flush":
-                engine.flush()
-                events.send(("flushed", engine.samples.rows_written))
-            elif message == "stop":
-                stopping = True
-                break
-        if parent_pid is not None and os.getppid() != parent_pid:
-            return False  # orphaned: the experiment's process died
-    engine.flush()
-    if error is not None:
-        events.send(("error", str(error), isinstance(error, NvmlGpuLost)))
-    events.send(("report", engine.report(str(error) if error else None)))
-    return True
-
-
-def _process_main(spec: SamplerSpec, control: Connection, events: Connection, parent: int) -> None:
-    """Entry point of the sampler's process."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the service handles Ctrl-C
-    try:
-        nvml = Nvml(spec.library()).open()
-        devices = [nvml.device(uuid) for uuid in spec.device_uuids]
-        engine = SamplerEngine(devices, spec, time.perf_counter, time.time)
-    except Exception as exc:
-        events.send(("error", f"could not start: {exc}", isinstance(exc, NvmlGpuLost)))
-        return
-    events.send(("ready", os.getpid()))
-    session_alive = False
-    try:
-        session_alive = run_loop(engine, control, events, parent_pid=parent)
-    finally:
-        nvml.close()
-        if not session_alive:
-            shutil.rmtree(spec.directory, ignore_errors=True)
 
 
 class PowerSampler:
@@ -322,6 +110,7 @@ class PowerSampler:
         self._rounds = ColumnReader(self._directory, ROUND_COLUMNS, prefix="round_")
         self._round_columns: dict[str, list[float]] = {name: [] for name, _ in ROUND_COLUMNS}
         self._flushed = threading.Event()
+        self._reading = threading.RLock()
         self._reported = threading.Event()
         self._ready = threading.Event()
         self._engine: SamplerEngine | None = None
@@ -342,7 +131,7 @@ class PowerSampler:
         if self.mode == "process":
             context = multiprocessing.get_context("spawn")
             self._worker = context.Process(
-                target=_process_main,
+                target=process_main,
                 args=(self.spec, control_read, events_write, os.getpid()),
                 name="llem-power-sampler",
                 daemon=False,
@@ -438,8 +227,8 @@ class PowerSampler:
             self.report = self._engine.report()
             return True
         if self._control is not None:
-            with contextlib.suppress(BrokenPipeError, OSError):
-                self._control.send("stop")
+            with self._reading, contextlib.suppress(BrokenPipeError, OSError):
+                self._control.send("stop")  # not while a monitoring thread sends a flush
         self._reported.wait(timeout_s)
         worker = self._worker
         if isinstance(worker, threading.Thread):
@@ -459,6 +248,8 @@ class PowerSampler:
     # -- what it recorded ---------------------------------------------------------------------
 
     def _read_new(self) -> None:
+        # Callers hold self._reading: the session's thread and a monitoring thread may both
+        # ask for what has been sampled.
         raw = self._samples.read_new()
         if raw["t_s"]:
             self._timeline.extend_raw(raw)
@@ -468,15 +259,50 @@ class PowerSampler:
 
     def snapshot(self) -> Timeline:
         """The samples so far (flushed on request; the session's own copy grows)."""
-        self._flush()
-        self._read_new()
-        return self._timeline
+        with self._reading:
+            self._flush()
+            self._read_new()
+            return self._timeline
 
     def rounds(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Start time and wall cost of every round so far."""
-        self._flush()
-        self._read_new()
-        return tuple(self._round_columns["t_s"]), tuple(self._round_columns["cost_s"])
+        with self._reading:
+            self._flush()
+            self._read_new()
+            return tuple(self._round_columns["t_s"]), tuple(self._round_columns["cost_s"])
+
+    def latest(self) -> list[tuple[str, float, dict[str, float | int | None]]]:
+        """Each GPU's newest row as (uuid, time, columns), for live monitoring; empty before
+        the first round. ``power_w`` is the newest kept reading (a repeat of NVML's previous
+        reading is not a new one). Each call asks the sampler's process to flush (a pipe round
+        trip): fine at a monitoring pace, about once a second."""
+        timeline = self.snapshot()
+        with self._reading:
+            wanted = set(self.spec.device_uuids)
+            rows: dict[str, int] = {}
+            power: dict[str, float | None] = {}
+            i = len(timeline)
+            while i > 0 and (len(rows) < len(wanted) or len(power) < len(wanted)):
+                i -= 1
+                uuid = timeline.device_uuid[i]
+                rows.setdefault(uuid, i)
+                if uuid not in power and timeline.power_w[i] is not None:
+                    power[uuid] = timeline.power_w[i]
+                if len(timeline) - i > 1000 * len(wanted):
+                    break  # no kept reading for a long while: report none
+            names = [column for column in OPTIONAL_FIELDS]
+            return [
+                (
+                    uuid,
+                    timeline.t_s[row],
+                    {
+                        "power_w": power.get(uuid),
+                        **{name: getattr(timeline, name)[row] for name in names},
+                    },
+                )
+                for uuid in self.spec.device_uuids
+                if (row := rows.get(uuid)) is not None
+            ]
 
     def round_cpu_s(self) -> list[float]:
         return list(self._round_columns["cpu_s"])

@@ -47,6 +47,12 @@ def test_the_sampler_runs_in_a_process_of_its_own_and_hands_over_every_round() -
         assert len(snapshot) >= 10
         assert asked - snapshot.t_s[-1] < 0.1
         assert set(snapshot.power_w) == {250.0}
+        # Live monitoring reads the newest row of each GPU the same way.
+        ((uuid, t, values),) = sampler.latest()
+        assert uuid == GPU.uuid
+        assert time.perf_counter() - t < 0.2
+        assert values["power_w"] == 250.0
+        assert values["temperature_c"] == 40
     finally:
         record = metered.close()
     assert record.acquisition is not None

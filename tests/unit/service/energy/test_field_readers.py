@@ -8,14 +8,14 @@ import re
 
 import pynvml
 import pytest
-from llem_service.energy.nvml import GpuDevice, Nvml, NvmlError
-from llem_service.energy.readings import (
+from llem_service.energy.field_readers import (
     OptionalReader,
     PowerField,
     PowerReader,
     RetryPolicy,
     probe_sensors,
 )
+from llem_service.energy.nvml import GpuDevice, Nvml, NvmlError
 from llem_service.energy.samples import FAILED, FRESH, NONPOSITIVE, REPEAT
 from llem_service.energy.windows import EnergyAccount
 
