@@ -2,7 +2,8 @@
 and Zeus's ZeusMonitor on the same window.
 
 Goals (issue 4): tokens/s with the sampler on within 0.5% of it off; the coefficient of
-variation of J/token over 5 repeats under 2%; counter and integrated power agreeing.
+variation of J/token over 5 repeats under 2%; counter and integrated power agreeing. On a GPU
+host run ``benchmarks/gpu_validation.py`` first: it checks the sensors these figures rest on.
 Model: GPT-2 small's shape with random weights, built locally (no hub).
 
     python benchmarks/gpu_energy.py [--rounds 6] [--repeats 5] [--n-prompts 64]
@@ -17,7 +18,7 @@ import json
 import statistics
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,10 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llem_client import EnergyConfig, ExperimentConfig
 from llem_service.backends.pytorch import PytorchBackend
-from llem_service.energy.base import MeterProbe, MeterRecord
+from llem_service.energy.base import MeterError, MeterProbe, MeterRecord
 from llem_service.energy.meter import NvmlEnergyMeter, NvmlSession
-from llem_service.energy.nvml import Nvml, load_pynvml
-from llem_service.energy.sampler import PowerSampler
 from llem_service.experiment.run import run_experiment
 
 from tests.integration.conftest import build_gpt2
@@ -55,7 +54,8 @@ def config(args: argparse.Namespace, **overrides: Any) -> ExperimentConfig:
 
 
 def sampler_overhead(root: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Alternate measured passes with the sampler at 10 ms on and off, same loaded model."""
+    """Alternate measured passes with llem's metering session (sampler in its own process, at
+    10 ms) on and off, same loaded model."""
     cfg = config(args)
     backend = PytorchBackend(model_roots=(str(root),))
     (uuid,) = backend.prepare(cfg)
@@ -63,20 +63,23 @@ def sampler_overhead(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     backend.warmup(cfg)
     on: list[float] = []
     off: list[float] = []
-    with Nvml(load_pynvml()) as nvml:
-        for _ in range(args.rounds):
-            for with_sampler in (True, False):
-                sampler = PowerSampler([nvml.device(uuid)], 0.010) if with_sampler else None
-                if sampler:
-                    sampler.start()
-                report = backend.run(cfg, lambda done, total: None)
-                if sampler:
-                    sampler.stop()
-                (on if with_sampler else off).append(report.output_tokens / report.duration_s)
+    meter = NvmlEnergyMeter()
+    for _ in range(args.rounds):
+        for with_sampler in (True, False):
+            session = (
+                meter.open([uuid], EnergyConfig(sample_interval_ms=10)) if with_sampler else None
+            )
+            if session:
+                session.start()
+            report = backend.run(cfg, lambda done, total: None)
+            if session:
+                session.close()
+            (on if with_sampler else off).append(report.output_tokens / report.duration_s)
     backend.close()
     ratio = statistics.median(on) / statistics.median(off)
     return {
         "interval_ms": 10,
+        "sampler": "its own process",
         "rounds": args.rounds,
         "tokens_per_s_sampler_on": on,
         "tokens_per_s_sampler_off": off,
@@ -102,7 +105,10 @@ class ZeusAlongside:
         return self.inner.probe()
 
     def open(
-        self, device_uuids: Sequence[str], plan: EnergyConfig, on_failure: Any = None
+        self,
+        device_uuids: Sequence[str],
+        plan: EnergyConfig,
+        on_failure: Callable[[MeterError], None] | None = None,
     ) -> _Session:
         import torch
         from zeus.monitor import ZeusMonitor

@@ -37,6 +37,7 @@ pickles into the experiment's child process.
 from __future__ import annotations
 
 import bisect
+import ctypes
 import dataclasses
 import functools
 import math
@@ -61,10 +62,23 @@ __all__ = [
     "LiveProfile",
     "ManualClock",
     "PowerProfile",
+    "ProcessSchedule",
     "ScriptedMeter",
     "ScriptedSession",
     "realistic_sensor",
 ]
+
+
+class ProcessSchedule:
+    """Processes a simulated run starts as it goes: `add` a process for a span of fake time.
+    Compared by identity, so a `FakeGpu` holding one stays hashable."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[int, float, float, int]] = []
+
+    def add(self, pid: int, from_s: float, until_s: float, used_bytes: int) -> None:
+        self.entries.append((pid, from_s, until_s, used_bytes))
+
 
 #: Queries a `FakeGpu` fault can name: the NVML call each stands for.
 Query = Literal[
@@ -80,6 +94,10 @@ Query = Literal[
     "power_limit",
     "persistence",
     "processes",
+    "violation",
+    "mig_mode",
+    "virtualization",
+    "compute_capability",
 ]
 
 
@@ -124,6 +142,24 @@ class FakeGpu:
     seed: int = 0  # of the transient faults' generator
     temperature_trace: tuple[tuple[float, float], ...] = ()  # (t_s, °C), piecewise linear
     driver: str | None = None  # overrides FakeNvml.driver (a driver change between runs)
+    # -- what the acquisition reads beyond power (issue 11) ------------------------------------
+    # Cumulative violation time (nvmlDeviceGetViolationStatus): (NVML_PERF_POLICY_*, fraction
+    # of the time clocks are held down by it). Policies not listed follow clock_event_reasons
+    # (all the time when its bits are set); add "violation" to ``unsupported`` for a GPU that
+    # answers NotSupported.
+    violations: tuple[tuple[int, float], ...] = ()
+    mig_mode: int | None = None  # None: nvmlDeviceGetMigMode answers NotSupported (pre-Ampere)
+    mig_instances: tuple[str, ...] = ()  # UUIDs (MIG-...) of this GPU's MIG instances
+    virtualization_mode: int = 0  # NVML_GPU_VIRTUALIZATION_MODE_*: 2 is a vGPU guest
+    compute_capability: tuple[int, int] = (9, 0)
+    max_sm_clock_mhz: int = 1980
+    # Processes that come and go: (pid, from_s, until_s, used GPU memory in bytes).
+    processes: tuple[tuple[int, float, float, int], ...] = ()
+    # The first ``n`` reads of a query fail with NVML ``code``: (query, n, code), e.g. a field
+    # that answers NotSupported once when first polled and then works.
+    fail_first: tuple[tuple[str, int, int], ...] = ()
+    # Processes a simulated run starts as it goes (a `ProcessSchedule` it appends to).
+    live_processes: ProcessSchedule | None = None
     sensor_gain: float = 1.0  # calibration error: every reading is gain x the truth
     instant_noise_w: float = 0.0  # the instant field's own noise, per refresh (std, watts)
 
@@ -246,6 +282,7 @@ def realistic_sensor(gpu: FakeGpu, rng: random.Random, *, part_time: bool = Fals
 @dataclass
 class _Handle:
     gpu: FakeGpu
+    mig: str | None = None  # a MIG instance of ``gpu``: NVML meters only the whole GPU
 
 
 @dataclass
@@ -267,8 +304,16 @@ class FakeNvml:
     driver: str = "550.54.15"
     own_pid_on_gpu: bool = True
     calls: int = 0
+    # Wall clock behind the field values' timestamps (microseconds since 1970, as NVML's).
+    wall: Callable[[], float] = time.time
     _t0: float | None = None
+    _wall0: float | None = None
+    _inits: int = 0  # NVML counts nvmlInit/nvmlShutdown pairs
+    # The process that initialised NVML first: the one holding the GPU (the experiment), which
+    # ``own_pid_on_gpu`` lists, also when the sampler's process asks.
+    _owner_pid: int | None = None
     _rngs: dict[str, random.Random] = field(default_factory=dict)
+    _reads: dict[str, int] = field(default_factory=dict)  # reads per query, for fail_first
 
     NVMLError = pynvml.NVMLError
 
@@ -286,6 +331,8 @@ class FakeNvml:
         self.calls += 1
         t = self.now()
         gpu = handle.gpu
+        if handle.mig is not None and what not in _MIG_QUERIES:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
         cued = gpu.cue_file is not None and os.path.exists(gpu.cue_file)
         if (gpu.lost_at_s is not None and t >= gpu.lost_at_s) or (cued and gpu.cue == "lost"):
             raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
@@ -299,7 +346,16 @@ class FakeNvml:
         transient = self._transient_error(gpu, what)
         if transient is not None:
             raise pynvml.NVMLError(transient)
+        self._fail_first(gpu, what)
         return gpu, t
+
+    def _fail_first(self, gpu: FakeGpu, what: str) -> None:
+        for query, n, code in gpu.fail_first:
+            if query == what:
+                key = f"{gpu.uuid}:{what}"
+                self._reads[key] = self._reads.get(key, 0) + 1
+                if self._reads[key] <= n:
+                    raise pynvml.NVMLError(code)
 
     def _rng(self, gpu: FakeGpu) -> random.Random:
         """The GPU's own generator of transient faults (seeded: a run is reproducible)."""
@@ -323,12 +379,27 @@ class FakeNvml:
     # -- system -------------------------------------------------------------------------------
 
     def nvmlInit(self) -> None:
+        # Reference-counted, as NVML's: a second initialisation (another session, or a copy
+        # pickled into the sampler's process while this one is open) keeps the time origin.
         if self.init_error is not None:
             raise pynvml.NVMLError(self.init_error)
-        self._t0 = self.clock()
+        if self._t0 is None:
+            self._t0 = self.clock()
+            self._wall0 = self.wall()
+            self._owner_pid = os.getpid()
+        self._inits += 1
 
     def nvmlShutdown(self) -> None:
-        self._t0 = None
+        self._inits = max(0, self._inits - 1)
+        if self._inits == 0:
+            self._t0 = None
+            self._wall0 = None
+            self._owner_pid = None
+
+    def wall_us(self, t: float) -> int:
+        """NVML's timestamp (microseconds since 1970) of fake time ``t``."""
+        assert self._wall0 is not None
+        return round(self._wall0 * 1e6) + round(t * 1e6)
 
     def nvmlSystemGetDriverVersion(self) -> str:
         overrides = {g.driver for g in self.gpus if g.driver is not None}
@@ -352,6 +423,8 @@ class FakeNvml:
         for gpu in self.gpus:
             if gpu.uuid == wanted:
                 return _Handle(gpu)
+            if wanted in gpu.mig_instances:
+                return _Handle(gpu, mig=wanted)
         raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
 
     # -- device -------------------------------------------------------------------------------
@@ -360,10 +433,10 @@ class FakeNvml:
         return list(self.gpus).index(handle.gpu)
 
     def nvmlDeviceGetUUID(self, handle: _Handle) -> str:
-        return handle.gpu.uuid
+        return handle.mig or handle.gpu.uuid
 
     def nvmlDeviceGetName(self, handle: _Handle) -> str:
-        return handle.gpu.name
+        return f"{handle.gpu.name} MIG" if handle.mig else handle.gpu.name
 
     def nvmlDeviceGetMemoryInfo(self, handle: _Handle) -> Any:
         gpu, t = self._gpu(handle, "memory")
@@ -393,8 +466,12 @@ class FakeNvml:
             ):
                 # A field's own return code can fail transiently while the call succeeds.
                 code = self._transient_error(gpu, "power_instant")
+                try:
+                    self._fail_first(gpu, "power_instant")
+                except pynvml.NVMLError as exc:
+                    code = exc.value
                 value.nvmlReturn = pynvml.NVML_SUCCESS if code is None else code
-                value.timestamp = int(gpu.instant_refresh_at(t) * 1e6)
+                value.timestamp = self.wall_us(gpu.instant_refresh_at(t))
                 zero = self._zero(gpu, "power_instant")
                 value.value.uiVal = 0 if zero else gpu.instant_mw(t)
             out.append(value)
@@ -433,10 +510,59 @@ class FakeNvml:
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: _Handle) -> list[_Process]:
         gpu, t = self._gpu(handle, "processes")
-        procs = [_Process(os.getpid(), 2**30)] if self.own_pid_on_gpu else []
+        owner = self._owner_pid or os.getpid()
+        procs = [_Process(owner, 2**30)] if self.own_pid_on_gpu else []
         if t >= gpu.foreign_from_s:
             procs += [_Process(pid, 2**29) for pid in gpu.foreign_pids]
+        scheduled = [*gpu.processes, *(gpu.live_processes.entries if gpu.live_processes else ())]
+        procs += [_Process(pid, used) for pid, a, b, used in scheduled if a <= t < b]
         return procs
+
+    # -- what the acquisition reads beyond power (issue 11) ------------------------------------
+
+    def nvmlDeviceGetViolationStatus(self, handle: _Handle, policy: int) -> Any:
+        gpu, t = self._gpu(handle, "violation")
+        # Unless scripted, the counters agree with the clock-event reasons the GPU reports.
+        held = {
+            pynvml.NVML_PERF_POLICY_POWER: 0x04,
+            pynvml.NVML_PERF_POLICY_THERMAL: 0x20 | 0x40,
+            pynvml.NVML_PERF_POLICY_TOTAL_APP_CLOCKS: 0x04 | 0x08 | 0x20 | 0x40 | 0x80,
+        }
+        derived = 1.0 if gpu.clock_event_reasons & held.get(policy, 0) else 0.0
+        fraction = dict(gpu.violations).get(policy, derived)
+        return pynvml.c_nvmlViolationTime_t(
+            referenceTime=self.wall_us(t), violationTime=round(fraction * max(t, 0.0) * 1e9)
+        )
+
+    def nvmlDeviceGetMigMode(self, handle: _Handle) -> list[int]:
+        gpu, _ = self._gpu(handle, "mig_mode")
+        if gpu.mig_mode is None:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return [gpu.mig_mode, gpu.mig_mode]
+
+    def nvmlDeviceIsMigDeviceHandle(self, handle: _Handle) -> Any:
+        return ctypes.c_uint(handle.mig is not None)
+
+    def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, handle: _Handle) -> _Handle:
+        if handle.mig is None:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return _Handle(handle.gpu)
+
+    def nvmlDeviceGetVirtualizationMode(self, handle: _Handle) -> int:
+        gpu, _ = self._gpu(handle, "virtualization")
+        return gpu.virtualization_mode
+
+    def nvmlDeviceGetCudaComputeCapability(self, handle: _Handle) -> tuple[int, int]:
+        gpu, _ = self._gpu(handle, "compute_capability")
+        return gpu.compute_capability
+
+    def nvmlDeviceGetMaxClockInfo(self, handle: _Handle, clock: int) -> int:
+        gpu, _ = self._gpu(handle, "clock")
+        return gpu.max_sm_clock_mhz
+
+
+#: What NVML answers for a MIG instance's handle; everything else is NotSupported there.
+_MIG_QUERIES = frozenset({"memory", "processes", "mig_mode", "compute_capability"})
 
 
 class ManualClock:
@@ -447,6 +573,10 @@ class ManualClock:
 
     def __call__(self) -> float:
         return self.t
+
+    def wall(self) -> float:
+        """Wall-clock time (seconds since 1970) moving with this clock."""
+        return self.t + 1.7e9
 
     def advance(self, seconds: float) -> None:
         self.t += seconds
@@ -468,16 +598,20 @@ class ScriptedSession:
         gpus: Sequence[FakeGpu],
         *,
         interval_ms: float | None = 10.0,
+        powercap_root: str | None = None,
         sensors: SensorTable | None = None,
     ) -> None:
         self.clock = ManualClock()
-        self.lib = FakeNvml(gpus=gpus, clock=self.clock)
+        self.lib = FakeNvml(gpus=gpus, clock=self.clock, wall=self.clock.wall)
         self._next_sample: float | None = None
         self._open = False
         meter = NvmlEnergyMeter(
             library=self.lib,
             clock=self.clock,
             sleep=self.sleep,
+            wall=self.clock.wall,
+            sampler="manual",
+            powercap_root=powercap_root,
             sensors=sensors or SensorTable(),
         )
         session = meter.open([g.uuid for g in gpus], EnergyConfig(sample_interval_ms=interval_ms))

@@ -199,7 +199,10 @@ def fake_meter(
         counter_period_s=counter_period_s,
         **gpu,
     )
-    return NvmlEnergyMeter(library=FakeNvml(gpus=(device,)), sensors=FAKE_SENSOR)
+    # Host energy off: the machine's own RAPL tree would make results differ between hosts.
+    return NvmlEnergyMeter(
+        library=FakeNvml(gpus=(device,)), sensors=FAKE_SENSOR, powercap_root=None
+    )
 
 
 def fake_readings(power_w: float = 60.0, **gpu: Any) -> NvmlReadingSource:

@@ -12,6 +12,18 @@ from typing import TYPE_CHECKING, Any
 from llem_client._version import SCHEMA_VERSION, __version__
 
 if TYPE_CHECKING:
+    from llem_client._acquisition import (
+        Acquisition,
+        FieldChange,
+        HostDomain,
+        HostEnergy,
+        PowerReadings,
+        ProcessDetection,
+        ProcessSeen,
+        SamplerAcquisition,
+        ThrottleCause,
+        Throttling,
+    )
     from llem_client._client import AsyncClient, Client
     from llem_client._config import (
         BaselineConfig,
@@ -102,6 +114,21 @@ if TYPE_CHECKING:
     )
 
 _LAZY: dict[str, str] = {
+    **dict.fromkeys(
+        [
+            "Acquisition",
+            "FieldChange",
+            "HostDomain",
+            "HostEnergy",
+            "PowerReadings",
+            "ProcessDetection",
+            "ProcessSeen",
+            "SamplerAcquisition",
+            "ThrottleCause",
+            "Throttling",
+        ],
+        "_acquisition",
+    ),
     **dict.fromkeys(["AsyncClient", "Client"], "_client"),
     **dict.fromkeys(
         [
@@ -216,6 +243,7 @@ __all__ = [
     "APIConnectionError",
     "APIStatusError",
     "APITimeoutError",
+    "Acquisition",
     "AsyncClient",
     "AuthenticationError",
     "BadRequestError",
@@ -236,10 +264,13 @@ __all__ = [
     "Estimate",
     "ExperimentConfig",
     "ExperimentResult",
+    "FieldChange",
     "FieldError",
     "GpuEnvironment",
     "GpuProcess",
     "HfPrompts",
+    "HostDomain",
+    "HostEnergy",
     "InlinePrompts",
     "Interval",
     "Job",
@@ -255,8 +286,11 @@ __all__ = [
     "PercentileEstimates",
     "PermissionDeniedError",
     "PhaseEnergy",
+    "PowerReadings",
     "PrefillPasses",
     "ProblemDetail",
+    "ProcessDetection",
+    "ProcessSeen",
     "PytorchOptions",
     "RateLimitError",
     "RepeatResult",
@@ -266,6 +300,7 @@ __all__ = [
     "ResponseFormatError",
     "ResultWarning",
     "SampleStats",
+    "SamplerAcquisition",
     "SamplerReport",
     "SensorAccuracy",
     "ServerError",
@@ -284,6 +319,8 @@ __all__ = [
     "StudyStatus",
     "StudySummary",
     "SyntheticPrompts",
+    "ThrottleCause",
+    "Throttling",
     "UncertaintyBudget",
     "UncertaintyTerm",
     "UnprocessableEntityError",

@@ -23,6 +23,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llem_client._acquisition import Acquisition, HostEnergy
+
 EnergySource = Literal["nvml_energy_counter", "nvml_power_integral"]
 
 
@@ -266,6 +268,14 @@ class EnergyResult(_Wire):
         default=None, description="Per-request energy; null when the run cannot support it."
     )
     sampler: SamplerReport
+    acquisition: Acquisition | None = Field(
+        default=None,
+        description="How the readings were taken: sampler, power fields, throttling by cause, "
+        "processes seen.",
+    )
+    host: HostEnergy | None = Field(
+        default=None, description="CPU package and DRAM energy (RAPL) over the same window."
+    )
 
 
 class SampleStats(_Wire):

@@ -106,6 +106,14 @@ class ServiceInfo(BaseModel):
     energy_meter_reason: str | None = Field(
         default=None, description="Why energy cannot be measured, when it cannot."
     )
+    cuda_device_order: str | None = Field(
+        default=None,
+        description="CUDA_DEVICE_ORDER the device indices follow (PCI_BUS_ID unless the "
+        "operator set FASTEST_FIRST).",
+    )
+    device_order_note: str | None = Field(
+        default=None, description="Set when the indices' order is approximated."
+    )
     queue_length: int = Field(ge=0, description="Jobs waiting, the running one excluded.")
     running_job: str | None = None
 

@@ -87,7 +87,9 @@ def get_energy_meter(settings: SettingsDep) -> EnergyMeter:
         load_pynvml()
     except NvmlError as exc:
         return NullEnergyMeter(str(exc))
-    return NvmlEnergyMeter(sensors=settings.sensor_table)
+    return NvmlEnergyMeter(
+        sensors=settings.sensor_table, powercap_root=settings.powercap_root or None
+    )
 
 
 def get_reading_source(settings: SettingsDep) -> ReadingSource | None:

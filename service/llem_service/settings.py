@@ -73,6 +73,11 @@ class Settings(BaseSettings):
         description="While no experiment holds a GPU, read its power, energy counter, "
         "temperature and use this often for /metrics; 0: no idle poll.",
     )
+    powercap_root: str = Field(
+        default="/sys/class/powercap",
+        description="Where the host's RAPL counters are read (CPU package and DRAM energy); "
+        "in a container, where the host's powercap tree is mounted. Empty: host energy off.",
+    )
     sensor_accuracy: str = Field(
         default="",
         description="JSON object overriding the power-sensor accuracy table, keyed by a "

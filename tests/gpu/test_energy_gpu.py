@@ -21,7 +21,13 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this host"),
 ]
 
-from llem_client import SCHEMA_VERSION, Client, ExperimentResult, JobStatus  # noqa: E402
+from llem_client import (  # noqa: E402
+    SCHEMA_VERSION,
+    Client,
+    EnergyResult,
+    ExperimentResult,
+    JobStatus,
+)
 from llem_service.backends.pytorch import PytorchBackend  # noqa: E402
 from llem_service.energy.meter import NvmlEnergyMeter  # noqa: E402
 
@@ -150,6 +156,7 @@ def check_timeseries(result: ExperimentResult, parquet: bytes) -> None:
     assert energy.sampler.achieved_interval_p50_s == pytest.approx(
         energy.sampler.interval_s, rel=0.2
     )
+    assert_acquisition(energy)
 
 
 def check_environment(result: ExperimentResult) -> None:
@@ -168,6 +175,22 @@ def check_environment(result: ExperimentResult) -> None:
     assert gpu.persistence_mode is not None
     assert result.peak_memory_allocated_bytes is not None
     assert result.peak_memory_allocated_bytes > 0
+
+
+def assert_acquisition(energy: EnergyResult) -> None:
+    """How the readings were taken: the sampler's process, every reading accounted for."""
+    acquisition = energy.acquisition
+    assert acquisition is not None
+    assert acquisition.sampler.mode == "process"
+    (power,) = acquisition.power
+    assert power.kept > 0
+    assert power.readings == (
+        power.kept + power.repeats_dropped + power.nonpositive_dropped + power.failed
+    )
+    (throttle,) = acquisition.throttling
+    assert throttle.power_capped.source is not None
+    assert any(p.own for p in acquisition.processes)  # this experiment, told apart by its PID
+    assert energy.host is not None  # available or not, with the reason
 
 
 def test_cuda_streams_each_step_in_its_own_step(tmp_path: Path) -> None:

@@ -140,8 +140,8 @@ def get_timeseries(
     format: Annotated[Literal["parquet", "csv"], Query(description="File format.")] = "parquet",
 ) -> Response:
     """The power timeline of a succeeded job, as Parquet (default) or CSV. Columns: t_s,
-    device_uuid, power_w, temperature_c, sm_clock_mhz, memory_used_bytes, utilization_pct,
-    clock_event_reasons, phase."""
+    device_uuid, power_t_s, power_w, temperature_c, sm_clock_mhz, memory_used_bytes,
+    utilization_pct, clock_event_reasons, phase."""
     _succeeded_or_409(store, job_id, "timeseries")
     path = results.timeseries_path(job_id)
     try:

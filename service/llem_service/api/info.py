@@ -28,6 +28,8 @@ def get_info(meter: MeterDep, store: StoreDep, scheduler: SchedulerDep) -> Servi
         energy_meter=probe.name,
         energy_meter_available=probe.available,
         energy_meter_reason=probe.reason,
+        cuda_device_order=probe.cuda_device_order,
+        device_order_note=probe.device_order_note,
         queue_length=store.queue_length(),
         running_job=next(iter(scheduler.running_job_ids), None),
     )

@@ -12,11 +12,32 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
-from llem_client import DeviceInfo, EnergyConfig
-
+# The record's timeline lives with the sampler's file format; re-exported for its users.
+from llem_service.energy.samples import TIMELINE_COLUMNS, Timeline
 from llem_service.energy.sensors import SensorSpec, SensorTable
+
+if TYPE_CHECKING:
+    # Annotations only: the sampler's process imports this module and starts faster without
+    # the contract's pydantic models.
+    from llem_client import DeviceInfo, EnergyConfig
+
+    from llem_service.energy.acquired import AcquisitionRecord
+
+__all__ = [
+    "TIMELINE_COLUMNS",
+    "Baseline",
+    "CounterMark",
+    "DeviceMeta",
+    "DeviceNotMetered",
+    "EnergyMeter",
+    "MeterError",
+    "MeterProbe",
+    "MeterRecord",
+    "MeterSession",
+    "Timeline",
+]
 
 
 class MeterError(Exception):
@@ -24,8 +45,10 @@ class MeterError(Exception):
 
 
 class DeviceNotMetered(MeterError):
-    """The meter cannot measure a device the experiment uses (e.g. a MIG instance, which NVML
-    meters only as its parent GPU). The experiment runs on, with energy null and this reason."""
+    """The GPU an experiment runs on cannot be metered here (a MIG instance, which NVML meters
+    only as its parent GPU; a device NVML does not know; a vGPU that answers neither counter
+    nor power). The message says why; the experiment runs on, with energy null and this
+    reason."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +59,8 @@ class MeterProbe:
     available: bool
     reason: str | None = None
     devices: tuple[DeviceInfo, ...] = ()
+    cuda_device_order: str | None = None  # the order ``devices`` are numbered in
+    device_order_note: str | None = None  # set when that order is approximated
 
 
 @dataclass(frozen=True)
@@ -99,6 +124,7 @@ class DeviceMeta:
     counter_update_period_s: float | None
     power_field: Literal["instant", "average"] | None
     compute_processes: tuple[tuple[int, int | None], ...] = ()
+    counter_absent_reason: str | None = None  # why there is no counter (vGPU, pre-Volta...)
     sensor: SensorSpec = field(default_factory=lambda: SensorTable().lookup(""))
 
 
@@ -111,54 +137,16 @@ class CounterMark:
         t_s: Session clock, seconds.
         energy_mj: Counter per GPU UUID, millijoules; ``None`` for a GPU without one.
         foreign_pids: Processes other than the experiment's seen on each GPU at this instant.
+        violations_ns: Each GPU's cumulative throttle time by cause (`throttle.read_violations`).
+        host_uj: The host's RAPL counters (raw microjoules) by zone, where readable.
     """
 
     label: str
     t_s: float
     energy_mj: dict[str, int | None]
     foreign_pids: dict[str, tuple[int, ...]] = field(default_factory=dict)
-
-
-#: Timeline columns, in file order. ``t_s`` is the session clock; the rest are per GPU.
-TIMELINE_COLUMNS = (
-    "t_s",
-    "device_uuid",
-    "power_w",
-    "temperature_c",
-    "sm_clock_mhz",
-    "memory_used_bytes",
-    "utilization_pct",
-    "clock_event_reasons",
-)
-
-
-@dataclass
-class Timeline:
-    """Power samples as columns (one row per GPU per sampling round); ``None`` = unsupported."""
-
-    t_s: list[float] = field(default_factory=list)
-    device_uuid: list[str] = field(default_factory=list)
-    power_w: list[float | None] = field(default_factory=list)
-    temperature_c: list[int | None] = field(default_factory=list)
-    sm_clock_mhz: list[int | None] = field(default_factory=list)
-    memory_used_bytes: list[int | None] = field(default_factory=list)
-    utilization_pct: list[int | None] = field(default_factory=list)
-    clock_event_reasons: list[int | None] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.t_s)
-
-    def device(self, uuid: str) -> Timeline:
-        """The rows of one GPU, in time order."""
-        keep = [i for i, u in enumerate(self.device_uuid) if u == uuid]
-        out = Timeline()
-        for name in TIMELINE_COLUMNS:
-            column: list[object] = getattr(self, name)
-            getattr(out, name).extend(column[i] for i in keep)
-        return out
-
-    def columns(self) -> dict[str, list[object]]:
-        return {name: list(getattr(self, name)) for name in TIMELINE_COLUMNS}
+    violations_ns: dict[str, dict[str, int | None]] = field(default_factory=dict)
+    host_uj: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -176,6 +164,7 @@ class MeterRecord:
     cuda_driver_version: str | None
     failed_reads: int = 0
     warnings: tuple[tuple[str, str], ...] = ()
+    acquisition: AcquisitionRecord | None = None  # how the readings were taken (issue 11)
 
     def mark(self, label: str) -> CounterMark:
         for mark in self.marks:

@@ -1,19 +1,21 @@
 """`NvmlEnergyMeter`: energy from the GPUs' cumulative energy counters, read at phase edges,
-with a power sampler alongside for the timeline and the cross-check.
+with a power sampler (a process of its own) alongside for the timeline and the cross-check.
+At every edge the session also reads each GPU's throttle counters and the host's RAPL
+counters.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 from llem_client import DeviceInfo, EnergyConfig
 
+from llem_service.energy.acquired import AcquisitionRecord
 from llem_service.energy.base import (
     CounterMark,
     DeviceMeta,
@@ -24,6 +26,18 @@ from llem_service.energy.base import (
     MeterRecord,
     Timeline,
 )
+from llem_service.energy.devices import (
+    DeviceKind,
+    counter_absent_reason,
+    cuda_order,
+    describe,
+    mig_mode,
+    resolve_metered,
+    unmeterable_reason,
+    visible_devices,
+)
+from llem_service.energy.field_readers import Clock, SensorProbe, probe_sensors
+from llem_service.energy.host import DEFAULT_ROOT, HostProbe, probe_host, read_zones
 from llem_service.energy.nvml import (
     NVML_ERROR_NOT_FOUND,
     GpuDevice,
@@ -35,8 +49,11 @@ from llem_service.energy.nvml import (
     load_pynvml,
 )
 from llem_service.energy.readings import GpuReading, readings_from_rows
-from llem_service.energy.sampler import Clock, PowerSampler
+from llem_service.energy.sampler import PowerSampler, SamplerMode, SamplerSpec, make_directory
 from llem_service.energy.sensors import SensorTable
+from llem_service.energy.throttle import read_violations
+
+__all__ = ["DeviceNotMetered", "NvmlEnergyMeter", "NvmlSession", "visible_devices"]
 
 T = TypeVar("T")
 
@@ -45,60 +62,6 @@ MIN_INTERVAL_S = 0.010
 MAX_INTERVAL_S = 0.100
 #: Used when no GPU has an energy counter to probe.
 DEFAULT_INTERVAL_S = 0.050
-
-
-def visible_devices(devices: Sequence[GpuDevice], cuda_visible: str | None) -> list[GpuDevice]:
-    """The GPUs a CUDA process here can use, in CUDA's order.
-
-    ``CUDA_VISIBLE_DEVICES`` holds indices or UUID prefixes; CUDA stops at the first entry it
-    cannot resolve. Indices assume PCI order (``CUDA_DEVICE_ORDER=PCI_BUS_ID``, which the
-    service sets unless the environment says otherwise). MIG instances are skipped: NVML
-    reports energy only for their parent GPU.
-    """
-    if cuda_visible is None:
-        return list(devices)
-    chosen: list[GpuDevice] = []
-    for raw in cuda_visible.split(","):
-        entry = raw.strip()
-        if entry.isdigit():
-            if int(entry) >= len(devices):
-                break
-            chosen.append(devices[int(entry)])
-            continue
-        matches = [d for d in devices if entry and d.uuid.startswith(entry)]
-        if len(matches) != 1:
-            break
-        chosen.append(matches[0])
-    return chosen
-
-
-def probe_counter_period(
-    devices: Sequence[GpuDevice],
-    clock: Clock,
-    sleep: Callable[[float], None],
-    *,
-    max_s: float = 0.6,
-    poll_s: float = 0.002,
-) -> dict[str, float | None]:
-    """Update period of each GPU's energy counter: poll it, take the median gap between
-    changes. Where it changed fewer than three times within ``max_s`` the period is long, and
-    ``max_s`` / (changes seen) is taken as a conservative estimate."""
-    changes: dict[str, list[float]] = {d.uuid: [] for d in devices}
-    last = {d.uuid: d.energy_mj() for d in devices}
-    deadline = clock() + max_s
-    while clock() < deadline and any(len(c) < 4 for c in changes.values()):
-        sleep(poll_s)
-        now = clock()
-        for device in devices:
-            value = device.energy_mj()
-            if value != last[device.uuid]:
-                changes[device.uuid].append(now)
-                last[device.uuid] = value
-    periods: dict[str, float | None] = {}
-    for uuid, times in changes.items():
-        gaps = [b - a for a, b in itertools.pairwise(times)]
-        periods[uuid] = statistics.median(gaps) if len(gaps) >= 2 else max_s / max(1, len(times))
-    return periods
 
 
 def _optional(read: Callable[[], T]) -> T | None:
@@ -117,40 +80,68 @@ class NvmlEnergyMeter:
 
     Args:
         library: Returns pynvml or a fake with its surface.
-        clock: Monotonic clock, seconds (the backend's batch stamps use ``time.perf_counter``).
-        sleep: Used while probing the counter and waiting for idle power.
+        clock: Monotonic clock, seconds (the backend's batch stamps use ``time.perf_counter``;
+            a process sampler shares only that clock).
+        sleep: Used while probing the sensors.
+        wall: Wall-clock seconds since 1970 (to age NVML's timestamps).
+        sampler: ``process`` (default), ``thread`` or ``manual`` (see `energy.sampler`).
+        powercap_root: Where the host's RAPL counters are (``LLEM_POWERCAP_ROOT``); None turns
+            host energy off.
+        samples_dir: Where the sampler's column files go (the system's temporary directory
+            by default).
         sensors: The accuracy table each GPU's sensor is looked up in.
     """
 
     library: Callable[[], NvmlLibrary] = load_pynvml
     clock: Clock = time.perf_counter
     sleep: Callable[[float], None] = time.sleep
+    wall: Clock = time.time
+    sampler: SamplerMode = "process"
+    powercap_root: str | None = str(DEFAULT_ROOT)
+    samples_dir: str | None = None
     name: str = "nvml"
     sensors: SensorTable = field(default_factory=SensorTable)
 
     def probe(self) -> MeterProbe:
+        order = os.environ.get("CUDA_DEVICE_ORDER", "FASTEST_FIRST")
         try:
             with Nvml(self.library()) as nvml:
-                devices = visible_devices(nvml.devices(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+                ordered, exact = cuda_order(nvml.devices(), order)
+                devices = visible_devices(ordered, os.environ.get("CUDA_VISIBLE_DEVICES"))
                 infos = tuple(
                     DeviceInfo(
                         index=i,
                         name=d.name(),
                         uuid=d.uuid,
                         memory_total_bytes=d.memory_total_bytes(),
+                        mig_mode=mig_mode(d),
                     )
                     for i, d in enumerate(devices)
                 )
         except NvmlError as exc:
             return MeterProbe(name=self.name, available=False, reason=str(exc))
+        note = None
+        if not exact:
+            note = (
+                "CUDA_DEVICE_ORDER is FASTEST_FIRST and the GPUs differ: CUDA's heuristic is "
+                "undocumented, so the indices are approximated (newest compute capability, "
+                "then highest clock). Set CUDA_DEVICE_ORDER=PCI_BUS_ID for exact indices"
+            )
         if not infos:
             return MeterProbe(
                 name=self.name,
                 available=False,
                 reason="NVML sees no GPU this process may use (check CUDA_VISIBLE_DEVICES "
                 "and that the container was started with GPUs)",
+                cuda_device_order=order,
             )
-        return MeterProbe(name=self.name, available=True, devices=infos)
+        return MeterProbe(
+            name=self.name,
+            available=True,
+            devices=infos,
+            cuda_device_order=order,
+            device_order_note=note,
+        )
 
     def open(
         self,
@@ -167,12 +158,11 @@ class NvmlEnergyMeter:
                 self.clock,
                 self.sleep,
                 on_failure=on_failure,
-                sensors=self.sensors,
+                options=self,
             )
         except NvmlError as exc:
             nvml.close()
             if exc.code == NVML_ERROR_NOT_FOUND:
-                # e.g. a MIG instance: NVML meters only whole GPUs
                 raise DeviceNotMetered(
                     f"NVML does not know the device the model runs on ({exc})"
                 ) from exc
@@ -183,8 +173,12 @@ class NvmlEnergyMeter:
 
 
 class NvmlSession:
-    """One experiment's metering: counters at marks and a sampler thread. What the idle
-    baseline is, and when one may be reused, is `llem_service.energy.baseline`'s business."""
+    """One experiment's metering: counters at marks and a sampler process. What the idle
+    baseline is, and when one may be reused, is `llem_service.energy.baseline`'s business.
+
+    Raises `DeviceNotMetered` (a `MeterError`) when a GPU cannot be metered at all: a MIG
+    instance, a device NVML does not know, a GPU with neither counter nor power reading.
+    """
 
     def __init__(
         self,
@@ -194,30 +188,61 @@ class NvmlSession:
         clock: Clock,
         sleep: Callable[[float], None],
         on_failure: Callable[[MeterError], None] | None = None,
-        sensors: SensorTable | None = None,
+        *,
+        options: NvmlEnergyMeter | None = None,
     ) -> None:
         if not device_uuids:
             raise MeterError("no GPU to meter: the experiment runs on no CUDA device")
+        options = options or NvmlEnergyMeter(clock=clock, sleep=sleep)
         self.nvml = nvml
         self.clock = clock
         self.sleep = sleep
-        self.devices = [nvml.device(uuid) for uuid in device_uuids]
+        self.devices = [resolve_metered(nvml, uuid) for uuid in device_uuids]
         self._own_pid = os.getpid()
-        counters = {d.uuid: _optional(d.energy_mj) is not None for d in self.devices}
-        periods = probe_counter_period([d for d in self.devices if counters[d.uuid]], clock, sleep)
+        kinds = {d.uuid: describe(d) for d in self.devices}
+        counters = [_optional(d.energy_mj) is not None for d in self.devices]
+        probes = probe_sensors(self.devices, counters, clock, options.wall, sleep)
+        for device, has_counter, probe in zip(self.devices, counters, probes, strict=True):
+            if not has_counter and probe.power_field is None:
+                raise DeviceNotMetered(unmeterable_reason(device, kinds[device.uuid]))
         if plan.sample_interval_ms is not None:
             interval_s = plan.sample_interval_ms / 1e3
         else:
-            known = [p for p in periods.values() if p is not None]
+            known = [p.counter_period_s for p in probes if p.counter_period_s is not None]
             interval_s = (
                 min(max(min(known) / 2, MIN_INTERVAL_S), MAX_INTERVAL_S)
                 if known
                 else DEFAULT_INTERVAL_S
             )
-        self.sampler = PowerSampler(self.devices, interval_s, clock, on_failure=on_failure)
-        self._sensors = sensors or SensorTable()
+        self.host = (
+            probe_host(Path(options.powercap_root))
+            if options.powercap_root
+            else HostProbe((), "host energy is off (LLEM_POWERCAP_ROOT is empty)")
+        )
+        spec = SamplerSpec(
+            library=options.library,
+            device_uuids=tuple(d.uuid for d in self.devices),
+            interval_s=interval_s,
+            power_fields=tuple(p.power_field for p in probes),
+            refresh_s=tuple(p.instant_refresh_s for p in probes),
+            directory=make_directory(options.samples_dir),
+            own_pid=self._own_pid,
+            host_zones=self.host.zones,
+        )
+        self.sampler = PowerSampler(
+            spec,
+            mode=options.sampler,
+            clock=clock,
+            wall=options.wall,
+            devices=self.devices,
+            on_failure=on_failure,
+        )
+        self._probes = {d.uuid: p for d, p in zip(self.devices, probes, strict=True)}
+        self._kinds = kinds
+        self._sensors = options.sensors
         self.metas = tuple(
-            self._describe(d, counters[d.uuid], periods.get(d.uuid)) for d in self.devices
+            self._describe(d, has_counter, probe, kinds[d.uuid])
+            for d, has_counter, probe in zip(self.devices, counters, probes, strict=True)
         )
         self.marks: list[CounterMark] = []
         self._versions = (
@@ -227,7 +252,9 @@ class NvmlSession:
         )
         self._closed: MeterRecord | None = None
 
-    def _describe(self, device: GpuDevice, has_counter: bool, period: float | None) -> DeviceMeta:
+    def _describe(
+        self, device: GpuDevice, has_counter: bool, probe: SensorProbe, kind: DeviceKind
+    ) -> DeviceMeta:
         processes: list[GpuProcess] = _optional(device.compute_processes) or []
         name = device.name()
         return DeviceMeta(
@@ -238,9 +265,10 @@ class NvmlSession:
             power_limit_w=_optional(device.power_limit_w),
             persistence_mode=_optional(device.persistence_mode),
             has_energy_counter=has_counter,
-            counter_update_period_s=period,
-            power_field=self.sampler.power_field(device.uuid),
+            counter_update_period_s=probe.counter_period_s,
+            power_field=probe.power_field,
             compute_processes=tuple((p.pid, p.used_memory_bytes) for p in processes),
+            counter_absent_reason=None if has_counter else counter_absent_reason(kind),
             sensor=self._sensors.lookup(name),
         )
 
@@ -255,15 +283,26 @@ class NvmlSession:
 
     def mark(self, label: str) -> None:
         if self.sampler.error is not None:
-            raise MeterError(f"power sampling failed: {self.sampler.error}")
-        # Counters first, all together at t; the slower process lists after.
+            raise MeterError(str(self.sampler.error))
+        # Counters first, all together at t; the host's and the slower queries after.
         t = self.clock()
         energy: dict[str, int | None] = {
             device.uuid: device.energy_mj() if meta.has_energy_counter else None
             for device, meta in zip(self.devices, self.metas, strict=True)
         }
+        host = read_zones(self.host.zones) if self.host.zones else {}
         foreign = {device.uuid: self._foreign_pids(device) for device in self.devices}
-        self.marks.append(CounterMark(label=label, t_s=t, energy_mj=energy, foreign_pids=foreign))
+        violations = {device.uuid: read_violations(device) for device in self.devices}
+        self.marks.append(
+            CounterMark(
+                label=label,
+                t_s=t,
+                energy_mj=energy,
+                foreign_pids=foreign,
+                violations_ns=violations,
+                host_uj=host,
+            )
+        )
 
     def _foreign_pids(self, device: GpuDevice) -> tuple[int, ...]:
         """Processes on the GPU other than this one. In a container NVML may report host PIDs,
@@ -301,9 +340,12 @@ class NvmlSession:
         }
 
     def snapshot(self) -> MeterRecord:
+        """The record so far, while sampling goes on (the baseline reads its window)."""
         return self._record(self.sampler.snapshot())
 
-    def _record(self, timeline: Timeline) -> MeterRecord:
+    def _record(
+        self, timeline: Timeline, acquisition: AcquisitionRecord | None = None
+    ) -> MeterRecord:
         starts, costs = self.sampler.rounds()
         driver, nvml_version, cuda = self._versions
         return MeterRecord(
@@ -317,14 +359,27 @@ class NvmlSession:
             driver_version=driver,
             nvml_version=nvml_version,
             cuda_driver_version=cuda,
+            acquisition=acquisition,
         )
 
     def close(self) -> MeterRecord:
         if self._closed is not None:
             return self._closed
-        if self.sampler.stop():
+        stopped = self.sampler.stop()
+        timeline = self.sampler.snapshot()
+        if stopped:
             self.nvml.close()
         # else: the sampler thread is stuck inside NVML; shutting NVML down under it could
         # crash the process, and it ends with the process anyway.
-        self._closed = self._record(self.sampler.snapshot())
+        acquisition = AcquisitionRecord(
+            sampler_mode=self.sampler.mode,
+            sampler_pid=self.sampler.pid,
+            probes=self._probes,
+            kinds=self._kinds,
+            sampler=self.sampler.report,
+            host=self.host,
+            samples_bytes=self.sampler.samples_bytes,
+        )
+        self._closed = self._record(timeline, acquisition)
+        self.sampler.close()
         return self._closed

@@ -36,6 +36,7 @@ from llem_client import (
 from llem_client import Estimate as WireEstimate
 
 from llem_service.energy import baseline as baselines_
+from llem_service.energy.acquisition import build_acquisition, build_host
 from llem_service.energy.base import Baseline, MeterRecord
 from llem_service.energy.baseline import BaselineSet
 from llem_service.energy.figures import PrefillRun, Warning, Work
@@ -221,6 +222,10 @@ def build_energy(
             record, account, window_s, work, timeline_split=phases.method == "timeline_share"
         )
     )
+    acquisition, acquisition_warnings = build_acquisition(
+        record, account.metas, account.rows, start, end
+    )
+    warnings.extend(acquisition_warnings)
 
     per_token = window / tokens if tokens else None
     adjusted_per_token = adjusted / tokens if adjusted is not None and tokens else None
@@ -258,6 +263,8 @@ def build_energy(
         prefill_passes=_passes(phases, publish),
         requests=requests,
         sampler=_sampler_report(record),
+        acquisition=acquisition,
+        host=build_host(record, start, end, tokens),
     )
     repeat_energy = []
     previous = start

@@ -2,7 +2,10 @@
 
 Built in the experiment's child process as plain columns; the results storage
 (`llem_service.experiment.results`) writes it as Parquet beside the result and serves it as
-Parquet or CSV. ``t_s`` counts from the session's first counter mark.
+Parquet or CSV. ``t_s`` counts from the session's first counter mark. ``power_w`` holds only
+the readings integrated (fresh, above 0 W), at ``power_t_s``, when the sensor took them
+(NVML's timestamp where it gives one); it is null where NVML repeated its previous reading,
+read 0 W or less, or the read failed.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ def timeline_table(record: MeterRecord, spans: Sequence[Span]) -> Columns:
             phase = _measured_phase(spans, starts, t) if t <= end_s else "idle"
         phases.append(phase)
     columns["t_s"] = [t - origin for t in record.timeline.t_s]
+    columns["power_t_s"] = [None if t is None else t - origin for t in record.timeline.power_t_s]
     columns["phase"] = phases
     return columns
 

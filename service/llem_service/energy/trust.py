@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from llem_service.energy.base import CounterMark, DeviceMeta, MeterRecord
 from llem_service.energy.figures import Warning, Window, Work
-from llem_service.energy.nvml import throttle_names
 from llem_service.energy.windows import DEFAULT_COUNTER_PERIOD_S, EnergyAccount
 from llem_service.experiment.summary import percentile
 
@@ -35,11 +34,12 @@ def device_warnings(
             )
         )
     elif not meta.has_energy_counter:
+        why = meta.counter_absent_reason or "pre-Volta, or a vGPU"
         out.append(
             (
                 "no_energy_counter",
-                f"{gpu} has no energy counter (pre-Volta, or a vGPU); its energy is integrated "
-                "from power samples, with a wider uncertainty.",
+                f"{gpu} has no energy counter ({why}); its energy is integrated from power "
+                "samples, with a wider uncertainty.",
             )
         )
     if meta.power_field == "average":
@@ -71,19 +71,7 @@ def device_warnings(
             )
         )
     rows = account.rows[meta.uuid]
-    inside = [i for i, t in enumerate(rows.t_s) if start.t_s <= t <= end.t_s]
-    reasons = [rows.clock_event_reasons[i] for i in inside]
-    throttled = [r for r in reasons if r is not None and throttle_names(r)]
-    if throttled:
-        names = sorted({n for r in throttled for n in throttle_names(r)})
-        out.append(
-            (
-                "gpu_throttled",
-                f"{gpu} was throttled ({', '.join(names)}) in {len(throttled)} of "
-                f"{len(reasons)} samples of the measured window; its speed and energy reflect "
-                "the throttled clocks. Check cooling and the power limit.",
-            )
-        )
+    inside = [i for i, t in enumerate(rows.t_s) if t is not None and start.t_s <= t <= end.t_s]
     temps = [rows.temperature_c[i] for i in inside]
     temps_known = [t for t in temps if t is not None]
     if temps_known and temps_known[-1] - temps_known[0] > TEMPERATURE_DRIFT_C:
@@ -93,19 +81,6 @@ def device_warnings(
                 f"{gpu} warmed from {temps_known[0]} to {temps_known[-1]} °C during the "
                 "measured window; power rises with temperature. Warm up longer "
                 "(warmup.mode='cv') or measure longer so the GPU reaches a steady state.",
-            )
-        )
-    pids = sorted(
-        {p for mark in account.record.marks for p in mark.foreign_pids.get(meta.uuid, ())}
-    )
-    if pids:
-        out.append(
-            (
-                "foreign_process",
-                f"Other processes ({', '.join(map(str, pids))}) used {gpu} during the "
-                "experiment; their work is in the energy figures. Measure on a dedicated GPU. "
-                "(In a container NVML lists host PIDs; when this experiment's own PID is not "
-                "among them, one of those listed is this experiment.)",
             )
         )
     return out
@@ -135,15 +110,6 @@ def window_warnings(
         )
     prefill = sorted(s.first_token - s.start for s in work.spans)
     median_prefill = percentile(prefill, 0.5) if prefill else None
-    if record.failed_reads:
-        out.append(
-            (
-                "sampler_read_errors",
-                f"{record.failed_reads} power-sampler reads failed and are null in the "
-                "timeline; the counter energy is unaffected, the cross-check and phase split "
-                "use fewer samples.",
-            )
-        )
     if timeline_split and median_prefill is not None and median_prefill < record.sample_interval_s:
         out.append(
             (

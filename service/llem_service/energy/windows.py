@@ -142,7 +142,8 @@ class EnergyAccount:
         self.sensors = {m.uuid: m.sensor for m in self.metas}
         # Each GPU's rows, split out of the timeline once for the curves and the warnings.
         self.rows = {m.uuid: record.timeline.device(m.uuid) for m in self.metas}
-        self.curves = {u: PowerCurve(rows.t_s, rows.power_w) for u, rows in self.rows.items()}
+        # Each kept power reading sits where it was taken (NVML's timestamp where given).
+        self.curves = {u: PowerCurve(*rows.power_points()) for u, rows in self.rows.items()}
         self.summed = summed_curve(list(self.curves.values()))
         timeline = record.timeline
         self.readings = summed_readings(

@@ -79,6 +79,7 @@ class ResultFiles:
 _SCHEMA_TYPES = {
     "t_s": "float64",
     "device_uuid": "string",
+    "power_t_s": "float64",
     "power_w": "float64",
     "temperature_c": "int32",
     "sm_clock_mhz": "int32",

@@ -44,7 +44,7 @@ def test_a_steady_well_measured_run_has_no_warnings() -> None:
 @pytest.mark.parametrize(
     ("gpu", "code", "advice"),
     [
-        (FakeGpu(profile=BUSY, clock_event_reasons=0x04), "gpu_throttled", "software power cap"),
+        (FakeGpu(profile=BUSY, clock_event_reasons=0x40), "gpu_throttled", "Check cooling"),
         (FakeGpu(profile=BUSY, temperature_c=(40, 15.0)), "temperature_drift", "warmup.mode"),
         (FakeGpu(profile=BUSY, persistence=0), "persistence_mode_off", "nvidia-smi -pm 1"),
         (FakeGpu(profile=BUSY, foreign_pids=(4242,)), "foreign_process", "4242"),
@@ -53,7 +53,16 @@ def test_a_steady_well_measured_run_has_no_warnings() -> None:
             "power_average_only",
             "1-second",
         ),
-        (FakeGpu(profile=BUSY, unsupported=frozenset({"energy"})), "no_energy_counter", "vGPU"),
+        (
+            FakeGpu(profile=BUSY, unsupported=frozenset({"energy"}), virtualization_mode=2),
+            "no_energy_counter",
+            "vGPU",
+        ),
+        (
+            FakeGpu(profile=BUSY, unsupported=frozenset({"energy"}), compute_capability=(6, 0)),
+            "no_energy_counter",
+            "predates Volta",
+        ),
     ],
 )
 def test_a_weakening_condition_is_named(gpu: FakeGpu, code: str, advice: str) -> None:

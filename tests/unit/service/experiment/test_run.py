@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
@@ -268,11 +269,17 @@ def test_idle_is_measured_again_after_the_window_when_asked() -> None:
     (baseline,) = result.energy.baselines
     assert baseline.after_power_w is not None
     assert baseline.after_power_w.value == pytest.approx(200.0, rel=0.05)
-    assert baseline.drift_w == pytest.approx(0.0, abs=5.0)
+    # The GPU's idle power did not move: the drift between the two windows stays within
+    # their stated random parts (a 0.2 s window on a 5 ms counter reads +/- several W).
+    random = math.hypot(baseline.power_w.random, baseline.after_power_w.random)
+    assert baseline.drift_w == pytest.approx(0.0, abs=random)
 
 
 def test_the_timeline_has_a_row_per_sample_and_labelled_phases() -> None:
-    output = run(n_prompts=2, batch_size=1, energy={"sample_interval_ms": 10})
+    # Prefill spans of 0.1 s: several 10 ms rounds land in each even when the sampler's
+    # process is kept waiting by a busy machine.
+    backend = FakeInferenceBackend(sleep_s=0.8)
+    output = run(backend, n_prompts=2, batch_size=1, energy={"sample_interval_ms": 10})
 
     assert output.timeseries is not None
     assert output.result.energy is not None
