@@ -1,12 +1,22 @@
-"""Cost per sampling round and timing jitter of the power sampler, on the CPU with a scripted
-NVML (tests/fake_nvml.py), at 10, 50 and 100 ms.
+"""What the power sampler costs the workload, in the experiment's process (a thread) and out of
+it (its own process), and how much memory it holds over a long run.
 
-Goal (issue 4): under 50 us per round and p99 jitter under 2 ms at 10 ms. The cost counts our
-code plus the fake library's Python (real NVML calls are C and are measured on a GPU by
-benchmarks/gpu_energy.py). Jitter is |achieved interval - target| over consecutive rounds.
-Run it on an otherwise idle machine: it measures the thread's scheduling too.
+1. **Tokens/s of the workload** (the real PyTorch backend on the CPU: a tiny GPT-2 built here,
+   whose decode loop is Python-heavy like transformers' on a GPU) with the sampler off, at
+   100 ms and at 10 ms, as a thread and as a process, over a scripted GPU with a realistic
+   sensor (tests/fake_nvml.py). Conditions are interleaved in a shuffled order each round and
+   the median of the rounds is kept; the sampler off is run twice a round, which shows the
+   noise floor. Goal (issue 11): under 0.5% slower. The scripted NVML is Python, so each
+   round costs more CPU and holds the GIL longer than real NVML's C calls: in-process figures
+   here overstate the cost on a GPU host, out-of-process ones show what is left once the GIL
+   is not shared. torch runs on one thread so a core is free for the sampler, as on a server.
+2. **The sampler's own timing**: cost per round and jitter of the achieved interval, from
+   the rounds it recorded.
+3. **Memory over an hour at 10 ms on 8 GPUs**, simulated on a manual clock (no sleeping):
+   the sampler's resident memory while it writes 2.9 million rows, the bytes on disk, and the
+   session's typed timeline once read back.
 
-    .venv/bin/python benchmarks/sampler_cost.py [--seconds 10] [--gpus 1]
+    .venv/bin/python benchmarks/sampler_cost.py [--rounds 7] [--hours 1.0] [--gpus 8]
 """
 
 from __future__ import annotations
@@ -16,180 +26,304 @@ import itertools
 import json
 import os
 import platform
+import random
+import shutil
+import statistics
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from llem_client import ExperimentConfig
+from llem_service.backends.pytorch import PytorchBackend
 from llem_service.energy.nvml import Nvml
-from llem_service.energy.sampler import PowerSampler
+from llem_service.energy.sampler import PowerSampler, SamplerEngine, SamplerSpec
+from llem_service.energy.samples import SAMPLE_COLUMNS, ColumnReader, Timeline
 from llem_service.experiment.summary import percentile
 
-from tests.fake_nvml import FakeGpu, FakeNvml, PowerProfile
+from tests.fake_nvml import FakeGpu, FakeNvml, ManualClock, PowerProfile, realistic_sensor
+from tests.integration.conftest import build_gpt2
 
 RESULTS = Path(__file__).parent / "results"
+CONDITIONS = (
+    ("off", None, None),
+    ("off (again)", None, None),
+    ("thread, 100 ms", "thread", 0.1),
+    ("process, 100 ms", "process", 0.1),
+    ("thread, 10 ms", "thread", 0.01),
+    ("process, 10 ms", "process", 0.01),
+)
 
 
-def measure(interval_ms: float, seconds: float, gpus: int) -> dict[str, float | int]:
-    devices = tuple(
-        FakeGpu(uuid=f"GPU-{i:08d}-0000-0000-0000-000000000000", profile=PowerProfile())
-        for i in range(gpus)
+def scripted_gpus(n: int) -> tuple[FakeGpu, ...]:
+    rng = random.Random(0)
+    return tuple(
+        realistic_sensor(
+            FakeGpu(uuid=f"GPU-{i:08d}-0000-0000-0000-000000000000", profile=PowerProfile()),
+            rng,
+        )
+        for i in range(n)
     )
-    with Nvml(FakeNvml(gpus=devices)) as nvml:
-        sampler = PowerSampler(nvml.devices(), interval_ms / 1e3)
-        sampler.start()
-        time.sleep(seconds)
-        sampler.stop()
-    costs = sorted(c * 1e6 for c in sampler.round_costs_s)
-    cpu = sorted(c * 1e6 for c in sampler.round_cpu_s)
-    warm_us, library_us = tight_loop(devices)
-    gaps = [b - a for a, b in itertools.pairwise(sampler.round_starts_s)]
-    jitter = sorted(abs(g * 1e3 - interval_ms) for g in gaps)
+
+
+def sampler(library: FakeNvml, mode: str, interval_s: float, directory: str) -> PowerSampler:
+    spec = SamplerSpec(
+        library=library,
+        device_uuids=tuple(g.uuid for g in library.gpus),
+        interval_s=interval_s,
+        power_fields=("instant",) * len(library.gpus),
+        refresh_s=(0.1,) * len(library.gpus),
+        directory=directory,
+        own_pid=os.getpid(),
+    )
+    return PowerSampler(spec, mode=mode)  # type: ignore[arg-type]
+
+
+def workload_cost(rounds: int, gpus: int) -> dict[str, Any]:
+    """Tokens/s of the CPU workload under each condition, interleaved over ``rounds``."""
+    import torch
+
+    torch.set_num_threads(1)
+    root = Path(tempfile.mkdtemp(prefix="llem-bench-"))
+    build_gpt2(root / "tiny", n_embd=64, n_layer=4, n_head=4)
+    config = ExperimentConfig.model_validate(
+        {
+            "model": "tiny",
+            "precision": "fp32",
+            "prompts": {"source": "synthetic", "input_len": 16},
+            "n_prompts": 16,
+            "batch_size": 4,
+            "max_output_tokens": 48,
+            "fixed_output_length": True,
+            "warmup": {"mode": "fixed", "batches": 2},
+        }
+    )
+    backend = PytorchBackend(model_roots=(str(root),))
+    backend.prepare(config)
+    backend.load(config)
+    backend.warmup(config)
+    library = FakeNvml(gpus=scripted_gpus(gpus))
+    speeds: dict[str, list[float]] = {name: [] for name, _, _ in CONDITIONS}
+    timing: dict[str, list[tuple[float, float, float]]] = {}
+    order = list(CONDITIONS)
+    rng = random.Random(1)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for name, mode, interval in order:
+            running = None
+            if mode is not None and interval is not None:
+                running = sampler(library, mode, interval, tempfile.mkdtemp(prefix="llem-"))
+                running.start()
+            report = backend.run(config, lambda done, total: None)
+            speeds[name].append(report.output_tokens / report.duration_s)
+            if running is not None:
+                running.stop()
+                starts, costs = running.rounds()
+                timing.setdefault(name, []).extend(
+                    zip(starts, costs, running.round_cpu_s(), strict=True)
+                )
+                running.close()
+    backend.close()
+    shutil.rmtree(root, ignore_errors=True)
+    rows = []
+    for name, mode, interval in CONDITIONS:
+        # Paired with the same round's "off": the machine's load drifts between rounds.
+        paired = sorted(
+            (1 - on / off) * 100 for on, off in zip(speeds[name], speeds["off"], strict=True)
+        )
+        row: dict[str, Any] = {
+            "condition": name,
+            "mode": mode,
+            "interval_ms": interval * 1e3 if interval else None,
+            "tokens_per_s": speeds[name],
+            "median_tokens_per_s": statistics.median(speeds[name]),
+            "slowdown_pct": statistics.median(paired),
+            "slowdown_pct_p25": percentile(paired, 0.25),
+            "slowdown_pct_p75": percentile(paired, 0.75),
+        }
+        if name in timing and interval:
+            row.update(_round_timing(timing[name], interval))
+        rows.append(row)
+    return {"rounds": rounds, "gpus": gpus, "rows": rows}
+
+
+def _round_timing(rounds: list[tuple[float, float, float]], interval_s: float) -> dict[str, Any]:
+    """Cost per round and interval jitter, within each run (gaps across runs excluded)."""
+    costs = sorted(c * 1e6 for _, c, _ in rounds)
+    cpu = sorted(c * 1e6 for _, _, c in rounds)
+    gaps = [
+        (b[0] - a[0]) * 1e3
+        for a, b in itertools.pairwise(rounds)
+        if 0 < b[0] - a[0] < 10 * interval_s
+    ]
+    jitter = sorted(abs(g - interval_s * 1e3) for g in gaps)
     return {
-        "interval_ms": interval_ms,
-        "rounds": len(costs),
-        "cost_us_mean": sum(costs) / len(costs),
-        "cost_us_p50": percentile(costs, 0.5),
-        "cost_us_p99": percentile(costs, 0.99),
-        "cost_us_per_gpu_mean": sum(costs) / len(costs) / gpus,
-        "cpu_us_mean": sum(cpu) / len(cpu),
-        "cpu_us_p99": percentile(cpu, 0.99),
-        "cost_us_tight_loop": warm_us,
-        "fake_library_us_tight_loop": library_us,
-        "interval_ms_p50": percentile(sorted(g * 1e3 for g in gaps), 0.5),
-        "jitter_ms_p50": percentile(jitter, 0.5),
+        "round_wall_us_p50": percentile(costs, 0.5),
+        "round_wall_us_p99": percentile(costs, 0.99),
+        "round_cpu_us_p50": percentile(cpu, 0.5),
+        "achieved_interval_ms_p50": percentile(sorted(gaps), 0.5),
         "jitter_ms_p99": percentile(jitter, 0.99),
-        "jitter_ms_max": jitter[-1],
     }
 
 
-def tight_loop(devices: tuple[FakeGpu, ...], rounds: int = 3000) -> tuple[float, float]:
-    """Per-round cost with warm caches and no sleeping between rounds: the sampler's whole
-    round, and the fake library's calls alone (the part a real GPU replaces with C)."""
-    library = FakeNvml(gpus=devices)
-    with Nvml(library) as nvml:
-        sampler = PowerSampler(nvml.devices(), 0.01)
-        started = time.perf_counter()
-        for _ in range(rounds):
-            sampler.sample_once()
-        whole = (time.perf_counter() - started) / rounds * 1e6
-        handles = [library.nvmlDeviceGetHandleByIndex(i) for i in range(len(devices))]
-        started = time.perf_counter()
-        for _ in range(rounds):
-            for h in handles:
-                library.nvmlDeviceGetFieldValues(h, [186])
-                library.nvmlDeviceGetTemperature(h, 0)
-                library.nvmlDeviceGetClockInfo(h, 1)
-                library.nvmlDeviceGetMemoryInfo(h)
-                library.nvmlDeviceGetUtilizationRates(h)
-                library.nvmlDeviceGetCurrentClocksEventReasons(h)
-        alone = (time.perf_counter() - started) / rounds * 1e6
-    return whole, alone
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def platform_control(rounds: int = 300) -> tuple[float, float]:
-    """A fixed pure-Python workload timed back to back and after a 10 ms sleep (median us):
-    how much slower any code runs when it wakes on this machine, independent of ours."""
-
-    def work() -> int:
-        total = 0
-        for i in range(300):
-            total += i * i
-        return total
-
-    hot, cold = [], []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        work()
-        hot.append(time.perf_counter() - started)
-    for _ in range(rounds):
-        time.sleep(0.01)
-        started = time.perf_counter()
-        work()
-        cold.append(time.perf_counter() - started)
-    return percentile(sorted(hot), 0.5) * 1e6, percentile(sorted(cold), 0.5) * 1e6
+def memory_over(hours: float, gpus: int) -> dict[str, Any]:
+    """The sampler's engine writing ``hours`` at 10 ms on ``gpus`` GPUs, on a manual clock."""
+    clock = ManualClock()
+    fakes = tuple(FakeGpu(uuid=f"GPU-{i}") for i in range(gpus))
+    nvml = Nvml(FakeNvml(gpus=fakes, clock=clock, wall=clock.wall)).open()
+    directory = tempfile.mkdtemp(prefix="llem-memory-")
+    spec = SamplerSpec(
+        library=FakeNvml,
+        device_uuids=tuple(g.uuid for g in fakes),
+        interval_s=0.01,
+        power_fields=("instant",) * gpus,
+        refresh_s=(None,) * gpus,
+        directory=directory,
+        own_pid=os.getpid(),
+    )
+    engine = SamplerEngine(nvml.devices(), spec, clock, clock.wall)
+    rounds = round(hours * 3600 / 0.01)
+    rss: list[tuple[int, int]] = []
+    started = time.perf_counter()
+    for k in range(rounds):
+        engine.sample_once()
+        engine.poll_slow()
+        clock.advance(0.01)
+        if k % 20_000 == 0:
+            rss.append((k, _rss_bytes()))
+    engine.flush()
+    rss.append((rounds, _rss_bytes()))
+    simulated_s = time.perf_counter() - started
+    on_disk = sum(p.stat().st_size for p in Path(directory).iterdir())
+    before_read = _rss_bytes()
+    timeline = Timeline(spec.device_uuids)
+    timeline.extend_raw(ColumnReader(Path(directory), SAMPLE_COLUMNS, prefix="sample_").read_new())
+    after_read = _rss_bytes()
+    shutil.rmtree(directory, ignore_errors=True)
+    first_mb = rss[1][1] / 2**20 if len(rss) > 1 else rss[0][1] / 2**20
+    return {
+        "hours": hours,
+        "gpus": gpus,
+        "interval_ms": 10,
+        "rows": rounds * gpus,
+        "seconds_to_simulate": simulated_s,
+        "sampler_rss_mb_after_first_20k_rounds": first_mb,
+        "sampler_rss_mb_at_end": rss[-1][1] / 2**20,
+        "sampler_rss_growth_mb": rss[-1][1] / 2**20 - first_mb,
+        "on_disk_mb": on_disk / 2**20,
+        "session_timeline_mb": timeline.nbytes / 2**20,
+        "session_rss_growth_reading_mb": (after_read - before_read) / 2**20,
+        "rows_in_timeline": len(timeline),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--gpus", type=int, default=1)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--gpus", type=int, default=1, help="scripted GPUs the sampler reads")
+    parser.add_argument("--hours", type=float, default=1.0, help="for the memory simulation")
+    parser.add_argument("--memory-gpus", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--render-only", action="store_true", help="rewrite the markdown from the JSON"
+    )
     args = parser.parse_args()
-    rows = []
-    for ms in (10.0, 50.0, 100.0):
-        # The in-thread cost varies from run to run on a VM: keep the median run of several.
-        runs = sorted(
-            (measure(ms, args.seconds, args.gpus) for _ in range(args.runs)),
-            key=lambda r: r["cost_us_mean"],
-        )
-        row = runs[len(runs) // 2]
-        row["cost_us_mean_runs"] = [round(r["cost_us_mean"], 1) for r in runs]
-        rows.append(row)
-    at_10 = rows[0]
-    control_hot, control_cold = platform_control()
-    report = {
+    if args.render_only:
+        render(json.loads((args.out / "sampler_cost.json").read_text()), args.out)
+        return
+    report: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU (scripted NVML)",
         "python": platform.python_version(),
-        "seconds_per_interval": args.seconds,
-        "gpus": args.gpus,
-        "rows": rows,
-        "control_us": {"back_to_back": control_hot, "after_10ms_sleep": control_cold},
+        # Memory first: the workload's torch would sit in the same process's footprint.
+        "memory": memory_over(args.hours, args.memory_gpus),
+        "workload": workload_cost(args.rounds, args.gpus),
         "load_average_1min": os.getloadavg()[0],
-        "goal": {"cost_us_mean_max": 50.0, "jitter_ms_p99_at_10ms_max": 2.0},
-        "meets_goal": at_10["cost_us_mean"] < 50.0 and at_10["jitter_ms_p99"] < 2.0,
+        "goal": {"slowdown_pct_max": 0.5},
     }
-    RESULTS.mkdir(exist_ok=True)
-    stem = "sampler_cost" if args.gpus == 1 else f"sampler_cost_{args.gpus}gpus"
-    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "sampler_cost.json").write_text(json.dumps(report, indent=2) + "\n")
+    render(report, args.out)
+
+
+def render(report: dict[str, Any], out: Path) -> None:
+    work, memory = report["workload"], report["memory"]
+    rows = work["rows"]
+    noise = max(abs(rows[1]["slowdown_pct_p25"]), abs(rows[1]["slowdown_pct_p75"]))
     lines = [
-        "# Power sampler: cost per round and timing jitter (scripted NVML, CPU)",
+        "# Power sampler: what it costs the workload, in process and out of process",
         "",
-        f"{report['date']}, {report['machine']}, Python {report['python']}; "
-        f"{args.seconds:g} s per run, median run of {args.runs} per interval (by mean cost), "
-        f"{args.gpus} GPU(s) per round. "
-        "Made by `benchmarks/sampler_cost.py`.",
+        f"{report['date']}, {report['machine']}, Python {report['python']}. Made by "
+        "`benchmarks/sampler_cost.py`.",
         "",
-        "| interval | rounds | wall mean us | wall p99 us | CPU mean us | CPU p99 us "
-        "| achieved p50 ms | jitter p50 ms | jitter p99 ms | jitter max ms |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "## Tokens/s of the workload",
+        "",
+        "The real PyTorch backend on the CPU (tiny GPT-2, 4 x 64, torch on one thread): 16 "
+        f"prompts x 48 output tokens a pass, {work['rounds']} rounds, each condition once a "
+        "round in a shuffled order; each condition's slowdown is taken against the same "
+        "round's pass with the sampler off, and the median over rounds is kept. The sampler "
+        f"reads {work['gpus']} scripted GPU(s) with a realistic sensor.",
+        "",
+        "| sampler | tokens/s (median) | slower than off (median of rounds, p25..p75) "
+        "| round wall p50 us | round CPU p50 us | achieved p50 ms | jitter p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(
-            f"| {r['interval_ms']:g} ms | {r['rounds']} | {r['cost_us_mean']:.1f} "
-            f"| {r['cost_us_p99']:.1f} | {r['cpu_us_mean']:.1f} | {r['cpu_us_p99']:.1f} "
-            f"| {r['interval_ms_p50']:.3f} | {r['jitter_ms_p50']:.3f} "
-            f"| {r['jitter_ms_p99']:.3f} | {r['jitter_ms_max']:.3f} |"
+        timing = (
+            f"{r['round_wall_us_p50']:.0f} | {r['round_cpu_us_p50']:.0f} "
+            f"| {r['achieved_interval_ms_p50']:.2f} | {r['jitter_ms_p99']:.2f}"
+            if "round_wall_us_p50" in r
+            else "| | |"
         )
+        spread = f"{r['slowdown_pct_p25']:+.1f}..{r['slowdown_pct_p75']:+.1f}"
+        lines.append(
+            f"| {r['condition']} | {r['median_tokens_per_s']:.1f} "
+            f"| {r['slowdown_pct']:+.2f}% ({spread}) | {timing} |"
+        )
+    by = {r["condition"]: r for r in rows}
+    gil_10 = by["thread, 10 ms"]["round_cpu_us_p50"] / 10_000
+    gil_100 = by["thread, 100 ms"]["round_cpu_us_p50"] / 100_000
     lines += [
         "",
-        "Mean wall cost of each run, us: "
-        + "; ".join(f"{r['interval_ms']:g} ms: {r['cost_us_mean_runs']}" for r in rows)
-        + ".",
+        "Noise floor: the sampler off, run twice a round, differs by up to "
+        f"{noise:.2f}% between the quartiles of its rounds (1-minute load average at the end: "
+        f"{report['load_average_1min']:.2f} on {os.cpu_count()} CPUs; this machine is shared). "
+        f"Medians at 10 ms: thread {by['thread, 10 ms']['slowdown_pct']:+.2f}%, process "
+        f"{by['process, 10 ms']['slowdown_pct']:+.2f}%; at 100 ms: thread "
+        f"{by['thread, 100 ms']['slowdown_pct']:+.2f}%, process "
+        f"{by['process, 100 ms']['slowdown_pct']:+.2f}%. Where the noise floor is wider than "
+        "the 0.5% goal these medians cannot show whether it is met; "
+        "`benchmarks/gpu_validation.py` (check 7) measures it on a GPU host.",
         "",
-        f"In a tight loop (warm caches, no sleep between rounds) a round costs "
-        f"{at_10['cost_us_tight_loop']:.1f} us, of which the fake library's own calls are "
-        f"{at_10['fake_library_us_tight_loop']:.1f} us. The in-thread figures above are higher: "
-        "after each sleep the round runs with cold caches, and on a shared machine the thread "
-        "can be preempted mid-round. Control: a fixed pure-Python loop takes "
-        f"{control_hot:.1f} us back to back and {control_cold:.1f} us right after a 10 ms "
-        f"sleep on this machine ({control_cold / control_hot:.1f}x); the 1-minute load "
-        f"average at the end was {report['load_average_1min']:.2f} on {os.cpu_count()} CPUs.",
+        "What the sampler's own records show regardless of the machine's load: a round of "
+        "reads costs the CPU time above (the scripted NVML is Python; a real NVML's calls are "
+        "C). In a thread, that time holds the workload's GIL: "
+        f"{gil_10:.1%} of the wall time at 10 ms and {gil_100:.2%} at 100 ms, roughly what it "
+        "takes from the decode loop (plus the GIL's hand-over costs). In its own process it "
+        "holds none of the workload's GIL; it uses the same share of another core.",
         "",
-        f"Goal: under 50 us per round and p99 jitter under 2 ms at 10 ms: "
-        f"**{'met' if report['meets_goal'] else 'not met'}** "
-        f"({at_10['cost_us_mean']:.1f} us, {at_10['jitter_ms_p99']:.3f} ms). A round reads "
-        "power, temperature, SM clock, memory, utilisation and clock-event reasons of each GPU; "
-        "the cost includes the fake library's own Python. At 50 and 100 ms a round costs "
-        f"{rows[1]['cost_us_mean']:.0f} and {rows[2]['cost_us_mean']:.0f} us: the same work, "
-        "woken on a core that has idled longer (see the control); the CPU it takes per second "
-        "is still smaller than at 10 ms.",
+        f"## Memory over {memory['hours']:g} h at 10 ms on {memory['gpus']} GPUs",
+        "",
+        f"Simulated on a manual clock ({memory['rows']:,} rows, "
+        f"{memory['seconds_to_simulate']:.0f} s to run): the sampler's resident memory was "
+        f"{memory['sampler_rss_mb_after_first_20k_rounds']:.1f} MB after the first 20,000 "
+        f"rounds and {memory['sampler_rss_mb_at_end']:.1f} MB at the end "
+        f"({memory['sampler_rss_growth_mb']:+.1f} MB): it streams its rows to disk "
+        f"({memory['on_disk_mb']:.0f} MB of typed columns). Read back, the session's timeline "
+        f"holds them in {memory['session_timeline_mb']:.0f} MB of typed arrays (process "
+        f"memory {memory['session_rss_growth_reading_mb']:+.0f} MB while reading).",
         "",
     ]
-    (RESULTS / f"{stem}.md").write_text("\n".join(lines))
+    (out / "sampler_cost.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 

@@ -55,57 +55,111 @@ def make_config(**overrides: Any) -> ExperimentConfig:
     return ExperimentConfig.model_validate(data)
 
 
+def estimate(value: float, random: float = 0.0, systematic: float = 0.0) -> dict[str, float]:
+    """An `Estimate` as the wire carries it (total = the two parts in quadrature)."""
+    return {
+        "value": value,
+        "random": random,
+        "systematic": systematic,
+        "total": (random**2 + systematic**2) ** 0.5,
+    }
+
+
 def make_energy(**overrides: Any) -> EnergyResult:
-    """An energy section consistent with `make_result`: 100 J over 0.5 s, 40 W idle, 16 tokens."""
+    """An energy section consistent with `make_result`: 100 J over 0.5 s, 40 W idle, 16 tokens
+    in 4 requests; prefill 30 J (one prefill pass), decode 70 J."""
+    per_request = [estimate(25.0, 1.0, 1.3) for _ in range(4)]
+    adjusted = [estimate(20.0, 1.0, 1.4) for _ in range(4)]
     data: dict[str, Any] = {
         "source": "nvml_energy_counter",
-        "energy_j": 100.0,
-        "energy_uncertainty_j": 2.5,
-        "baseline_power_w": 40.0,
-        "adjusted_energy_j": 80.0,
-        "adjusted_energy_uncertainty_j": 2.6,
-        "energy_per_output_token_j": 6.25,
-        "adjusted_energy_per_output_token_j": 5.0,
+        "window_s": 0.5,
+        "energy_j": estimate(100.0, 2.0, 1.5),
+        "adjusted_energy_j": estimate(80.0, 2.1, 1.6),
+        "baseline_power_w": estimate(40.0, 0.2, 1.0),
+        "energy_per_output_token_j": estimate(6.25, 0.125, 0.094),
+        "adjusted_energy_per_output_token_j": estimate(5.0, 0.13, 0.1),
+        "uncertainty": {
+            "figure": "adjusted_energy_per_output_token_j",
+            "estimate": estimate(5.0, 0.13, 0.1),
+            "coverage_factor": 2.0,
+            "terms": [
+                {
+                    "name": "counter_quantisation",
+                    "kind": "random",
+                    "contribution": 0.13,
+                    "share": 0.63,
+                    "description": "Each counter read lags the truth.",
+                },
+                {
+                    "name": "sensor_gain",
+                    "kind": "systematic",
+                    "contribution": 0.1,
+                    "share": 0.37,
+                    "description": "The sensor's stated relative accuracy.",
+                },
+            ],
+        },
         "mean_power_w": 200.0,
         "peak_power_w": 250.0,
         "integrated_energy_j": 102.0,
         "counter_vs_integral_rel_diff": 0.02,
         "cross_check_threshold": 0.1,
-        "window_s": 0.5,
         "devices": [
             {
                 "device_uuid": "GPU-fake",
                 "name": "Fake GPU",
                 "source": "nvml_energy_counter",
-                "energy_j": 100.0,
-                "energy_uncertainty_j": 2.5,
-                "adjusted_energy_j": 80.0,
+                "energy_j": estimate(100.0, 2.0, 1.5),
+                "adjusted_energy_j": estimate(80.0, 2.1, 1.6),
                 "integrated_energy_j": 102.0,
                 "counter_vs_integral_rel_diff": 0.02,
                 "mean_power_w": 200.0,
                 "peak_power_w": 250.0,
                 "power_field": "instant",
                 "counter_update_period_s": 0.1,
+                "sensor": {
+                    "generation": "unknown",
+                    "gain_rel": 0.1,
+                    "offset_w": 10.0,
+                    "sensed_fraction": None,
+                    "source": "not characterised",
+                },
             }
         ],
+        "phase_split": "prefill_passes",
         "phases": [
             {
                 "phase": "prefill",
                 "duration_s": 0.125,
-                "energy_j": 30.0,
-                "energy_uncertainty_j": 3.0,
-                "method": "timeline_share",
+                "energy_j": estimate(30.0, 1.0, 1.0),
+                "method": "prefill_passes",
             },
             {
                 "phase": "decode",
                 "duration_s": 0.375,
-                "energy_j": 70.0,
-                "energy_uncertainty_j": 3.0,
-                "method": "timeline_share",
+                "energy_j": estimate(70.0, 2.2, 1.6),
+                "method": "window_minus_prefill",
             },
         ],
-        "per_request_energy_j": [20.0, 20.0, 20.0, 20.0],
-        "per_request_basis": "adjusted",
+        "prefill_passes": {
+            "passes": 20,
+            "duration_s": 2.5,
+            "energy_j": estimate(600.0, 3.0, 30.0),
+            "energy_per_pass_j": estimate(30.0, 0.2, 1.0),
+            "prefill_time_per_pass_s": 0.125,
+            "window_prefill_time_per_repeat_s": 0.125,
+        },
+        "requests": {
+            "description": "Within each batch: prefill split by prompt tokens; ...",
+            "energy_j": per_request,
+            "adjusted_energy_j": adjusted,
+            "energy_per_output_token_j": {
+                k: estimate(6.25, 0.25, 0.33) for k in ("mean", "p50", "p90", "p99")
+            },
+            "adjusted_energy_per_output_token_j": {
+                k: estimate(5.0, 0.25, 0.35) for k in ("mean", "p50", "p90", "p99")
+            },
+        },
         "sampler": {"interval_s": 0.05, "n_samples": 10},
     }
     data.update(overrides)
@@ -288,6 +342,16 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
 def live_server(start_server: Callable[..., LiveServer]) -> LiveServer:
     """A server with the default fake backend and meter."""
     return start_server()
+
+
+@pytest.fixture
+def metered_server(start_server: Callable[..., LiveServer]) -> LiveServer:
+    """A server whose fake experiments take real time: a measured window long enough, on a
+    counter updating every millisecond, for every energy figure to be published (the default
+    fake's window takes no time, so its per-token figures are null with a warning)."""
+    return start_server(
+        backend=FakeInferenceBackend(sleep_s=0.25), meter=fake_meter(counter_period_s=0.001)
+    )
 
 
 @pytest.fixture

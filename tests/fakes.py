@@ -16,12 +16,14 @@ from llem_service.backends.base import (
     BackendError,
     ConfigError,
     LoadReport,
+    PrefillReport,
     ProgressFn,
     WarmupReport,
     WorkloadReport,
 )
 from llem_service.energy.meter import NvmlEnergyMeter
 from llem_service.energy.readings import NvmlReadingSource
+from llem_service.energy.sensors import SensorTable
 from llem_service.models.hub import HubAnswer, HubLookup
 from llem_service.studies.cooldown import NvmlThermometer
 
@@ -47,7 +49,9 @@ class FakeInferenceBackend:
     ``fail_in`` raises a `BackendError` with ``error_message`` in that phase (a `ConfigError`,
     the submitter's doing, with ``fail_as_config_error``); ``crash_in``
     ends the child process abruptly with ``os._exit(crash_exit_code)``, as a segfault or an
-    OOM kill would. ``gpu=False`` runs "on the CPU": no device to meter.
+    OOM kill would. ``gpu=False`` runs "on the CPU": no device to meter. `prefill` (one
+    prefill-only pass) sleeps as long as the run's prefill spans take (a quarter of each
+    batch) and reports what it really took; ``prefill_calls`` counts the passes.
     """
 
     name: str = "fake"
@@ -64,6 +68,7 @@ class FakeInferenceBackend:
     fail_as_config_error: bool = False
     marker_dir: str | None = None
     gpu: bool = True
+    prefill_calls: int = 0
     _closed: bool = field(default=False, repr=False)
 
     def versions(self) -> dict[str, str]:
@@ -114,23 +119,29 @@ class FakeInferenceBackend:
             with open(marker, "w") as f:
                 f.write(f"start {time.time()}\n")
         n = config.n_prompts
+        n_batches = -(-n // config.batch_size)
+        steps = config.max_output_tokens - 1
         spans = []
+        step_times = []
         for done in range(0, n, config.batch_size):
             started = time.perf_counter()
             time.sleep(self.sleep_s * config.batch_size / n)
             ended = time.perf_counter()
-            spans.append((started, started + (ended - started) / 4, ended))
+            # Within a batch: the first token at 1/4 of its time, then evenly spaced steps.
+            first = started + (ended - started) / 4
+            spans.append((started, first, ended))
+            step_times.append(
+                tuple(first + (ended - first) * (k + 1) / steps for k in range(steps))
+            )
             progress(min(done + config.batch_size, n), n)
         if self.marker_dir is not None:
             with open(marker, "a") as f:
                 f.write(f"end {time.time()}\n")
-        n_batches = -(-n // config.batch_size)
         batch_s = self.measured_time_s / n_batches
-        # Within a batch: the first token at 1/4 of its time, then evenly spaced steps.
-        steps = config.max_output_tokens - 1
         ttft_s = batch_s / 4
         input_tokens = n * self.input_tokens_per_request
         output_tokens = n * config.max_output_tokens
+        sizes = tuple(min(config.batch_size, n - i) for i in range(0, n, config.batch_size))
         return WorkloadReport(
             n_requests=n,
             input_tokens=input_tokens,
@@ -146,10 +157,34 @@ class FakeInferenceBackend:
             decode_flops=output_tokens * self.flops_per_token,
             flops_method="fake: flops_per_token x tokens",
             batch_spans_s=tuple(spans),
+            input_tokens_per_request=(self.input_tokens_per_request,) * n,
+            batch_sizes=sizes,
+            batch_step_times_s=tuple(step_times),
+        )
+
+    def prefill(self, config: ExperimentConfig) -> PrefillReport:
+        self._maybe_fail("run")
+        self.prefill_calls += 1
+        n = config.n_prompts
+        latencies = []
+        started = time.perf_counter()
+        for _ in range(0, n, config.batch_size):
+            batch_started = time.perf_counter()
+            time.sleep(self.sleep_s * config.batch_size / n / 4)
+            latencies.append(time.perf_counter() - batch_started)
+        return PrefillReport(
+            duration_s=time.perf_counter() - started, batch_latencies_s=tuple(latencies)
         )
 
     def close(self) -> None:
         self._closed = True
+
+
+#: What the scripted GPU's sensor is, told to the meter as an operator would: it integrates
+#: every counter period (no part-time sensing) and is as accurate as NVIDIA documents.
+FAKE_SENSOR = SensorTable.with_overrides(
+    {FAKE_DEVICE.name: {"gain_rel": 0.05, "offset_w": 5.0, "sensed_fraction": 1.0}}
+)
 
 
 def fake_meter(
@@ -158,7 +193,8 @@ def fake_meter(
     """The real NVML meter over one scripted GPU (`FAKE_DEVICE`) drawing ``power_w``.
 
     The counter updates every ``counter_period_s`` (short by default, so the meter's probe of
-    it is quick); other `FakeGpu` fields pass through ``gpu``.
+    it is quick); other `FakeGpu` fields pass through ``gpu``. The meter's sensor table
+    describes the fake's sensor (`FAKE_SENSOR`).
     """
     device = FakeGpu(
         uuid=FAKE_DEVICE.uuid,
@@ -167,7 +203,10 @@ def fake_meter(
         counter_period_s=counter_period_s,
         **gpu,
     )
-    return NvmlEnergyMeter(library=FakeNvml(gpus=(device,)))
+    # Host energy off: the machine's own RAPL tree would make results differ between hosts.
+    return NvmlEnergyMeter(
+        library=FakeNvml(gpus=(device,)), sensors=FAKE_SENSOR, powercap_root=None
+    )
 
 
 def fake_readings(power_w: float = 60.0, **gpu: Any) -> NvmlReadingSource:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from llem_client._energy import Estimate
     from llem_client._results import ExperimentResult
 
 
@@ -33,6 +34,11 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else value * 1000
 
 
+def _value(estimate: Estimate | None) -> float | None:
+    """A measured figure's value (its uncertainty is in the result and in ``export``)."""
+    return None if estimate is None else estimate.value
+
+
 #: (label, format, higher is better, how to read it from a result)
 METRICS: list[tuple[str, str, bool, Callable[[ExperimentResult], float | None]]] = [
     ("tokens/s (output)", ",.1f", True, lambda r: r.avg_tokens_per_second),
@@ -40,15 +46,15 @@ METRICS: list[tuple[str, str, bool, Callable[[ExperimentResult], float | None]]]
         "J/token (raw)",
         ".4g",
         False,
-        lambda r: r.energy.energy_per_output_token_j if r.energy else None,
+        lambda r: _value(r.energy.energy_per_output_token_j) if r.energy else None,
     ),
     (
         "J/token (minus idle)",
         ".4g",
         False,
-        lambda r: r.energy.adjusted_energy_per_output_token_j if r.energy else None,
+        lambda r: _value(r.energy.adjusted_energy_per_output_token_j) if r.energy else None,
     ),
-    ("energy (raw), J", ",.2f", False, lambda r: r.energy.energy_j if r.energy else None),
+    ("energy (raw), J", ",.2f", False, lambda r: _value(r.energy.energy_j) if r.energy else None),
     ("mean power, W", ",.1f", False, lambda r: r.energy.mean_power_w if r.energy else None),
     ("TTFT p50, ms", ",.2f", False, lambda r: _ms(r.time_to_first_token_sec.p50)),
     ("TTFT p90, ms", ",.2f", False, lambda r: _ms(r.time_to_first_token_sec.p90)),

@@ -26,9 +26,12 @@ LEADING = [
     "measurement_config_hash",
     "started_at",
     "avg_tokens_per_second",
-    "energy.energy_per_output_token_j",
-    "energy.adjusted_energy_per_output_token_j",
-    "energy.energy_j",
+    "energy.energy_per_output_token_j.value",
+    "energy.energy_per_output_token_j.total",
+    "energy.adjusted_energy_per_output_token_j.value",
+    "energy.adjusted_energy_per_output_token_j.total",
+    "energy.energy_j.value",
+    "energy.energy_j.total",
 ]
 _SKIP = {"config", "environment", "warnings", "repeats", "timeseries"}
 

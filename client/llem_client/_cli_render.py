@@ -17,10 +17,13 @@ from llem_client._text import escape_controls
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from llem_client._energy import Estimate
     from llem_client._jobs import Job, JobProgress, ModelInfo, ProblemDetail, ServiceInfo
     from llem_client._results import ExperimentResult, LatencyStats
 
 NO_METER = "n/a (no meter)"
+#: A figure the run measured but could not bound (null, with a warning saying why).
+NOT_BOUNDED = "n/a (see warnings)"
 #: Columns of tables written to a pipe or file.
 PIPE_WIDTH = 160
 
@@ -97,16 +100,70 @@ def _plus_minus(value: float, error: float, unit: str, spec: str = ",.2f") -> st
     return f"{value:{spec}} ± {error:{spec}} {unit}"
 
 
+def _estimate(estimate: Estimate | None, unit: str, spec: str = ",.2f") -> str:
+    """``value ± total unit``; ``n/a`` for a figure the run could not support (null)."""
+    if estimate is None:
+        return NOT_BOUNDED
+    return _plus_minus(estimate.value, estimate.total, unit, spec)
+
+
 def _stats(mean: float, low: float | None, high: float | None, unit: str, spec: str) -> str:
     if low is None or high is None:
         return f"{mean:{spec}} {unit}"
     return f"{mean:{spec}} {unit} (95% CI {low:{spec}}-{high:{spec}})"
 
 
+def _energy_rows(result: ExperimentResult) -> list[tuple[str, str]]:
+    energy = result.energy
+    if energy is None:
+        return [("energy", NO_METER), ("energy per token", NO_METER), ("mean power", NO_METER)]
+    rows = [("energy (raw)", _estimate(energy.energy_j, "J"))]
+    if energy.adjusted_energy_j is not None or energy.baseline_power_w is not None:
+        rows.append(("energy (minus idle)", _estimate(energy.adjusted_energy_j, "J")))
+    rows.append(("J/token (raw)", _estimate(energy.energy_per_output_token_j, "J/token", ".4g")))
+    if energy.baseline_power_w is not None:
+        rows.append(
+            (
+                "J/token (minus idle)",
+                _estimate(energy.adjusted_energy_per_output_token_j, "J/token", ".4g"),
+            )
+        )
+    budget = energy.uncertainty
+    if budget is not None and budget.terms:
+        top = budget.terms[0]
+        rows.append(("largest uncertainty", f"{top.name} ({top.share:.0%} of the variance)"))
+    phases = {p.phase: p for p in energy.phases}
+    for name in ("prefill", "decode"):
+        phase = phases.get(name)
+        if phase is not None:
+            rows.append((f"{name} energy", _estimate(phase.energy_j, "J")))
+    if energy.requests is not None:
+        pct = energy.requests.adjusted_energy_per_output_token_j
+        label = "per-request J/token p50 (minus idle)"
+        if pct is None:
+            pct, label = energy.requests.energy_per_output_token_j, "per-request J/token p50"
+        rows.append((label, _estimate(pct.p50, "J/token", ".4g")))
+    jpt = result.repeats.energy_per_output_token_j
+    if jpt is not None and jpt.n > 1:
+        rows.append(
+            (
+                f"J/token over {jpt.n} repeats",
+                _stats(jpt.mean, jpt.ci95_low, jpt.ci95_high, "J/token", ".4g"),
+            )
+        )
+    rows.append(("mean power", f"{energy.mean_power_w:,.1f} W"))
+    if energy.baseline_power_w is not None:
+        rows.append(("idle power", _estimate(energy.baseline_power_w, "W", ",.1f")))
+    if energy.counter_vs_integral_rel_diff is not None:
+        rows.append(("counter vs samples", f"{energy.counter_vs_integral_rel_diff:+.1%}"))
+    return rows
+
+
 def result_rows(result: ExperimentResult) -> list[tuple[str, str]]:
     """The summary of a result as (label, value) rows, units in the values.
 
     Null energy means "not measured", and is printed so: a 0 would claim a measurement.
+    Energy figures show their total uncertainty (k = 2, about 95%).
     """
     config = result.config
     model = config.model if config.name is None else f"{config.model} ({config.name})"
@@ -127,44 +184,10 @@ def result_rows(result: ExperimentResult) -> list[tuple[str, str]]:
                 _stats(tps.mean, tps.ci95_low, tps.ci95_high, "", ",.1f"),
             )
         )
-    energy = result.energy
-    if energy is None:
-        rows += [("energy", NO_METER), ("energy per token", NO_METER), ("mean power", NO_METER)]
-    else:
-        rows.append(
-            ("energy (raw)", _plus_minus(energy.energy_j, energy.energy_uncertainty_j, "J"))
-        )
-        if (
-            energy.adjusted_energy_j is not None
-            and energy.adjusted_energy_uncertainty_j is not None
-        ):
-            rows.append(
-                (
-                    "energy (minus idle)",
-                    _plus_minus(
-                        energy.adjusted_energy_j, energy.adjusted_energy_uncertainty_j, "J"
-                    ),
-                )
-            )
-        if energy.energy_per_output_token_j is not None:
-            rows.append(("J/token (raw)", f"{energy.energy_per_output_token_j:.4g} J/token"))
-        if energy.adjusted_energy_per_output_token_j is not None:
-            rows.append(
-                ("J/token (minus idle)", f"{energy.adjusted_energy_per_output_token_j:.4g} J/token")
-            )
-        jpt = result.repeats.energy_per_output_token_j
-        if jpt is not None and jpt.n > 1:
-            rows.append(
-                (
-                    f"J/token over {jpt.n} repeats",
-                    _stats(jpt.mean, jpt.ci95_low, jpt.ci95_high, "J/token", ".4g"),
-                )
-            )
-        rows.append(("mean power", f"{energy.mean_power_w:,.1f} W"))
-        if energy.baseline_power_w is not None:
-            rows.append(("idle power", f"{energy.baseline_power_w:,.1f} W"))
-        if energy.counter_vs_integral_rel_diff is not None:
-            rows.append(("counter vs samples", f"{energy.counter_vs_integral_rel_diff:+.1%}"))
+    if result.repeats.stop_reason != "fixed":
+        reason = result.repeats.stop_reason.replace("_", " ")
+        rows.append(("repeats stopped", f"{reason} after {len(result.repeats.per_repeat)}"))
+    rows += _energy_rows(result)
     rows.append(("measured duration", f"{result.total_inference_time_sec:,.3f} s"))
     rows += _latency_rows("TTFT", result.time_to_first_token_sec)
     if result.inter_token_latency_sec is not None:

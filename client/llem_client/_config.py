@@ -11,7 +11,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    model_validator,
+)
 
 from llem_client._version import SCHEMA_VERSION
 
@@ -188,20 +196,54 @@ class WarmupConfig(_Section):
 
 
 class BaselineConfig(_Section):
-    """Idle-power baseline, measured before the model loads and reused while fresh."""
+    """Idle-power baseline, measured before the model loads and reused while it still holds.
+
+    Before the window opens, llem waits until idle power has settled: until the slope of the
+    sampled power falls under ``settle_trend_w_per_s``, at most ``settle_max_s`` (a warning
+    then). A kept baseline is reused only for the same GPU, younger than ``max_age_s``, at a
+    temperature within ``max_temperature_diff_c`` and with the same power limit and driver.
+    ``when='before_and_after'`` measures idle again after the window and reports the drift.
+    """
 
     enabled: bool = True
     duration_s: float = Field(default=10.0, gt=0, le=600)
     max_age_s: float = Field(
         default=3600.0, ge=0, description="Reuse a baseline of the same device up to this age."
     )
+    when: Literal["before", "before_and_after"] = "before"
+    settle_max_s: float = Field(
+        default=60.0, ge=0, le=3600, description="Longest wait for idle power to settle; 0: none."
+    )
+    settle_trend_w_per_s: float = Field(
+        default=0.05, gt=0, description="Idle power counts as settled below this slope."
+    )
+    max_temperature_diff_c: float = Field(
+        default=5.0,
+        gt=0,
+        description="A kept baseline taken this much warmer or colder is measured again.",
+    )
+
+    @model_validator(mode="after")
+    def _after_needs_a_baseline(self) -> BaselineConfig:
+        if self.when == "before_and_after" and not self.enabled:
+            raise ValueError(
+                "baseline.when='before_and_after' requires baseline.enabled=true "
+                "(baseline.enabled is false)"
+            )
+        return self
 
 
 class EnergyConfig(_Section):
     """Energy metering.
 
     ``sample_interval_ms=None`` samples power at half the probed energy-counter update period,
-    kept between 10 and 100 ms (as Zeus does).
+    kept between 10 and 100 ms (as Zeus does). ``phase_split='counter'`` measures prefill with
+    the counter after the window (the workload's batches again with one output token, repeated
+    until the passes span ``prefill_counter_periods`` counter updates, at most
+    ``prefill_max_s``) and takes decode as the difference; ``'none'`` skips the passes and
+    falls back to sharing the window by the power timeline. On a host without a meter no pass
+    runs. A figure whose uncertainty exceeds ``max_relative_uncertainty`` of its scale is null,
+    with a warning.
     """
 
     sample_interval_ms: float | None = Field(default=None, ge=1, le=1000)
@@ -215,6 +257,26 @@ class EnergyConfig(_Section):
         le=1,
         description="Warn when counter and integrated power differ by more than this fraction.",
     )
+    phase_split: Literal["counter", "none"] = "counter"
+    prefill_counter_periods: int = Field(default=50, ge=5, le=10_000)
+    prefill_max_s: float = Field(default=120.0, gt=0, le=3600)
+    max_relative_uncertainty: float = Field(default=0.5, gt=0, le=10)
+
+
+class RepeatsConfig(_Section):
+    """Repeat the measured workload until the 95% confidence interval of J/token (tokens/s
+    without a meter) is narrower than ``target_ci_rel`` of its mean, between ``min`` and
+    ``max`` repeats."""
+
+    min: int = Field(default=3, ge=2, le=100)
+    max: int = Field(default=10, ge=2, le=100)
+    target_ci_rel: float = Field(default=0.05, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> RepeatsConfig:
+        if self.min > self.max:
+            raise ValueError(f"repeats.min ({self.min}) exceeds repeats.max ({self.max})")
+        return self
 
 
 class PytorchOptions(_Section):
@@ -249,6 +311,17 @@ class PytorchOptions(_Section):
             raise ValueError("pytorch.device_map and pytorch.device cannot both be set")
         return self
 
+
+def _repeats_form(value: Any) -> str:
+    return "object" if isinstance(value, dict | RepeatsConfig) else "number"
+
+
+#: ``repeats``: a number, or an object (errors name ``repeats.number`` or ``repeats.object.*``).
+Repeats = Annotated[
+    Annotated[Annotated[int, Field(gt=0, le=100)], Tag("number")]
+    | Annotated[RepeatsConfig, Tag("object")],
+    Discriminator(_repeats_form),
+]
 
 #: Fields that label an experiment but do not change what is measured; excluded from the hash.
 BOOKKEEPING_FIELDS: frozenset[str] = frozenset({"name", "tags"})
@@ -312,7 +385,10 @@ class ExperimentConfig(_Section):
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     energy: EnergyConfig = Field(default_factory=EnergyConfig)
-    repeats: PositiveInt = Field(default=1, le=100)
+    repeats: Repeats = Field(
+        default=1,
+        description="A number of repeats, or {min, max, target_ci_rel} to stop by statistics.",
+    )
     pytorch: PytorchOptions = Field(default_factory=PytorchOptions)
 
     @model_validator(mode="before")
@@ -340,6 +416,11 @@ class ExperimentConfig(_Section):
         if self.batch_size > self.n_prompts:
             raise ValueError(f"batch_size ({self.batch_size}) exceeds n_prompts ({self.n_prompts})")
         return self
+
+    @property
+    def max_repeats(self) -> int:
+        """Most repeats this config can run."""
+        return self.repeats if isinstance(self.repeats, int) else self.repeats.max
 
 
 def _section_fields(model: type[BaseModel], loc: list[str | int]) -> list[str] | None:

@@ -58,7 +58,10 @@ class JobProgress(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    phase: str = Field(description="queued, starting, loading, warmup, measuring, saving, done")
+    phase: str = Field(
+        description="queued, starting, loading, warmup, measuring, prefill (counter-measured "
+        "prefill passes), baseline (idle again after the window), saving, done"
+    )
     completed: int = Field(default=0, ge=0)
     total: int | None = Field(default=None, ge=0)
     unit: str | None = Field(default=None, description="What completed and total count.")
@@ -141,6 +144,14 @@ class ServiceInfo(BaseModel):
     energy_meter_reason: str | None = Field(
         default=None, description="Why energy cannot be measured, when it cannot."
     )
+    cuda_device_order: str | None = Field(
+        default=None,
+        description="CUDA_DEVICE_ORDER the device indices follow (PCI_BUS_ID unless the "
+        "operator set FASTEST_FIRST).",
+    )
+    device_order_note: str | None = Field(
+        default=None, description="Set when the indices' order is approximated."
+    )
     queue_length: int = Field(ge=0, description="Jobs waiting, the running one excluded.")
     running_job: str | None = None
 
@@ -152,7 +163,14 @@ class CachedBaseline(BaseModel):
 
     device_uuid: str
     power_w: float = Field(ge=0, description="Mean idle power, watts.")
-    power_uncertainty_w: float = Field(ge=0)
+    random_uncertainty_w: float = Field(
+        ge=0,
+        description="Expanded (k = 2) uncertainty of power_w from the idle window itself. Each "
+        "experiment that reuses it adds the sensor's systematic part for its GPU (see the "
+        "result's baselines).",
+    )
+    drift_bound_w: float = Field(ge=0, description="How far idle power may still move.")
+    temperature_c: float | None = Field(default=None, description="GPU temperature, mean.")
     method: str = Field(description="How it was measured, in words.")
     duration_s: float = Field(gt=0, description="Length of the idle window.")
     measured_at: datetime

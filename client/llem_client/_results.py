@@ -23,10 +23,19 @@ class _Wire(BaseModel):
 class DeviceInfo(_Wire):
     """An accelerator the service can use."""
 
-    index: int = Field(ge=0, description="CUDA device index inside the service's process.")
+    index: int = Field(
+        ge=0,
+        description="CUDA device index inside the service's processes (under its "
+        "CUDA_DEVICE_ORDER and CUDA_VISIBLE_DEVICES).",
+    )
     name: str
     uuid: str
     memory_total_bytes: int = Field(ge=0)
+    mig_mode: Literal["enabled", "disabled", "unsupported"] | None = Field(
+        default=None,
+        description="MIG mode of the GPU; unsupported before Ampere. With MIG enabled, energy "
+        "is metered only for whole GPUs, not for one instance.",
+    )
 
 
 class ResultWarning(_Wire):

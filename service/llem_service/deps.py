@@ -90,7 +90,9 @@ def get_energy_meter(settings: SettingsDep) -> EnergyMeter:
         load_pynvml()
     except NvmlError as exc:
         return NullEnergyMeter(str(exc))
-    return NvmlEnergyMeter()
+    return NvmlEnergyMeter(
+        sensors=settings.sensor_table, powercap_root=settings.powercap_root or None
+    )
 
 
 def get_model_hub(request: Request) -> ModelHub:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from llem_service.energy.sensors import SensorTable
 
 
 class Settings(BaseSettings):
@@ -87,6 +91,32 @@ class Settings(BaseSettings):
         description="While no experiment holds a GPU, read its power, energy counter, "
         "temperature and use this often for /metrics; 0: no idle poll.",
     )
+    powercap_root: str = Field(
+        default="/sys/class/powercap",
+        description="Where the host's RAPL counters are read (CPU package and DRAM energy); "
+        "in a container, where the host's powercap tree is mounted. Empty: host energy off.",
+    )
+    sensor_accuracy: str = Field(
+        default="",
+        description="JSON object overriding the power-sensor accuracy table, keyed by a "
+        'substring of GPU names: {"H100": {"gain_rel": 0.02, "offset_w": 2, '
+        '"sensed_fraction": 0.25, "source": "calibrated against a meter, 2026-11"}}. Empty: '
+        "the documented table (llem_service/energy/sensors.py).",
+    )
+
+    @field_validator("sensor_accuracy")
+    @classmethod
+    def _sensor_table_parses(cls, text: str) -> str:
+        from llem_service.energy.sensors import SensorTable
+
+        SensorTable.from_json(text)  # refuse a bad table at start, not in the first experiment
+        return text
+
+    @property
+    def sensor_table(self) -> SensorTable:
+        from llem_service.energy.sensors import SensorTable
+
+        return SensorTable.from_json(self.sensor_accuracy)
 
     @field_validator("api_token")
     @classmethod

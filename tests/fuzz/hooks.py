@@ -10,6 +10,8 @@ generated. The rules, as the server applies them:
 - ``batch_size`` <= ``n_prompts``;
 - synthetic ``prompts.input_len`` <= ``max_input_tokens``;
 - with ``warmup.mode = cv``, ``warmup.window`` <= ``warmup.max_batches``;
+- ``repeats.min`` <= ``repeats.max``; ``baseline.when = before_and_after`` needs
+  ``baseline.enabled``;
 - sampling knobs (``decoding.temperature``, ``top_k``, ``top_p``) only with ``mode = sample``;
 - ``pytorch``: not both 4- and 8-bit; ``bnb_4bit_quant_type`` needs 4-bit; ``compile_mode``
   needs ``torch_compile``; ``device_map`` only with ``device = auto``;
@@ -171,6 +173,12 @@ def within_cross_field_rules(config: dict[str, Any]) -> None:
         warmup["window"] = warmup.get("max_batches", 20)
         if warmup["window"] < 2:
             warmup["window"] = warmup["max_batches"] = 2
+    baseline = config.get("baseline")
+    if isinstance(baseline, dict) and baseline.get("when") == "before_and_after":
+        baseline["enabled"] = True
+    repeats = config.get("repeats")
+    if isinstance(repeats, dict):  # defaults: min 3, max 10
+        repeats["min"] = min(repeats.get("min", 3), repeats.get("max", 10))
     decoding = config.get("decoding")
     if isinstance(decoding, dict) and decoding.get("mode", "greedy") == "greedy":
         for knob in ("temperature", "top_k", "top_p"):

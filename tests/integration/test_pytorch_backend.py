@@ -230,3 +230,65 @@ def test_cv_warmup_stops_at_its_cap(models_root: Path) -> None:
     backend.close()
 
     assert warm.batches == 4  # a threshold no real timing meets: the cap ends it
+
+
+def forward_passes_at_each_streamed_step(model_dir: Path, device: str) -> list[int]:
+    """Generate 6 tokens with a streamer; at each step the streamer receives (after the
+    prompt), how many forward passes the model had run. A streamer fed in its own step sees
+    1, 2, 3...; one fed a step late (a deferred stop check) sees 2, 3, 4..."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model: Any = AutoModelForCausalLM.from_pretrained(model_dir)
+    model = model.to(device).eval()
+    forwards = [0]
+
+    def count(*_: object) -> None:
+        forwards[0] += 1
+
+    model.register_forward_hook(count)
+    seen: list[int] = []
+
+    class Streamer:
+        prompt = True
+
+        def put(self, value: object) -> None:
+            if self.prompt:
+                self.prompt = False
+                return
+            seen.append(forwards[0])
+
+        def end(self) -> None:
+            pass
+
+    ids = torch.tensor([[5, 6, 7, 8]], device=device)
+    with torch.inference_mode():
+        model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6,
+            min_new_tokens=6, do_sample=False, pad_token_id=0, streamer=Streamer(),
+        )  # fmt: skip
+    return seen
+
+
+def test_each_step_reaches_the_streamer_in_its_own_step(models_root: Path) -> None:
+    # Per-step timestamps (TTFT, inter-token latency, per-request energy) rest on this; the GPU
+    # tier runs the same check on CUDA.
+    assert forward_passes_at_each_streamed_step(models_root / "tiny-gpt2", "cpu") == [
+        1, 2, 3, 4, 5, 6
+    ]  # fmt: skip
+
+
+def test_transformers_does_not_defer_its_stop_check_on_cuda() -> None:
+    # transformers can stream each step's tokens one step late (DeferredStopCheck) to spare a
+    # device sync; the pinned versions do so only on Apple's MPS. If a release enables it for
+    # CUDA, per-step timestamps shift by a step: this fails, and the backend must compensate.
+    import torch
+    from transformers.generation import utils
+
+    deferred = getattr(utils, "DeferredStopCheck", None)
+    if deferred is None:  # older releases stream in step, with no deferral at all
+        assert not hasattr(utils, "DeferredStopCheck")
+        return
+    cuda = torch.device("cuda")
+    assert not deferred.is_supported(cuda, None, False, is_assistant=False)
+    assert not deferred.is_supported(cuda, None, True, is_assistant=False)

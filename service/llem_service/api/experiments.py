@@ -21,7 +21,6 @@ from llem_service.deps import (
     SettingsDep,
     StoreDep,
 )
-from llem_service.energy.timeseries import parquet_to_csv
 from llem_service.errors import (
     JobAlreadyFinished,
     JobHasNoResult,
@@ -281,8 +280,8 @@ def get_timeseries(
     format: Annotated[Literal["parquet", "csv"], Query(description="File format.")] = "parquet",
 ) -> Response:
     """The power timeline of a succeeded job, as Parquet (default) or CSV. Columns: t_s,
-    device_uuid, power_w, temperature_c, sm_clock_mhz, memory_used_bytes, utilization_pct,
-    clock_event_reasons, phase."""
+    device_uuid, power_t_s, power_w, temperature_c, sm_clock_mhz, memory_used_bytes,
+    utilization_pct, clock_event_reasons, phase."""
     job_id = _succeeded_or_409(store, job_id, "timeseries").id
     path = results.timeseries_path(job_id)
     try:
@@ -295,7 +294,7 @@ def get_timeseries(
     except OSError as exc:
         raise ResultUnavailable(f"the timeseries of job {job_id} cannot be read: {exc}") from exc
     if format == "csv":
-        content = parquet_to_csv(content)
+        content = results.as_csv(content)
     media_type = "text/csv" if format == "csv" else PARQUET_MEDIA_TYPE
     disposition = f'attachment; filename="{job_id}.timeseries.{format}"'
     return Response(

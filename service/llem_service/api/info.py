@@ -10,6 +10,7 @@ from llem_client import SCHEMA_VERSION, BaselineList, CachedBaseline, ServiceInf
 
 from llem_service.api.problems import problem_responses
 from llem_service.deps import MeterDep, SchedulerDep, StoreDep
+from llem_service.energy.uncertainty import COVERAGE_FACTOR
 
 router = APIRouter(tags=["service"])
 health_router = APIRouter(tags=["service"])
@@ -27,6 +28,8 @@ def get_info(meter: MeterDep, store: StoreDep, scheduler: SchedulerDep) -> Servi
         energy_meter=probe.name,
         energy_meter_available=probe.available,
         energy_meter_reason=probe.reason,
+        cuda_device_order=probe.cuda_device_order,
+        device_order_note=probe.device_order_note,
         queue_length=store.queue_length(),
         running_job=next(iter(scheduler.running_job_ids), None),
     )
@@ -41,7 +44,9 @@ def get_baselines(scheduler: SchedulerDep) -> BaselineList:
             CachedBaseline(
                 device_uuid=b.device_uuid,
                 power_w=b.power_w,
-                power_uncertainty_w=b.power_uncertainty_w,
+                random_uncertainty_w=COVERAGE_FACTOR * b.random_std_w,
+                drift_bound_w=b.drift_bound_w,
+                temperature_c=b.temperature_c,
                 method=b.method,
                 duration_s=b.duration_s,
                 measured_at=datetime.fromtimestamp(b.measured_at, timezone.utc),

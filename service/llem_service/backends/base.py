@@ -4,9 +4,10 @@ A backend object is built in the server process, pickled into the experiment's c
 (spawn) and used only there. So it must be picklable and cheap to construct: heavy imports
 (torch) and all device work belong in its methods, never in ``__init__``.
 
-Call order in the child: `prepare`, `load`, `warmup`, then `run` once per repeat, then `close`
-(always). `synchronize` may be called between any two of them: the meter reads the energy
-counters only after the device has finished its queued work.
+Call order in the child: `prepare`, `load`, `warmup`, then `run` once per repeat, then (when
+prefill is measured with the counter) `prefill` any number of times, then `close` (always).
+`synchronize` may be called between any two of them: the meter reads the energy counters only
+after the device has finished its queued work.
 
 A process that serves several experiments with one model (consecutive study points whose
 `loading_key` is equal) calls `reuse` instead of `load` for the second and later ones:
@@ -101,6 +102,11 @@ class WorkloadReport:
         warnings: ``(code, message)`` pairs for the result.
         batch_spans_s: Each batch's start, first token and end on ``time.perf_counter``
             (the meter's clock), for the prefill / decode energy split.
+        input_tokens_per_request: Prompt tokens of each request, padding excluded, in
+            workload order (per-request energy splits prefill by them).
+        batch_sizes: Requests in each batch, in order.
+        batch_step_times_s: For each batch, when each decoding step after the first token
+            delivered its tokens (same clock as the spans); empty where not streamed.
     """
 
     n_requests: int
@@ -120,10 +126,27 @@ class WorkloadReport:
     peak_memory_reserved_bytes: int | None = None
     warnings: tuple[tuple[str, str], ...] = field(default=())
     batch_spans_s: tuple[tuple[float, float, float], ...] = field(default=())
+    input_tokens_per_request: tuple[int, ...] = field(default=())
+    batch_sizes: tuple[int, ...] = field(default=())
+    batch_step_times_s: tuple[tuple[float, ...], ...] = field(default=())
 
     @property
     def output_tokens(self) -> int:
         return sum(self.output_tokens_per_request)
+
+
+@dataclass(frozen=True)
+class PrefillReport:
+    """One prefill-only pass: the workload's batches, in order, each generating one token
+    (optimum-benchmark's prefill). Times in seconds, device synchronised at both edges.
+
+    Attributes:
+        duration_s: Wall time of the pass.
+        batch_latencies_s: Wall time of each batch.
+    """
+
+    duration_s: float
+    batch_latencies_s: tuple[float, ...]
 
 
 class ProgressFn(Protocol):
@@ -165,6 +188,12 @@ class InferenceBackend(Protocol):
     def warmup(self, config: ExperimentConfig) -> WarmupReport: ...
 
     def run(self, config: ExperimentConfig, progress: ProgressFn) -> WorkloadReport: ...
+
+    def prefill(self, config: ExperimentConfig) -> PrefillReport:
+        """One pass over the workload's own batches with exactly one output token each (same
+        prompts, shapes and decoding), for counter-measured prefill energy. Never part of the
+        measured window."""
+        ...
 
     def close(self) -> None:
         """Release the model and the device's memory. Called even after a failure."""

@@ -5,9 +5,10 @@ both edges; a streamer hook timestamps each decoding step, which gives time to f
 inter-token latency and the prefill / decode split. Token counts exclude padding and anything
 generated after a request's EOS.
 
-Known limit: on CUDA, recent transformers may stream tokens one step late (its deferred stop
-check), which shifts per-step timestamps by up to one step; batch latencies and totals are
-unaffected.
+Per-step timestamps are taken when the streamer receives each step's tokens. transformers can
+defer its stop check and stream one step late (``DeferredStopCheck``); in the pinned versions
+it does so only on Apple's MPS, never on CUDA, and a test fails if a future release does it on
+CUDA (``tests/integration/test_pytorch_backend.py``, ``tests/gpu``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from llem_service.backends.base import (
     BackendError,
     ConfigError,
     LoadReport,
+    PrefillReport,
     ProgressFn,
     WarmupReport,
     WorkloadReport,
@@ -113,6 +115,7 @@ class _BatchRun:
     output_lens: list[int]
     hook_overhead_s: float
     span: tuple[float, float, float]
+    step_times_s: tuple[float, ...]
 
 
 @dataclass
@@ -377,14 +380,15 @@ class PytorchBackend:
 
     # -- generation ------------------------------------------------------------------------
 
-    def _generation_config(self, config: ExperimentConfig) -> Any:
+    def _generation_config(self, config: ExperimentConfig, *, prefill_only: bool = False) -> Any:
         transformers = self._state["transformers"]
         tokenizer = self._state["tokenizer"]
         decoding = config.decoding
         sampling = decoding.mode == "sample"
+        new_tokens = 1 if prefill_only else config.max_output_tokens
         kwargs: dict[str, Any] = {
-            "max_new_tokens": config.max_output_tokens,
-            "min_new_tokens": config.max_output_tokens if config.fixed_output_length else None,
+            "max_new_tokens": new_tokens,
+            "min_new_tokens": new_tokens if config.fixed_output_length or prefill_only else None,
             "do_sample": sampling,
             "repetition_penalty": decoding.repetition_penalty,
             "pad_token_id": tokenizer.pad_token_id,
@@ -407,7 +411,9 @@ class PytorchBackend:
             return set()
         return {eos} if isinstance(eos, int) else set(eos)
 
-    def _run_batch(self, batch: _Batch, config: ExperimentConfig) -> _BatchRun:
+    def _run_batch(
+        self, batch: _Batch, config: ExperimentConfig, *, prefill_only: bool = False
+    ) -> _BatchRun:
         torch = self._state["torch"]
         device = self._state["device"]
         timer = StepTimer()
@@ -417,7 +423,7 @@ class PytorchBackend:
             output = self._state["model"].generate(
                 input_ids=batch.input_ids,
                 attention_mask=batch.attention_mask,
-                generation_config=self._generation_config(config),
+                generation_config=self._generation_config(config, prefill_only=prefill_only),
                 streamer=timer,
             )
         self._sync(torch, device)
@@ -432,6 +438,7 @@ class PytorchBackend:
             step_gaps_s=[b - a for a, b in itertools.pairwise(marks[1:])],
             output_lens=[self._count_output(row, config) for row in generated],
             hook_overhead_s=timer.overhead_s,
+            step_times_s=tuple(timer.step_times[1:]),
         )
 
     def _count_output(self, row: list[int], config: ExperimentConfig) -> int:
@@ -517,7 +524,24 @@ class PytorchBackend:
             peak_memory_reserved_bytes=torch.cuda.max_memory_reserved() if cuda else None,
             warnings=tuple(warnings),
             batch_spans_s=tuple(r.span for r in runs),
+            input_tokens_per_request=tuple(prompt_lens),
+            batch_sizes=tuple(len(b.prompt_lens) for b in batches),
+            batch_step_times_s=tuple(r.step_times_s for r in runs),
         )
+
+    def prefill(self, config: ExperimentConfig) -> PrefillReport:
+        """The workload's batches, in order, each generating exactly one token."""
+        torch = self._state["torch"]
+        device = self._state["device"]
+        batches: list[_Batch] = self._state["batches"]
+        torch.manual_seed(config.decoding.seed)
+        self._sync(torch, device)
+        started = time.perf_counter()
+        latencies = tuple(
+            self._run_batch(batch, config, prefill_only=True).latency_s for batch in batches
+        )
+        self._sync(torch, device)
+        return PrefillReport(duration_s=time.perf_counter() - started, batch_latencies_s=latencies)
 
     def close(self) -> None:
         torch = self._state.get("torch")

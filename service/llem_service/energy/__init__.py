@@ -2,6 +2,7 @@
 
 from llem_service.energy.base import (
     Baseline,
+    DeviceNotMetered,
     EnergyMeter,
     MeterError,
     MeterProbe,
@@ -12,6 +13,7 @@ from llem_service.energy.null import NullEnergyMeter
 
 __all__ = [
     "Baseline",
+    "DeviceNotMetered",
     "EnergyMeter",
     "MeterError",
     "MeterProbe",

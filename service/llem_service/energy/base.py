@@ -12,13 +12,43 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
-from llem_client import BaselineConfig, DeviceInfo, EnergyConfig
+# The record's timeline lives with the sampler's file format; re-exported for its users.
+from llem_service.energy.samples import TIMELINE_COLUMNS, Timeline
+from llem_service.energy.sensors import SensorSpec, SensorTable
+
+if TYPE_CHECKING:
+    # Annotations only: the sampler's process imports this module and starts faster without
+    # the contract's pydantic models.
+    from llem_client import DeviceInfo, EnergyConfig
+
+    from llem_service.energy.acquired import AcquisitionRecord
+
+__all__ = [
+    "TIMELINE_COLUMNS",
+    "Baseline",
+    "CounterMark",
+    "DeviceMeta",
+    "DeviceNotMetered",
+    "EnergyMeter",
+    "MeterError",
+    "MeterProbe",
+    "MeterRecord",
+    "MeterSession",
+    "Timeline",
+]
 
 
 class MeterError(Exception):
     """The meter failed (lost device, driver error); the experiment fails with this message."""
+
+
+class DeviceNotMetered(MeterError):
+    """The GPU an experiment runs on cannot be metered here (a MIG instance, which NVML meters
+    only as its parent GPU; a device NVML does not know; a vGPU that answers neither counter
+    nor power). The message says why; the experiment runs on, with energy null and this
+    reason."""
 
 
 @dataclass(frozen=True)
@@ -29,29 +59,55 @@ class MeterProbe:
     available: bool
     reason: str | None = None
     devices: tuple[DeviceInfo, ...] = ()
+    cuda_device_order: str | None = None  # the order ``devices`` are numbered in
+    device_order_note: str | None = None  # set when that order is approximated
 
 
 @dataclass(frozen=True)
 class Baseline:
-    """Idle power of one GPU, measured before a model loaded.
+    """Idle power of one GPU, measured with the CUDA context up and no work queued.
 
     Attributes:
         device_uuid: The GPU.
         power_w: Mean power over the idle window, watts.
-        power_uncertainty_w: Error bound of ``power_w`` (counter quantisation / window).
+        random_std_w: Standard uncertainty of ``power_w`` from the window's own quantisation.
         duration_s: Length of the idle window, seconds.
         measured_at: Wall-clock time of the measurement, seconds since the epoch.
         method: How it was measured, in words.
         warnings: ``(code, message)`` pairs (e.g. the GPU was busy).
+        settle_s: How long idle power was waited for before the window, seconds.
+        settled: False when the wait hit its cap with power still moving.
+        trend_w_per_s: Slope of idle power over the window (None without power readings).
+        drift_bound_w: Bound of how far idle power may still move (trend x horizon).
+        temperature_c: Mean GPU temperature over the window.
+        temperature_trend_c_per_s: Its slope.
+        power_limit_w: Enforced power limit when measured.
+        driver_version: NVIDIA driver when measured.
     """
 
     device_uuid: str
     power_w: float
-    power_uncertainty_w: float
+    random_std_w: float
     duration_s: float
     measured_at: float
     method: str
     warnings: tuple[tuple[str, str], ...] = ()
+    settle_s: float = 0.0
+    settled: bool = True
+    trend_w_per_s: float | None = None
+    drift_bound_w: float = 0.0
+    temperature_c: float | None = None
+    temperature_trend_c_per_s: float | None = None
+    power_limit_w: float | None = None
+    driver_version: str | None = None
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    """A GPU's state now, as far as the baseline reuse rule needs it."""
+
+    temperature_c: float | None
+    power_limit_w: float | None
 
 
 @dataclass(frozen=True)
@@ -68,6 +124,8 @@ class DeviceMeta:
     counter_update_period_s: float | None
     power_field: Literal["instant", "average"] | None
     compute_processes: tuple[tuple[int, int | None], ...] = ()
+    counter_absent_reason: str | None = None  # why there is no counter (vGPU, pre-Volta...)
+    sensor: SensorSpec = field(default_factory=lambda: SensorTable().lookup(""))
 
 
 @dataclass(frozen=True)
@@ -79,54 +137,16 @@ class CounterMark:
         t_s: Session clock, seconds.
         energy_mj: Counter per GPU UUID, millijoules; ``None`` for a GPU without one.
         foreign_pids: Processes other than the experiment's seen on each GPU at this instant.
+        violations_ns: Each GPU's cumulative throttle time by cause (`throttle.read_violations`).
+        host_uj: The host's RAPL counters (raw microjoules) by zone, where readable.
     """
 
     label: str
     t_s: float
     energy_mj: dict[str, int | None]
     foreign_pids: dict[str, tuple[int, ...]] = field(default_factory=dict)
-
-
-#: Timeline columns, in file order. ``t_s`` is the session clock; the rest are per GPU.
-TIMELINE_COLUMNS = (
-    "t_s",
-    "device_uuid",
-    "power_w",
-    "temperature_c",
-    "sm_clock_mhz",
-    "memory_used_bytes",
-    "utilization_pct",
-    "clock_event_reasons",
-)
-
-
-@dataclass
-class Timeline:
-    """Power samples as columns (one row per GPU per sampling round); ``None`` = unsupported."""
-
-    t_s: list[float] = field(default_factory=list)
-    device_uuid: list[str] = field(default_factory=list)
-    power_w: list[float | None] = field(default_factory=list)
-    temperature_c: list[int | None] = field(default_factory=list)
-    sm_clock_mhz: list[int | None] = field(default_factory=list)
-    memory_used_bytes: list[int | None] = field(default_factory=list)
-    utilization_pct: list[int | None] = field(default_factory=list)
-    clock_event_reasons: list[int | None] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.t_s)
-
-    def device(self, uuid: str) -> Timeline:
-        """The rows of one GPU, in time order."""
-        keep = [i for i, u in enumerate(self.device_uuid) if u == uuid]
-        out = Timeline()
-        for name in TIMELINE_COLUMNS:
-            column: list[object] = getattr(self, name)
-            getattr(out, name).extend(column[i] for i in keep)
-        return out
-
-    def columns(self) -> dict[str, list[object]]:
-        return {name: list(getattr(self, name)) for name in TIMELINE_COLUMNS}
+    violations_ns: dict[str, dict[str, int | None]] = field(default_factory=dict)
+    host_uj: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -139,13 +159,12 @@ class MeterRecord:
     sample_interval_s: float
     round_starts_s: tuple[float, ...]
     round_costs_s: tuple[float, ...]
-    baselines: tuple[Baseline, ...]
-    reused_baselines: frozenset[str]
     driver_version: str | None
     nvml_version: str | None
     cuda_driver_version: str | None
     failed_reads: int = 0
     warnings: tuple[tuple[str, str], ...] = ()
+    acquisition: AcquisitionRecord | None = None  # how the readings were taken (issue 11)
 
     def mark(self, label: str) -> CounterMark:
         for mark in self.marks:
@@ -157,12 +176,13 @@ class MeterRecord:
 class MeterSession(Protocol):
     """An open metering session on a set of GPUs."""
 
-    def baselines(
-        self, plan: BaselineConfig, cached: Sequence[Baseline], *, now: float
-    ) -> tuple[Baseline, ...]:
-        """Idle power of each GPU: a cached one of the same GPU younger than
-        ``plan.max_age_s``, else measured now (the caller keeps the GPUs idle)."""
+    @property
+    def metas(self) -> tuple[DeviceMeta, ...]:
+        """The metered GPUs, as NVML described them when the session opened."""
         ...
+
+    @property
+    def driver_version(self) -> str | None: ...
 
     def start(self) -> None:
         """Start the power sampler."""
@@ -170,6 +190,18 @@ class MeterSession(Protocol):
 
     def mark(self, label: str) -> None:
         """Read every GPU's energy counter now; raises `MeterError` if the meter failed."""
+        ...
+
+    def wait(self, seconds: float) -> None:
+        """Let ``seconds`` pass on the session's clock (the sampler keeps sampling)."""
+        ...
+
+    def snapshot(self) -> MeterRecord:
+        """What the session has recorded so far, without stopping it."""
+        ...
+
+    def device_state(self) -> dict[str, DeviceState]:
+        """Each GPU's temperature and power limit now (None where unreadable)."""
         ...
 
     def close(self) -> MeterRecord:
@@ -193,5 +225,5 @@ class EnergyMeter(Protocol):
     ) -> MeterSession:
         """Open a session on these GPUs (their CUDA contexts are up). ``on_failure`` is called
         from the meter's own thread as soon as it fails (the next `MeterSession.mark` raises
-        the same error)."""
+        the same error). Raises `DeviceNotMetered` for a device it cannot measure."""
         ...

@@ -1,24 +1,66 @@
-"""Integration of sampled power over time windows: the cross-check and the phase split.
+"""Integration of sampled power over time windows: the cross-check, the gaps between batches,
+the fallback phase split and each batch's share of the decode energy.
 
-Power samples are joined by straight lines (the trapezoidal rule) and held at the first and
-last sample's value beyond them. Times in seconds, power in watts, energy in joules.
+NVML's power fields refresh about every 100 ms however fast they are polled, so consecutive
+identical readings are one reading, repeated: a run of them keeps only its first and last
+sample (the first is when the value appeared, the last shows it still held; the ones between
+add nothing), and readings of 0 W or less, which a transient read failure can produce, are
+dropped. The kept readings are joined by straight lines (the trapezoidal rule) and held at the
+first and last reading's value beyond them. Times in seconds, power in watts, energy in
+joules.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
+import math
+import statistics
 from collections.abc import Sequence
 
 
-class PowerCurve:
-    """Piecewise-linear power through a set of samples, ready for many window integrals."""
+def distinct_readings(
+    t_s: Sequence[float], power_w: Sequence[float | None]
+) -> tuple[list[float], list[float], int]:
+    """Readings in time order, each run of equal values reduced to its first and last sample,
+    non-positive values dropped (and counted). A failed read (None) is a gap, never a value."""
+    points = sorted((t, p) for t, p in zip(t_s, power_w, strict=True) if p is not None)
+    times: list[float] = []
+    powers: list[float] = []
+    dropped = 0
+    run = 0  # samples of the current run of equal values kept so far beyond its first
+    for t, p in points:
+        if p <= 0:
+            dropped += 1
+            continue
+        if powers and p == powers[-1]:
+            if run:  # replace the run's last sample with this later one
+                times[-1] = t
+            else:
+                times.append(t)
+                powers.append(p)
+                run = 1
+            continue
+        times.append(t)
+        powers.append(p)
+        run = 0
+    return times, powers, dropped
 
-    def __init__(self, t_s: Sequence[float], power_w: Sequence[float | None]) -> None:
-        points = sorted((t, p) for t, p in zip(t_s, power_w, strict=True) if p is not None)
-        self.t = [t for t, _ in points]
-        self.p = [p for _, p in points]
-        # cumulative trapezoid areas up to each sample
+
+class PowerCurve:
+    """Piecewise-linear power through a set of readings, ready for many window integrals."""
+
+    def __init__(
+        self, t_s: Sequence[float], power_w: Sequence[float | None], *, dedupe: bool = True
+    ) -> None:
+        if dedupe:
+            self.t, self.p, self.dropped = distinct_readings(t_s, power_w)
+        else:
+            points = sorted((t, p) for t, p in zip(t_s, power_w, strict=True) if p is not None)
+            self.t = [t for t, _ in points]
+            self.p = [p for _, p in points]
+            self.dropped = 0
+        # cumulative trapezoid areas up to each reading
         self._area = [0.0]
         for i in range(1, len(self.t)):
             step = (self.t[i] - self.t[i - 1]) * (self.p[i] + self.p[i - 1]) / 2
@@ -37,7 +79,7 @@ class PowerCurve:
         return p0 + (p1 - p0) * (t - t0) / (t1 - t0) if t1 > t0 else p1
 
     def _area_to(self, t: float) -> float:
-        """Integral from the first sample to ``t`` (negative before it)."""
+        """Integral from the first reading to ``t`` (negative before it)."""
         if t <= self.t[0]:
             return (t - self.t[0]) * self.p[0]
         if t >= self.t[-1]:
@@ -51,26 +93,86 @@ class PowerCurve:
             return 0.0
         return max(0.0, self._area_to(t1) - self._area_to(t0))
 
-    def _inside(self, t0: float, t1: float) -> list[float]:
+    def mean_w(self, t0: float, t1: float) -> float:
+        """Mean power over ``[t0, t1]`` (the power at ``t0`` for an empty window)."""
+        return self.energy_j(t0, t1) / (t1 - t0) if t1 > t0 else self.power_at(t0)
+
+    def inside(self, t0: float, t1: float) -> list[float]:
+        """Readings inside ``[t0, t1]``."""
         return self.p[bisect.bisect_left(self.t, t0) : bisect.bisect_right(self.t, t1)]
 
     def peak_w(self, t0: float, t1: float) -> float | None:
-        """Highest sample inside ``[t0, t1]``, or None when none falls inside."""
-        return max(self._inside(t0, t1), default=None)
-
-    def variation_w(self, t0: float, t1: float) -> float:
-        """Sum of the changes between consecutive samples inside ``[t0, t1]``, watts."""
-        inside = self._inside(t0, t1)
-        return sum(abs(b - a) for a, b in itertools.pairwise(inside))
+        """Highest reading inside ``[t0, t1]``, or None when none falls inside."""
+        return max(self.inside(t0, t1), default=None)
 
     def low_w(self, t0: float, t1: float) -> float | None:
-        """Lowest sample inside ``[t0, t1]``, or None when none falls inside."""
-        return min(self._inside(t0, t1), default=None)
+        """Lowest reading inside ``[t0, t1]``, or None when none falls inside."""
+        return min(self.inside(t0, t1), default=None)
+
+    def variation_w(self, t0: float, t1: float) -> float:
+        """Sum of the changes between consecutive readings inside ``[t0, t1]``, watts."""
+        return sum(abs(b - a) for a, b in itertools.pairwise(self.inside(t0, t1)))
+
+    def mean_standard_error_w(self, t0: float, t1: float) -> float | None:
+        """Standard error of the mean reading inside ``[t0, t1]``; None under three readings."""
+        readings = self.inside(t0, t1)
+        if len(readings) < 3:
+            return None
+        return statistics.stdev(readings) / math.sqrt(len(readings))
+
+
+class Readings:
+    """Raw readings (repeats kept) for the mean power over a span and its standard error.
+
+    Repeats are kept here because a steady load reads the same value refresh after refresh:
+    de-duplicated, it would look like one reading. The error counts one independent reading
+    per ``refresh_s`` of the span at most (NVML refreshes about every 100 ms)."""
+
+    def __init__(self, t_s: Sequence[float], power_w: Sequence[float], refresh_s: float) -> None:
+        pairs = sorted(zip(t_s, power_w, strict=True))
+        self.t = [t for t, _ in pairs]
+        self.p = [p for _, p in pairs]
+        self.refresh_s = refresh_s
+
+    def stats(self, t0: float, t1: float) -> tuple[float, float] | None:
+        """Mean over ``[t0, t1]`` and its standard error; None under three readings or one
+        refresh period."""
+        inside = self.p[bisect.bisect_left(self.t, t0) : bisect.bisect_right(self.t, t1)]
+        independent = min(len(inside), int((t1 - t0) / self.refresh_s))
+        if len(inside) < 3 or independent < 1:
+            return None
+        spread = statistics.stdev(inside)
+        return statistics.fmean(inside), spread / math.sqrt(independent)
+
+
+def summed_readings(
+    t_s: Sequence[float],
+    device_uuid: Sequence[str],
+    power_w: Sequence[float | None],
+    devices: Sequence[str],
+    refresh_s: float,
+) -> Readings:
+    """Total power of ``devices`` per sampling round, over the rounds where every one of them
+    has a positive reading (a failed read is a gap, never 0 W)."""
+    wanted = set(devices)
+    rounds: dict[float, dict[str, float]] = {}
+    for t, uuid, p in zip(t_s, device_uuid, power_w, strict=True):
+        if uuid in wanted and p is not None and p > 0:
+            rounds.setdefault(t, {})[uuid] = p
+    full = [(t, sum(v.values())) for t, v in rounds.items() if len(v) == len(wanted)]
+    return Readings([t for t, _ in full], [p for _, p in full], refresh_s)
+
+
+def summed_curve(curves: Sequence[PowerCurve]) -> PowerCurve:
+    """Total power of several GPUs: each curve interpolated at every reading time of any."""
+    present = [c for c in curves if c]
+    times = sorted({t for c in present for t in c.t})
+    return PowerCurve(times, [sum(c.power_at(t) for c in present) for t in times], dedupe=False)
 
 
 def integrate_power(
     t_s: Sequence[float], power_w: Sequence[float | None], t0: float, t1: float
 ) -> float | None:
-    """Energy over ``[t0, t1]`` from samples, joules; None when there is no sample."""
+    """Energy over ``[t0, t1]`` from samples, joules; None when there is no reading."""
     curve = PowerCurve(t_s, power_w)
     return curve.energy_j(t0, t1) if curve else None

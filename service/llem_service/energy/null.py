@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-
-from llem_client import EnergyConfig
+from typing import TYPE_CHECKING
 
 from llem_service.energy.base import MeterError, MeterProbe, MeterSession
+
+if TYPE_CHECKING:
+    from llem_client import EnergyConfig
 
 
 class NullEnergyMeter:

@@ -33,6 +33,18 @@ NVML_FI_DEV_POWER_AVERAGE = 185
 NVML_FI_DEV_POWER_INSTANT = 186
 NVML_TEMPERATURE_GPU = 0
 NVML_CLOCK_SM = 1
+NVML_DEVICE_MIG_ENABLE = 1
+#: ``nvmlDeviceGetVirtualizationMode``: a vGPU inside a virtual machine.
+NVML_GPU_VIRTUALIZATION_MODE_VGPU = 2
+#: ``nvmlDeviceGetViolationStatus`` policies: cumulative time (ns) clocks were held down by...
+NVML_PERF_POLICY_POWER = 0  # ...the power limit (the "SW power cap" clock event)
+NVML_PERF_POLICY_THERMAL = 1  # ...temperature
+NVML_PERF_POLICY_SYNC_BOOST = 2
+NVML_PERF_POLICY_BOARD_LIMIT = 3
+NVML_PERF_POLICY_LOW_UTILIZATION = 4
+NVML_PERF_POLICY_RELIABILITY = 5
+NVML_PERF_POLICY_TOTAL_APP_CLOCKS = 10  # ...anything, below the application clocks
+NVML_PERF_POLICY_TOTAL_BASE_CLOCKS = 11  # ...anything, below the base clocks
 
 #: Clock-event (throttle) reasons that mean the GPU is slowed by power or heat. Idle, an
 #: application clock setting, sync boost and display clocks are not throttling.
@@ -93,6 +105,13 @@ class NvmlLibrary(Protocol):
     def nvmlDeviceGetEnforcedPowerLimit(self, handle: Any) -> int: ...
     def nvmlDeviceGetPersistenceMode(self, handle: Any) -> int: ...
     def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> Sequence[Any]: ...
+    def nvmlDeviceGetViolationStatus(self, handle: Any, policy: int) -> Any: ...
+    def nvmlDeviceGetMigMode(self, handle: Any) -> Sequence[int]: ...
+    def nvmlDeviceIsMigDeviceHandle(self, handle: Any) -> Any: ...
+    def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, handle: Any) -> Any: ...
+    def nvmlDeviceGetVirtualizationMode(self, handle: Any) -> int: ...
+    def nvmlDeviceGetCudaComputeCapability(self, handle: Any) -> Sequence[int]: ...
+    def nvmlDeviceGetMaxClockInfo(self, handle: Any, clock: int) -> int: ...
 
 
 def load_pynvml() -> NvmlLibrary:
@@ -104,6 +123,20 @@ def load_pynvml() -> NvmlLibrary:
             "the nvidia-ml-py package is not installed (install llem[nvml])"
         ) from exc
     return pynvml  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class PowerReading:
+    """One reading of a power field.
+
+    Attributes:
+        power_mw: The value, milliwatts.
+        timestamp_us: When NVML took it (its own CPU timestamp, microseconds since 1970), or
+            None where the query carries none (``nvmlDeviceGetPowerUsage``) or it is 0.
+    """
+
+    power_mw: int
+    timestamp_us: int | None = None
 
 
 @dataclass(frozen=True)
@@ -221,8 +254,16 @@ class GpuDevice:
         """``nvmlDeviceGetPowerUsage``: on Ampere and newer a 1-second average, milliwatts."""
         return int(self._call(self._lib.nvmlDeviceGetPowerUsage, what="read the power"))
 
+    def power_average(self) -> PowerReading:
+        """The averaged power; this query carries no timestamp."""
+        return PowerReading(self.power_average_mw())
+
     def power_instant_mw(self) -> int:
         """Instantaneous power (``NVML_FI_DEV_POWER_INSTANT``), milliwatts."""
+        return self.power_instant().power_mw
+
+    def power_instant(self) -> PowerReading:
+        """Instantaneous power with NVML's timestamp of the reading."""
         (value,) = self._call(
             self._lib.nvmlDeviceGetFieldValues,
             [NVML_FI_DEV_POWER_INSTANT],
@@ -232,7 +273,8 @@ class GpuDevice:
             # A field's own return code: the call succeeded but this field did not.
             error = self._lib.NVMLError(value.nvmlReturn)
             raise typed_error(error, "read the instant power", self.uuid) from error
-        return int(value.value.uiVal)
+        stamp = int(value.timestamp)
+        return PowerReading(int(value.value.uiVal), stamp if stamp > 0 else None)
 
     def temperature_c(self) -> int:
         return self._call(
@@ -269,6 +311,46 @@ class GpuDevice:
 
     def persistence_mode(self) -> bool:
         return bool(self._call(self._lib.nvmlDeviceGetPersistenceMode, what="read persistence"))
+
+    def violation_ns(self, policy: int) -> int:
+        """Cumulative time clocks were held down by ``policy`` (``NVML_PERF_POLICY_*``), ns."""
+        status = self._call(
+            self._lib.nvmlDeviceGetViolationStatus, policy, what="read violation time"
+        )
+        return int(status.violationTime)
+
+    def mig_enabled(self) -> bool:
+        """Whether MIG mode is on (current mode, not the pending one)."""
+        current, _pending = self._call(self._lib.nvmlDeviceGetMigMode, what="read MIG mode")
+        return int(current) == NVML_DEVICE_MIG_ENABLE
+
+    def is_mig_instance(self) -> bool:
+        flag = self._call(self._lib.nvmlDeviceIsMigDeviceHandle, what="ask whether MIG")
+        return bool(int(getattr(flag, "value", flag)))  # pynvml returns a ctypes c_uint
+
+    def parent(self) -> GpuDevice:
+        """The physical GPU a MIG instance belongs to."""
+        handle = self._call(
+            self._lib.nvmlDeviceGetDeviceHandleFromMigDeviceHandle, what="find the parent GPU"
+        )
+        return GpuDevice(self._nvml, handle)
+
+    def virtualization_mode(self) -> int:
+        """``NVML_GPU_VIRTUALIZATION_MODE_*``: bare metal, passthrough, vGPU guest, host..."""
+        return int(
+            self._call(self._lib.nvmlDeviceGetVirtualizationMode, what="read virtualization")
+        )
+
+    def compute_capability(self) -> tuple[int, int]:
+        major, minor = self._call(
+            self._lib.nvmlDeviceGetCudaComputeCapability, what="read compute capability"
+        )
+        return int(major), int(minor)
+
+    def max_sm_clock_mhz(self) -> int:
+        return int(
+            self._call(self._lib.nvmlDeviceGetMaxClockInfo, NVML_CLOCK_SM, what="read max clock")
+        )
 
     def compute_processes(self) -> list[GpuProcess]:
         procs = self._call(self._lib.nvmlDeviceGetComputeRunningProcesses, what="list processes")

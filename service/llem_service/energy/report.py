@@ -1,16 +1,15 @@
-"""From a `MeterRecord` to the result's energy section: the arithmetic, in one place.
+"""From a `MeterRecord` to the result's energy section: which GPUs count, every figure with its
+uncertainty, the uncertainty budget, and the warnings that go with them.
 
 Windows are bounded by counter marks: ``load_start`` .. ``load_end`` .. ``warmup_end`` ..
-``repeat_0_end`` .. ``repeat_{n-1}_end``. The measured window runs from ``warmup_end`` to the
-last repeat's end. Consecutive phases share their edge mark, so load + warm-up + measured add
-up to the session's counter energy exactly, and prefill + decode + between-batches add up to
-the measured window's by construction.
+``repeat_0_end`` .. ``repeat_{n-1}_end`` [.. ``prefill_start`` .. ``prefill_end``]. The
+measured window runs from ``warmup_end`` to the last repeat's end; the prefill passes come
+after it and are not part of it. The arithmetic of each part lives in its own module
+(`windows`, `phases`, `requests`, `baseline`); this one assembles and publishes.
 
-Uncertainty (an error bound estimate, joules) of a counter window: each edge read may lag the
-truth by one counter update period, so +/- peak power x update period; +/- 1 mJ per read; and
-half the disagreement with the integrated power samples. Terms add in quadrature, as do the
-independent GPUs. A window from integrated power alone: +/- (peak power + the sampled power's
-total variation) x (sample interval + the power field's averaging lag).
+Publishing: a figure whose expanded uncertainty exceeds ``energy.max_relative_uncertainty``
+of its scale (its own value; for adjusted figures the raw one they come from) is null, and a
+warning says why and how to get it.
 """
 
 from __future__ import annotations
@@ -18,176 +17,150 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Literal
+from dataclasses import dataclass, field
 
 from llem_client import (
     BaselineInfo,
     DeviceEnergy,
+    EnergyConfig,
     EnergyResult,
+    PercentileEstimates,
     PhaseEnergy,
+    PrefillPasses,
+    RequestEnergy,
     SamplerReport,
+    SteadyStateRequests,
+    UncertaintyBudget,
+    UncertaintyTerm,
 )
+from llem_client import Estimate as WireEstimate
 
-from llem_service.energy.base import Baseline, CounterMark, DeviceMeta, MeterRecord
-from llem_service.energy.integrate import PowerCurve
-from llem_service.energy.trust import (
-    DEFAULT_COUNTER_PERIOD_S,
-    Warning,
-    device_warnings,
-    window_warnings,
+from llem_service.energy import baseline as baselines_
+from llem_service.energy.acquisition import build_acquisition, build_host
+from llem_service.energy.base import Baseline, MeterRecord
+from llem_service.energy.baseline import BaselineSet
+from llem_service.energy.figures import PrefillRun, Warning, Work
+from llem_service.energy.phases import PhaseSplit, periodicity, split
+from llem_service.energy.requests import (
+    DESCRIPTION,
+    Percentiles,
+    attribute,
+    per_token_percentiles,
+    steady_state,
 )
+from llem_service.energy.trust import device_warnings, window_warnings
+from llem_service.energy.uncertainty import COVERAGE_FACTOR, TERMS, Estimate
+from llem_service.energy.windows import EnergyAccount
 from llem_service.experiment.summary import percentile
-
-#: Lag of NVML's averaged power reading (1-second average on Ampere and newer), seconds.
-AVERAGE_POWER_LAG_S = 1.0
-
-
-@dataclass(frozen=True)
-class Span:
-    """One batch on the session clock: start, first token, end (seconds)."""
-
-    start: float
-    first_token: float
-    end: float
-
-
-@dataclass(frozen=True)
-class Work:
-    """What the backend did in the measured window."""
-
-    spans: tuple[Span, ...]
-    output_tokens_per_request: tuple[int, ...]
-    output_tokens_per_repeat: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class Window:
-    """One GPU's energy over one window."""
-
-    energy_j: float
-    uncertainty_j: float
-    source: Literal["nvml_energy_counter", "nvml_power_integral"]
-    integrated_j: float | None
-    peak_w: float | None
-    counter_reset: bool
-
-    @property
-    def rel_diff(self) -> float | None:
-        """(integrated - counter) / counter, when both exist."""
-        if self.source != "nvml_energy_counter" or self.integrated_j is None or self.energy_j <= 0:
-            return None
-        return (self.integrated_j - self.energy_j) / self.energy_j
 
 
 @dataclass(frozen=True)
 class RepeatEnergy:
-    energy_j: float
-    adjusted_energy_j: float | None
+    """One repeat's energy: raw and adjusted (None without a baseline), and output tokens."""
+
+    energy: Estimate
+    adjusted: Estimate | None
+    output_tokens: int
 
 
-def _quadrature(*terms: float) -> float:
-    return math.sqrt(sum(t * t for t in terms))
+@dataclass
+class EnergySection:
+    """The energy section (None when there is nothing to report), per repeat, and warnings."""
+
+    result: EnergyResult | None
+    repeats: list[RepeatEnergy] = field(default_factory=list)
+    warnings: list[Warning] = field(default_factory=list)
 
 
-class EnergyAccount:
-    """Energy arithmetic over one record, restricted to the GPUs the model used."""
+#: How to get a figure that was null, by the term that dominated its uncertainty.
+_ADVICE = {
+    "counter_quantisation": "the window spans too few energy-counter updates: measure longer "
+    "(more prompts or repeats)",
+    "counter_resolution": "the window spans too few energy-counter updates: measure longer",
+    "power_integration": "this GPU has no energy counter, so energy is integrated from power "
+    "samples: use a GPU with a counter (Volta or newer, not a vGPU)",
+    "part_time_sensing": "the work repeats in step with the sensor's period, which this GPU "
+    "senses only part of: change the batch size or output length so the rhythm drifts, or "
+    "measure longer",
+    "sensor_gain": "the sensor's stated accuracy dominates: calibrate against a meter and set "
+    "LLEM_SENSOR_ACCURACY",
+    "sensor_offset": "the sensor's stated accuracy dominates: calibrate against a meter and "
+    "set LLEM_SENSOR_ACCURACY",
+    "baseline_quantisation": "the idle window is short: raise baseline.duration_s",
+    "baseline_drift": "idle power was still moving: let the GPU rest, raise "
+    "baseline.settle_max_s or baseline.duration_s",
+    "prefill_passes": "the prefill passes ran at another speed than prefill inside the window",
+    "between_batches_power": "the gaps between batches are too short for the power readings "
+    "to place: fewer, larger batches leave fewer gaps",
+    "timeline_share": "prefill spans are too short for the power readings: keep "
+    "energy.phase_split='counter' so prefill is measured by the counter",
+    "batch_split": "the batches' shares of decode energy are uncertain: measure longer",
+    "step_power": "requests that stop early share steps unevenly: set fixed_output_length",
+}
 
-    def __init__(self, record: MeterRecord, used: Sequence[str]) -> None:
-        self.record = record
-        wanted = set(used)
-        self.metas = [m for m in record.devices if m.uuid in wanted]
-        if not self.metas:
-            raise ValueError(f"none of {sorted(wanted)} was metered")
-        # Each GPU's rows, split out of the timeline once for the curves and the warnings.
-        self.rows = {m.uuid: record.timeline.device(m.uuid) for m in self.metas}
-        self.curves = {u: PowerCurve(rows.t_s, rows.power_w) for u, rows in self.rows.items()}
-        self.baselines = {b.device_uuid: b for b in record.baselines}
 
-    def window(self, meta: DeviceMeta, a: CounterMark, b: CounterMark) -> Window:
-        curve = self.curves[meta.uuid]
-        integrated = curve.energy_j(a.t_s, b.t_s) if curve else None
-        span = b.t_s - a.t_s
-        peak = curve.peak_w(a.t_s, b.t_s) if curve else None
-        start, end = a.energy_mj.get(meta.uuid), b.energy_mj.get(meta.uuid)
-        reset = start is not None and end is not None and end < start
-        period = meta.counter_update_period_s or DEFAULT_COUNTER_PERIOD_S
-        near = self._edge_power(curve, (a.t_s, b.t_s), period)
-        if start is not None and end is not None and not reset:
-            energy = (end - start) / 1e3
-            top = max([peak or 0.0, energy / span if span > 0 else 0.0, *near])
-            disagreement = abs(integrated - energy) / 2 if integrated is not None else 0.0
-            return Window(
-                energy_j=energy,
-                uncertainty_j=_quadrature(top * period, 0.002, disagreement),
-                source="nvml_energy_counter",
-                integrated_j=integrated,
-                peak_w=peak,
-                counter_reset=False,
-            )
-        if integrated is None:
-            raise ValueError(f"GPU {meta.uuid} has neither an energy counter nor power samples")
-        lag = AVERAGE_POWER_LAG_S if meta.power_field == "average" else 0.0
-        top = max([peak or 0.0, integrated / span if span > 0 else 0.0, *near])
-        interval = self.record.sample_interval_s
-        # Each power step between samples is placed up to one interval off, so the steps'
-        # sizes count too: the sampled total variation around the window bounds them.
-        steps = curve.variation_w(a.t_s - interval, b.t_s + interval)
-        return Window(
-            energy_j=integrated,
-            uncertainty_j=(top + steps) * (interval + lag),
-            source="nvml_power_integral",
-            integrated_j=integrated,
-            peak_w=peak,
-            counter_reset=reset,
-        )
+class _Publisher:
+    """Turns estimates into wire figures, or null with one warning per kind of figure."""
 
-    def _edge_power(
-        self, curve: PowerCurve, edges: tuple[float, float], period: float
-    ) -> list[float]:
-        """Highest power around each edge: a read lags by up to one counter period, so what
-        it misses was drawn in the period before the edge (plus a sampling interval's margin,
-        and the interpolated power, for edges no sample is near)."""
-        if not curve:
-            return []
-        margin = self.record.sample_interval_s
-        found = []
-        for t in edges:
-            found.append(curve.power_at(t))
-            peak = curve.peak_w(t - period - margin, t + margin)
-            if peak is not None:
-                found.append(peak)
-        return found
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.nulled: dict[str, tuple[float, str | None]] = {}
 
-    def total(self, a: CounterMark, b: CounterMark) -> tuple[float, float]:
-        """Energy and uncertainty over all used GPUs."""
-        windows = [self.window(m, a, b) for m in self.metas]
-        return sum(w.energy_j for w in windows), _quadrature(*(w.uncertainty_j for w in windows))
-
-    def baseline_power(self) -> tuple[float, float] | None:
-        """Summed idle power and its uncertainty; None unless every used GPU has one."""
-        if not all(m.uuid in self.baselines for m in self.metas):
+    def __call__(
+        self, estimate: Estimate | None, what: str, scale: float | None = None
+    ) -> WireEstimate | None:
+        if estimate is None:
             return None
-        chosen = [self.baselines[m.uuid] for m in self.metas]
-        return (
-            sum(b.power_w for b in chosen),
-            _quadrature(*(b.power_uncertainty_w for b in chosen)),
+        relative = estimate.relative(scale)
+        if not math.isfinite(estimate.value) or relative > self.limit:
+            terms = estimate.by_term()
+            dominant = max(terms, key=lambda k: terms[k])[0] if terms else None
+            if relative >= self.nulled.get(what, (-1.0, None))[0]:
+                self.nulled[what] = (relative, dominant)
+            return None
+        return estimate.wire()
+
+    def warnings(self) -> list[Warning]:
+        out = []
+        for what, (relative, dominant) in self.nulled.items():
+            shown = "unbounded" if not math.isfinite(relative) else f"±{relative:.0%}"
+            advice = _ADVICE.get(dominant or "", "measure a longer window")
+            out.append(
+                (
+                    "energy_figure_unbounded",
+                    f"{what} is null: its uncertainty ({shown}) exceeds "
+                    f"energy.max_relative_uncertainty ({self.limit:.0%}), mostly "
+                    f"{dominant or 'unknown'}; {advice}.",
+                )
+            )
+        return out
+
+
+def counted_devices(
+    record: MeterRecord, loaded: Sequence[str], prepared: Sequence[str], *, explicit: bool
+) -> tuple[list[str], list[Warning]]:
+    """Which metered GPUs count, and a warning for any GPU the model occupies unmetered.
+
+    Explicit ``energy.devices`` are metered as asked; otherwise the GPUs the model occupies
+    (those it was prepared on, when it reports none)."""
+    metered = {d.uuid for d in record.devices}
+    used = [u for u in loaded if u in metered]
+    chosen = list(prepared) if explicit or not used else used
+    warnings: list[Warning] = []
+    missing = sorted(set(loaded) - metered)
+    if missing:
+        warnings.append(
+            (
+                "device_not_metered",
+                f"The model also occupies {', '.join(missing)}, which was not metered; set "
+                "energy.devices to include it.",
+            )
         )
+    return chosen, warnings
 
-    def adjust(self, energy_j: float, duration_s: float) -> float | None:
-        base = self.baseline_power()
-        return None if base is None else max(0.0, energy_j - base[0] * duration_s)
 
-    def summed_curve(self) -> PowerCurve:
-        """Total power of the used GPUs at each sampling round (rows of a round share t)."""
-        totals: dict[float, float] = {}
-        for meta in self.metas:
-            curve = self.curves[meta.uuid]
-            for t, p in zip(curve.t, curve.p, strict=True):
-                totals[t] = totals.get(t, 0.0) + p
-        times = sorted(totals)
-        return PowerCurve(times, [totals[t] for t in times])
+def unavailable_warning(reason: str) -> Warning:
+    return ("energy_unavailable", f"Energy not measured: {reason}. Energy fields are null.")
 
 
 def build_energy(
@@ -195,33 +168,44 @@ def build_energy(
     used: Sequence[str],
     work: Work,
     *,
-    cross_check_threshold: float,
+    baselines: BaselineSet,
+    prefill: PrefillRun | None,
+    plan: EnergyConfig,
     now: float,
-) -> tuple[EnergyResult, list[RepeatEnergy], list[Warning]]:
-    """The result's energy section, each repeat's energy, and the warnings they raise."""
+) -> EnergySection:
+    """The energy section of one experiment's measured window."""
     account = EnergyAccount(record, used)
-    repeats = len(work.output_tokens_per_repeat)
+    publish = _Publisher(plan.max_relative_uncertainty)
     start = record.mark("warmup_end")
-    ends = [record.mark(f"repeat_{i}_end") for i in range(repeats)]
+    ends = [record.mark(f"repeat_{i}_end") for i in range(work.repeats)]
     end = ends[-1]
     window_s = end.t_s - start.t_s
-    warnings: list[Warning] = []
+    warnings: list[Warning] = list(baselines.warnings())
+    phases = split(account, work, start, end, prefill)
+    pattern = periodicity(work)
 
-    devices: list[DeviceEnergy] = []
-    windows = []
+    idle = _idle_power(account, baselines)
+    tokens = sum(work.output_tokens_per_request)
+    window = phases.window
+    adjusted = window - idle * window_s if idle is not None else None
+
+    devices = []
+    integrals: list[float | None] = []
     for meta in account.metas:
-        w = account.window(meta, start, end)
-        windows.append(w)
-        idle = account.baselines.get(meta.uuid)
+        est, w = account.estimate(meta, start, end, pattern)
+        integrals.append(w.integrated_j)
+        base = baselines.of(meta.uuid)
+        device_idle = (
+            baselines_.power_estimate(base, baselines.after_of(meta.uuid), meta) if base else None
+        )
         devices.append(
             DeviceEnergy(
                 device_uuid=meta.uuid,
                 name=meta.name,
                 source=w.source,
-                energy_j=w.energy_j,
-                energy_uncertainty_j=w.uncertainty_j,
+                energy_j=est.wire(),
                 adjusted_energy_j=(
-                    max(0.0, w.energy_j - idle.power_w * window_s) if idle else None
+                    (est - device_idle * window_s).wire() if device_idle is not None else None
                 ),
                 integrated_energy_j=w.integrated_j,
                 counter_vs_integral_rel_diff=w.rel_diff,
@@ -229,150 +213,256 @@ def build_energy(
                 peak_power_w=w.peak_w,
                 power_field=meta.power_field,
                 counter_update_period_s=meta.counter_update_period_s,
+                sensor=meta.sensor.wire(),
             )
         )
-        warnings.extend(device_warnings(meta, w, account, start, end, cross_check_threshold))
+        warnings.extend(device_warnings(meta, w, account, start, end, plan.cross_check_threshold))
+    warnings.extend(
+        window_warnings(
+            record, account, window_s, work, timeline_split=phases.method == "timeline_share"
+        )
+    )
+    acquisition, acquisition_warnings = build_acquisition(
+        record, account.metas, account.rows, start, end
+    )
+    warnings.extend(acquisition_warnings)
 
-    energy = sum(w.energy_j for w in windows)
-    uncertainty = _quadrature(*(w.uncertainty_j for w in windows))
-    base = account.baseline_power()
-    adjusted = account.adjust(energy, window_s)
-    adjusted_u = _quadrature(uncertainty, base[1] * window_s) if base else None
-    integrals = [w.integrated_j for w in windows]
+    per_token = window / tokens if tokens else None
+    adjusted_per_token = adjusted / tokens if adjusted is not None and tokens else None
+    headline = adjusted_per_token or per_token
     integrated = sum(i for i in integrals if i is not None) if None not in integrals else None
-    tokens = sum(work.output_tokens_per_request)
-    summed = account.summed_curve()
-
-    phases = _phases(account, record, work, summed, energy, uncertainty, base)
-    decode = next(p for p in phases if p.phase == "decode")
-    decode_tokens = tokens - len(work.output_tokens_per_request)
-    basis: Literal["raw", "adjusted"] = "adjusted" if base else "raw"
-    if decode_tokens > 0:
-        decode_j = decode.energy_j
-        if base:
-            decode_j = max(0.0, decode_j - base[0] * decode.duration_s)
-        per_token = decode_j / decode_tokens
-    else:  # single-token requests have no decode phase: the whole window per token
-        per_token = ((adjusted if base else energy) or 0.0) / tokens if tokens else 0.0
-
-    warnings.extend(window_warnings(record, account, window_s, work))
-    repeat_energy = []
-    previous = start
-    for mark in ends:
-        e, _ = account.total(previous, mark)
-        repeat_energy.append(RepeatEnergy(e, account.adjust(e, mark.t_s - previous.t_s)))
-        previous = mark
-
+    requests = _requests(work, phases, account, idle, publish, window.value)
     result = EnergyResult(
         source=(
             "nvml_energy_counter"
-            if all(w.source == "nvml_energy_counter" for w in windows)
+            if all(d.source == "nvml_energy_counter" for d in devices)
             else "nvml_power_integral"
         ),
-        energy_j=energy,
-        energy_uncertainty_j=uncertainty,
-        baseline_power_w=base[0] if base else None,
-        adjusted_energy_j=adjusted,
-        adjusted_energy_uncertainty_j=adjusted_u,
-        energy_per_output_token_j=energy / tokens if tokens else None,
-        adjusted_energy_per_output_token_j=(
-            adjusted / tokens if tokens and adjusted is not None else None
+        window_s=window_s,
+        energy_j=publish(window, "The window's energy"),
+        adjusted_energy_j=publish(adjusted, "Adjusted energy", window.value),
+        baseline_power_w=publish(idle, "The baseline power"),
+        energy_per_output_token_j=publish(per_token, "J/token"),
+        adjusted_energy_per_output_token_j=publish(
+            adjusted_per_token, "Adjusted J/token", per_token.value if per_token else None
         ),
-        mean_power_w=energy / window_s if window_s > 0 else 0.0,
-        peak_power_w=summed.peak_w(start.t_s, end.t_s) if summed else None,
+        uncertainty=_budget(headline, adjusted_per_token is not None) if headline else None,
+        mean_power_w=window.value / window_s if window_s > 0 else 0.0,
+        peak_power_w=account.summed.peak_w(start.t_s, end.t_s) if account.summed else None,
         integrated_energy_j=integrated,
         counter_vs_integral_rel_diff=(
-            (integrated - energy) / energy if integrated is not None and energy > 0 else None
+            (integrated - window.value) / window.value
+            if integrated is not None and window.value > 0
+            else None
         ),
-        cross_check_threshold=cross_check_threshold,
-        window_s=window_s,
+        cross_check_threshold=plan.cross_check_threshold,
         devices=devices,
-        baselines=[_baseline_info(b, record, now) for b in record.baselines],
-        phases=phases,
-        per_request_energy_j=[per_token * n for n in work.output_tokens_per_request],
-        per_request_basis=basis,
+        baselines=[_baseline_info(b, baselines, account, now) for b in baselines.baselines],
+        phase_split=phases.method,
+        phases=_phases(account, record, work, phases, publish),
+        prefill_passes=_passes(phases, publish),
+        requests=requests,
         sampler=_sampler_report(record),
+        acquisition=acquisition,
+        host=build_host(record, start, end, tokens),
     )
-    return result, repeat_energy, warnings
+    repeat_energy = []
+    previous = start
+    for i, mark in enumerate(ends):
+        e = account.total(previous, mark, pattern)
+        span = mark.t_s - previous.t_s
+        repeat_energy.append(
+            RepeatEnergy(e, e - idle * span if idle is not None else None,
+                         work.output_tokens_of_repeat(i))
+        )  # fmt: skip
+        previous = mark
+    warnings.extend(publish.warnings())
+    return EnergySection(result, repeat_energy, warnings)
+
+
+def _idle_power(account: EnergyAccount, baselines: BaselineSet) -> Estimate | None:
+    """Summed idle power of the GPUs that count; None unless every one has a baseline."""
+    total = Estimate(0.0)
+    for meta in account.metas:
+        base = baselines.of(meta.uuid)
+        if base is None:
+            return None
+        total = total + baselines_.power_estimate(base, baselines.after_of(meta.uuid), meta)
+    return total
+
+
+def _baseline_info(
+    b: Baseline, baselines: BaselineSet, account: EnergyAccount, now: float
+) -> BaselineInfo:
+    meta = next(m for m in account.record.devices if m.uuid == b.device_uuid)
+    after = baselines.after_of(b.device_uuid)
+    return baselines_.info(
+        b,
+        baselines_.power_estimate(b, after, meta),
+        reused=b.device_uuid in baselines.reused,
+        now=now,
+        after=after,
+        after_estimate=baselines_.power_estimate(after, None, meta) if after else None,
+    )
+
+
+def _budget(headline: Estimate, adjusted: bool) -> UncertaintyBudget:
+    variance = headline.std() ** 2
+    terms = []
+    for (name, kind), std in sorted(headline.by_term().items(), key=lambda kv: -kv[1]):
+        terms.append(
+            UncertaintyTerm(
+                name=name,
+                kind=kind,
+                contribution=COVERAGE_FACTOR * std,
+                share=min(1.0, std * std / variance) if variance > 0 else 0.0,
+                description=TERMS[name],
+            )
+        )
+    return UncertaintyBudget(
+        figure="adjusted_energy_per_output_token_j" if adjusted else "energy_per_output_token_j",
+        estimate=headline.wire(),
+        coverage_factor=COVERAGE_FACTOR,
+        terms=terms,
+    )
 
 
 def _phases(
     account: EnergyAccount,
     record: MeterRecord,
     work: Work,
-    summed: PowerCurve,
-    measured_j: float,
-    measured_u: float,
-    base: tuple[float, float] | None,
+    phases: PhaseSplit,
+    publish: _Publisher,
 ) -> list[PhaseEnergy]:
-    load_start, load_end = record.mark("load_start"), record.mark("load_end")
-    warm_end = record.mark("warmup_end")
-    last = record.marks[-1]
-    phases = []
-    for name, a, b in (("load", load_start, load_end), ("warmup", load_end, warm_end)):
-        e, u = account.total(a, b)
-        phases.append(
+    out = []
+    # Warm-up runs the workload's own batches: periodic as the window is.
+    for name, a, b, pattern in (
+        ("load", "load_start", "load_end", None),
+        ("warmup", "load_end", "warmup_end", periodicity(work)),
+    ):
+        first, second = record.mark(a), record.mark(b)
+        out.append(
             PhaseEnergy(
                 phase=name,
-                duration_s=b.t_s - a.t_s,
-                energy_j=e,
-                energy_uncertainty_j=u,
+                duration_s=second.t_s - first.t_s,
+                energy_j=publish(
+                    account.total(first, second, pattern), f"The {name} phase's energy"
+                ),
                 method="counter",
             )
         )
-    window_s = last.t_s - warm_end.t_s
-    prefill_s = sum(s.first_token - s.start for s in work.spans)
-    decode_s = sum(s.end - s.first_token for s in work.spans)
-    between_s = max(0.0, window_s - prefill_s - decode_s)
-    if summed and summed.energy_j(warm_end.t_s, last.t_s) > 0:
-        total_i = summed.energy_j(warm_end.t_s, last.t_s)
-        prefill_i = sum(summed.energy_j(s.start, s.first_token) for s in work.spans)
-        decode_i = sum(summed.energy_j(s.first_token, s.end) for s in work.spans)
-        shares = (prefill_i / total_i, decode_i / total_i)
-    else:  # no samples: share by time
-        shares = (prefill_s / window_s, decode_s / window_s) if window_s > 0 else (0.0, 0.0)
-    shares = (min(shares[0], 1.0), min(shares[1], max(0.0, 1.0 - shares[0])))
-    between_share = max(0.0, 1.0 - shares[0] - shares[1])
-    low = summed.low_w(warm_end.t_s, last.t_s) if summed else None
-    high = summed.peak_w(warm_end.t_s, last.t_s) if summed else None
-    power_range = (high - low) if high is not None and low is not None else 0.0
-    reach = record.sample_interval_s * len(work.spans)
-    limits = [m.power_limit_w for m in account.metas]
-    for name, share, duration in (
-        ("prefill", shares[0], prefill_s),
-        ("decode", shares[1], decode_s),
-        ("between_batches", between_share, between_s),
-    ):
-        spans = len(work.spans) or 1
-        phase_range = power_range
-        if low is not None and None not in limits and duration / spans < record.sample_interval_s:
-            # Spans shorter than the sampling interval can hide a spike no sample saw: bound
-            # the power by the GPUs' power limits instead of the sampled range.
-            phase_range = max(power_range, sum(x or 0.0 for x in limits) - low)
-        phases.append(
+    timeline = phases.method == "timeline_share"
+    batches = [
+        ("prefill", phases.prefill, "timeline_share" if timeline else "prefill_passes"),
+        ("decode", phases.decode, "timeline_share" if timeline else "window_minus_prefill"),
+        ("between_batches", phases.between, "gap_power"),
+    ]
+    durations = _phase_durations(phases)
+    for name, estimate, method in batches:
+        out.append(
             PhaseEnergy(
                 phase=name,
-                duration_s=duration,
-                energy_j=measured_j * share,
-                energy_uncertainty_j=share * measured_u + phase_range * min(duration, reach),
-                method="timeline_share",
+                duration_s=durations[name],
+                energy_j=publish(estimate, f"The {name} phase's energy"),
+                method=method,
             )
         )
-    return phases
+    return out
 
 
-def _baseline_info(b: Baseline, record: MeterRecord, now: float) -> BaselineInfo:
-    return BaselineInfo(
-        device_uuid=b.device_uuid,
-        power_w=b.power_w,
-        power_uncertainty_w=b.power_uncertainty_w,
-        method=b.method,
-        duration_s=b.duration_s,
-        measured_at=datetime.fromtimestamp(b.measured_at, timezone.utc),
-        age_s=max(0.0, now - b.measured_at),
-        reused=b.device_uuid in record.reused_baselines,
-        contaminated=bool(b.warnings),
+def _phase_durations(phases: PhaseSplit) -> dict[str, float]:
+    return {
+        "prefill": phases.prefill_time_s,
+        "decode": phases.decode_time_s,
+        "between_batches": sum(phases.gap_s),
+    }
+
+
+def _passes(phases: PhaseSplit, publish: _Publisher) -> PrefillPasses | None:
+    p = phases.passes
+    if p is None:
+        return None
+    energy = publish(p.energy_j, "The prefill passes' energy")
+    per_pass = publish(p.per_pass_j, "Prefill energy per pass")
+    if energy is None or per_pass is None:
+        return None
+    return PrefillPasses(
+        passes=p.passes,
+        duration_s=p.duration_s,
+        energy_j=energy,
+        energy_per_pass_j=per_pass,
+        prefill_time_per_pass_s=p.prefill_time_per_pass_s,
+        window_prefill_time_per_repeat_s=p.window_prefill_time_per_repeat_s,
     )
+
+
+def _requests(
+    work: Work,
+    phases: PhaseSplit,
+    account: EnergyAccount,
+    idle: Estimate | None,
+    publish: _Publisher,
+    window_j: float,
+) -> RequestEnergy | None:
+    if not work.batches or not any(work.output_tokens_per_request):
+        return None
+    figures = attribute(work, phases, account.summed)
+    raw = [publish(e, "Per-request energy") for e in figures.energy]
+    adjusted = (
+        [
+            publish(a, "Per-request adjusted energy", r.value)
+            for a, r in zip(figures.adjusted(idle), figures.energy, strict=True)
+        ]
+        if idle is not None
+        else None
+    )
+    if any(x is None for x in raw):
+        return None
+    raw_pct = _percentiles(per_token_percentiles(figures.energy, figures.output_tokens), publish)
+    adjusted_pct = None
+    if idle is not None and adjusted is not None and None not in adjusted:
+        adjusted_pct = _percentiles(
+            per_token_percentiles(figures.adjusted(idle), figures.output_tokens),
+            publish,
+            scale=per_token_percentiles(figures.energy, figures.output_tokens),
+        )
+    if raw_pct is None:
+        return None
+    steady = None
+    if sum(figures.output_tokens) > len(figures.output_tokens):
+        per_token, per_request = steady_state(phases, figures.output_tokens)
+        published = [publish(e, "Steady-state per-request energy") for e in per_request]
+        rate = publish(per_token, "Steady-state decode J/token")
+        if rate is not None and None not in published:
+            steady = SteadyStateRequests(
+                energy_per_output_token_j=rate,
+                energy_j=[e for e in published if e is not None],
+            )
+    return RequestEnergy(
+        description=DESCRIPTION,
+        energy_j=[e for e in raw if e is not None],
+        adjusted_energy_j=(
+            [e for e in adjusted if e is not None]
+            if adjusted is not None and None not in adjusted
+            else None
+        ),
+        energy_per_output_token_j=raw_pct,
+        adjusted_energy_per_output_token_j=adjusted_pct,
+        steady_state=steady,
+    )
+
+
+def _percentiles(
+    p: Percentiles, publish: _Publisher, scale: Percentiles | None = None
+) -> PercentileEstimates | None:
+    what = "Per-request adjusted J/token" if scale else "Per-request J/token"
+    values = {
+        name: publish(getattr(p, name), what, getattr(scale, name).value if scale else None)
+        for name in ("mean", "p50", "p90", "p99")
+    }
+    if any(v is None for v in values.values()):
+        return None
+    return PercentileEstimates.model_validate({k: v for k, v in values.items()})
 
 
 def _sampler_report(record: MeterRecord) -> SamplerReport:

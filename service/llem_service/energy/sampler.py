@@ -1,216 +1,323 @@
-"""The power sampler: a thread that reads every metered GPU at a fixed interval.
+"""The power sampler: a process of its own that reads every metered GPU at a fixed interval.
 
-A thread, not a process: each round is a handful of NVML calls (tens of microseconds, released
-from the GIL inside the C library), and a thread shares the experiment's clock and needs no
-pipe. ``benchmarks/sampler_cost.py`` measures its cost per round and its timing jitter.
+A process, not a thread: the experiment's decode loop is Python-heavy, and a sampling thread
+beside it competes for the GIL, stealing time from the workload and getting its rounds late
+(Zeus polls from separate processes for the same reason). The process is started by the
+meter's session (inside the experiment's process) before the measured window and stopped
+after it; ``benchmarks/sampler_cost.py`` measures what each way costs the workload.
 
-Rounds are scheduled on absolute deadlines (start + k x interval), so a slow round delays only
-itself, never the rounds after it. A field a GPU does not support is probed once and then
-recorded as ``None``; any other failed read is ``None`` for that round (and counted). A lost GPU
-ends the sampling: the error is raised at the next mark, and ``on_failure`` hears of it at once
-(the experiment's process uses it to stop a run stuck on the dead GPU).
+Each round reads every GPU's power (`PowerReader`: repeats and readings <= 0 W flagged, a
+failed read a gap), temperature, SM clock, memory, utilisation and clock-event reasons, and
+appends one typed row per GPU to the column files (`samples.ColumnWriter`). About once a
+second it also lists the GPUs' compute processes (`ProcessTracker`) and reads the host's
+RAPL counters (for their wrap-arounds). Rounds run on absolute deadlines (start + k x
+interval), so a slow round delays only itself.
+
+The process talks to the session over two one-way pipes: the session sends ``flush`` (when it
+wants the samples so far, e.g. for a baseline) and ``stop``; the sampler answers ``ready``,
+``flushed``, ``error`` (a lost GPU, at once, so ``on_failure`` can stop a run stuck on the dead
+device) and, last, ``report`` (what it saw besides the samples). It exits by itself if the
+experiment's process dies.
+
+``mode="thread"`` runs the same loop in a thread of the experiment's process (kept to measure
+what the process saves); ``mode="manual"`` takes rounds only when `PowerSampler.sample_once`
+is called (tests on a manual clock).
 """
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import os
+import shutil
+import tempfile
 import threading
 import time
+from array import array
 from collections.abc import Callable, Sequence
-from typing import Literal
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Literal
 
-from llem_service.energy.base import MeterError, Timeline
-from llem_service.energy.nvml import GpuDevice, NvmlError, NvmlGpuLost, NvmlNotSupported
-
-Clock = Callable[[], float]
-
-_OPTIONAL_FIELDS: tuple[tuple[str, str], ...] = (
-    ("temperature_c", "temperature_c"),
-    ("sm_clock_mhz", "sm_clock_mhz"),
-    ("memory_used_bytes", "memory_used_bytes"),
-    ("utilization_pct", "utilization_pct"),
-    ("clock_event_reasons", "clock_event_reasons"),
+from llem_service.energy.base import MeterError
+from llem_service.energy.field_readers import Clock
+from llem_service.energy.nvml import GpuDevice, Nvml
+from llem_service.energy.sampler_engine import (
+    OPTIONAL_FIELDS,
+    DeviceReadReport,
+    SamplerEngine,
+    SamplerReport,
+    SamplerSpec,
+    process_main,
+    run_loop,
 )
+from llem_service.energy.samples import ROUND_COLUMNS, SAMPLE_COLUMNS, ColumnReader, Timeline
 
+__all__ = [
+    "DeviceReadReport",
+    "PowerSampler",
+    "SamplerEngine",
+    "SamplerMode",
+    "SamplerReport",
+    "SamplerSpec",
+    "make_directory",
+    "run_loop",
+]
 
-class _DeviceReader:
-    """Reads one GPU's sample, remembering which fields it does not support."""
+SamplerMode = Literal["process", "thread", "manual"]
 
-    def __init__(self, device: GpuDevice) -> None:
-        self.device = device
-        self.power_field: Literal["instant", "average"] | None = None
-        self._unsupported: set[str] = set()
-        self._reads = {method: getattr(device, method) for _, method in _OPTIONAL_FIELDS}
-        self.failed_reads = 0
-        self._choose_power_field()
-
-    def _choose_power_field(self) -> None:
-        for name, read in (
-            ("instant", self.device.power_instant_mw),
-            ("average", self.device.power_average_mw),
-        ):
-            try:
-                read()
-            except NvmlGpuLost:
-                raise
-            except NvmlError:  # not supported, no permission, an unknown field: try the next
-                continue
-            self.power_field = name  # type: ignore[assignment]
-            return
-
-    def power_w(self) -> float | None:
-        if self.power_field == "instant":
-            return self.device.power_instant_mw() / 1e3
-        if self.power_field == "average":
-            return self.device.power_average_mw() / 1e3
-        return None
-
-    def optional(self, method: str) -> int | None:
-        if method in self._unsupported:
-            return None
-        try:
-            value: int = self._reads[method]()
-        except NvmlNotSupported:
-            self._unsupported.add(method)
-            return None
-        except NvmlGpuLost:
-            raise
-        except NvmlError:
-            self.failed_reads += 1
-            return None
-        return value
-
-    def power_or_none(self) -> float | None:
-        try:
-            return self.power_w()
-        except NvmlGpuLost:
-            raise
-        except NvmlError:
-            self.failed_reads += 1
-            return None
+#: How long the session waits for the sampler's process to start, answer or stop.
+START_TIMEOUT_S = 60.0
+REPLY_TIMEOUT_S = 5.0
 
 
 class PowerSampler:
-    """Samples power and device state of ``devices`` every ``interval_s`` seconds.
+    """The session's handle on the sampler: start, flush, stop, and what it recorded.
 
     Args:
-        devices: The GPUs to sample.
-        interval_s: Target time between rounds.
-        clock: Monotonic clock, seconds; shared with the rest of the session.
+        spec: What to sample (``spec.directory`` is made here when empty).
+        mode: ``process`` (the default), ``thread``, or ``manual``.
+        clock: The session's clock. The process samples on ``time.perf_counter``, so a
+            session with a process sampler must use it too.
+        wall: Wall-clock seconds (for ageing NVML's timestamps in manual mode).
+        devices: The session's GPUs, for ``manual`` mode (other modes open their own).
+        on_failure: Called from the sampler's listener thread as soon as sampling fails.
     """
 
     def __init__(
         self,
-        devices: Sequence[GpuDevice],
-        interval_s: float,
+        spec: SamplerSpec,
+        *,
+        mode: SamplerMode = "process",
         clock: Clock = time.perf_counter,
+        wall: Clock = time.time,
+        devices: Sequence[GpuDevice] = (),
         on_failure: Callable[[MeterError], None] | None = None,
     ) -> None:
-        self.interval_s = interval_s
+        if mode == "process" and clock is not time.perf_counter:
+            raise ValueError("a process sampler shares only time.perf_counter with its session")
+        self.mode = mode
+        self.spec = spec
+        self.interval_s = spec.interval_s
         self.clock = clock
-        self.readers = [_DeviceReader(d) for d in devices]
-        self.timeline = Timeline()
-        self.round_starts_s: list[float] = []
-        self.round_costs_s: list[float] = []
-        self.round_cpu_s: list[float] = []  # the thread's CPU time per round (no preemption)
-        self.error: MeterError | None = None
         self.on_failure = on_failure
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self.error: MeterError | None = None
+        self.report: SamplerReport | None = None
+        self.pid: int | None = None
+        self._directory = Path(spec.directory)
+        self._timeline = Timeline(spec.device_uuids)
+        self._samples = ColumnReader(self._directory, SAMPLE_COLUMNS, prefix="sample_")
+        self._rounds = ColumnReader(self._directory, ROUND_COLUMNS, prefix="round_")
+        self._round_columns: dict[str, list[float]] = {name: [] for name, _ in ROUND_COLUMNS}
+        self._flushed = threading.Event()
+        self._reading = threading.RLock()
+        self._reported = threading.Event()
+        self._ready = threading.Event()
+        self._engine: SamplerEngine | None = None
+        self._worker: Any = None
+        self._control: Connection | None = None
+        self._listener: threading.Thread | None = None
+        self._stopped = False
+        if mode == "manual":
+            self._engine = SamplerEngine(devices, spec, clock, wall)
 
-    def power_field(self, uuid: str) -> Literal["instant", "average"] | None:
-        for reader in self.readers:
-            if reader.device.uuid == uuid:
-                return reader.power_field
-        raise KeyError(uuid)
-
-    def sample_once(self) -> None:
-        """One round: read every GPU, append a row each, record the round's cost."""
-        started = self.clock()
-        cpu_started = time.thread_time()
-        powers = [reader.power_or_none() for reader in self.readers]
-        optional = [
-            [reader.optional(method) for _, method in _OPTIONAL_FIELDS] for reader in self.readers
-        ]
-        ended = self.clock()
-        cpu = time.thread_time() - cpu_started
-        with self._lock:
-            timeline = self.timeline
-            for reader, power, values in zip(self.readers, powers, optional, strict=True):
-                timeline.t_s.append(started)  # powers are read first, together
-                timeline.device_uuid.append(reader.device.uuid)
-                timeline.power_w.append(power)
-                for (column, _), value in zip(_OPTIONAL_FIELDS, values, strict=True):
-                    getattr(timeline, column).append(value)
-            self.round_starts_s.append(started)
-            self.round_costs_s.append(ended - started)
-            self.round_cpu_s.append(cpu)
-
-    def _loop(self) -> None:
-        start = self.clock()
-        k = 0
-        while not self._stop.is_set():
-            try:
-                self.sample_once()
-            except Exception as exc:  # a lost GPU, or a bug: sampling must not die silently
-                error = exc if isinstance(exc, MeterError) else MeterError(f"crashed: {exc!r}")
-                self.error = error
-                if self.on_failure is not None:
-                    self.on_failure(error)
-                return
-            k += 1
-            deadline = start + k * self.interval_s
-            now = self.clock()
-            if deadline < now:  # fell behind: skip missed rounds rather than burst
-                k = int((now - start) / self.interval_s) + 1
-                deadline = start + k * self.interval_s
-            self._stop.wait(deadline - now)
+    # -- life cycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="llem-power-sampler", daemon=True)
-        self._thread.start()
+        if self.mode == "manual":
+            return
+        control_read, control_write = multiprocessing.Pipe(duplex=False)
+        events_read, events_write = multiprocessing.Pipe(duplex=False)
+        if self.mode == "process":
+            context = multiprocessing.get_context("spawn")
+            self._worker = context.Process(
+                target=process_main,
+                args=(self.spec, control_read, events_write, os.getpid()),
+                name="llem-power-sampler",
+                daemon=False,
+            )
+            self._worker.start()
+            control_read.close()
+            events_write.close()
+        else:
+            nvml = Nvml(self.spec.library()).open()
+            devices = [nvml.device(uuid) for uuid in self.spec.device_uuids]
+            engine = SamplerEngine(devices, self.spec, self.clock, time.time)
 
-    def stop(self, timeout_s: float = 5.0) -> bool:
-        """Stop the thread; it ends within one round. A stuck NVML call is left behind
-        (daemon thread) after ``timeout_s`` rather than hanging the experiment: returns False
-        then."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            return not self._thread.is_alive()
+            def loop() -> None:
+                events_write.send(("ready", os.getpid()))
+                try:
+                    run_loop(engine, control_read, events_write)
+                finally:
+                    nvml.close()
+
+            self._worker = threading.Thread(target=loop, name="llem-power-sampler", daemon=True)
+            self._worker.start()
+        self._control = control_write
+        self._listener = threading.Thread(
+            target=self._listen, args=(events_read,), name="llem-sampler-listener", daemon=True
+        )
+        self._listener.start()
+        if not self._ready.wait(START_TIMEOUT_S) and self.error is None:
+            self._fail(MeterError(f"the power sampler did not start within {START_TIMEOUT_S} s"))
+        # A sampler that failed (a GPU lost as it started) is reported like one that fails
+        # later: through on_failure now, and by the session's next mark.
+
+    def _listen(self, events: Connection) -> None:
+        """Blocks on the sampler's messages (releasing the GIL while it waits)."""
+        while True:
+            try:
+                message = events.recv()
+            except (EOFError, OSError):
+                if not self._reported.is_set() and not self._stopped:
+                    self._fail(MeterError("the power sampler's process ended unexpectedly"))
+                self._reported.set()
+                self._flushed.set()
+                self._ready.set()
+                return
+            kind = message[0]
+            if kind == "ready":
+                self.pid = message[1]
+                self._ready.set()
+            elif kind == "flushed":
+                self._flushed.set()
+            elif kind == "error":
+                self._fail(MeterError(f"power sampling failed: {message[1]}"))
+                self._ready.set()
+            elif kind == "report":
+                self.report = message[1]
+                self._reported.set()
+                self._flushed.set()
+
+    def _fail(self, error: MeterError) -> None:
+        if self.error is None:
+            self.error = error
+            if self.on_failure is not None:
+                self.on_failure(error)
+
+    def sample_once(self) -> None:
+        """One round now (``manual`` mode)."""
+        if self._engine is None:
+            raise RuntimeError("sample_once is for a manual sampler")
+        self._engine.sample_once()
+        self._engine.poll_slow()
+
+    def _flush(self) -> None:
+        """Make every row sampled so far readable from the files."""
+        if self._engine is not None:
+            self._engine.flush()
+            return
+        if self._control is None or self._reported.is_set():
+            return
+        self._flushed.clear()
+        try:
+            self._control.send("flush")
+        except (BrokenPipeError, OSError):
+            return
+        self._flushed.wait(REPLY_TIMEOUT_S)
+
+    def stop(self, timeout_s: float = REPLY_TIMEOUT_S) -> bool:
+        """Stop sampling and collect the report. A process stuck inside NVML is killed after
+        ``timeout_s``; a stuck thread is left behind (returns False then)."""
+        if self._stopped:
+            return True
+        self._stopped = True
+        if self._engine is not None:
+            self._engine.flush()
+            self.report = self._engine.report()
+            return True
+        if self._control is not None:
+            with self._reading, contextlib.suppress(BrokenPipeError, OSError):
+                self._control.send("stop")  # not while a monitoring thread sends a flush
+        self._reported.wait(timeout_s)
+        worker = self._worker
+        if isinstance(worker, threading.Thread):
+            worker.join(timeout_s)
+            return not worker.is_alive()
+        if worker is not None:
+            worker.join(timeout_s)
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
         return True
+
+    def close(self) -> None:
+        """Remove the column files (after `result`)."""
+        shutil.rmtree(self._directory, ignore_errors=True)
+
+    # -- what it recorded ---------------------------------------------------------------------
+
+    def _read_new(self) -> None:
+        # Callers hold self._reading: the session's thread and a monitoring thread may both
+        # ask for what has been sampled.
+        raw = self._samples.read_new()
+        if raw["t_s"]:
+            self._timeline.extend_raw(raw)
+        rounds = self._rounds.read_new()
+        for name, column in rounds.items():
+            self._round_columns[name].extend(column)
+
+    def snapshot(self) -> Timeline:
+        """The samples so far (flushed on request; the session's own copy grows)."""
+        with self._reading:
+            self._flush()
+            self._read_new()
+            return self._timeline
+
+    def rounds(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Start time and wall cost of every round so far."""
+        with self._reading:
+            self._flush()
+            self._read_new()
+            return tuple(self._round_columns["t_s"]), tuple(self._round_columns["cost_s"])
+
+    def latest(self) -> list[tuple[str, float, dict[str, float | int | None]]]:
+        """Each GPU's newest row as (uuid, time, columns), for live monitoring; empty before
+        the first round. ``power_w`` is the newest kept reading (a repeat of NVML's previous
+        reading is not a new one). Each call asks the sampler's process to flush (a pipe round
+        trip): fine at a monitoring pace, about once a second."""
+        timeline = self.snapshot()
+        with self._reading:
+            wanted = set(self.spec.device_uuids)
+            rows: dict[str, int] = {}
+            power: dict[str, float | None] = {}
+            i = len(timeline)
+            while i > 0 and (len(rows) < len(wanted) or len(power) < len(wanted)):
+                i -= 1
+                uuid = timeline.device_uuid[i]
+                rows.setdefault(uuid, i)
+                if uuid not in power and timeline.power_w[i] is not None:
+                    power[uuid] = timeline.power_w[i]
+                if len(timeline) - i > 1000 * len(wanted):
+                    break  # no kept reading for a long while: report none
+            names = [column for column in OPTIONAL_FIELDS]
+            return [
+                (
+                    uuid,
+                    timeline.t_s[row],
+                    {
+                        "power_w": power.get(uuid),
+                        **{name: getattr(timeline, name)[row] for name in names},
+                    },
+                )
+                for uuid in self.spec.device_uuids
+                if (row := rows.get(uuid)) is not None
+            ]
+
+    def round_cpu_s(self) -> list[float]:
+        return list(self._round_columns["cpu_s"])
 
     @property
     def failed_reads(self) -> int:
-        return sum(reader.failed_reads for reader in self.readers)
+        return self.report.failed_reads if self.report else 0
 
-    def rounds(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """Start time and wall cost of every round so far (safe while the thread runs)."""
-        with self._lock:
-            return tuple(self.round_starts_s), tuple(self.round_costs_s)
+    @property
+    def samples_bytes(self) -> int:
+        """Bytes of samples read from the sampler's files so far."""
+        row = sum(array(code).itemsize for _, code in SAMPLE_COLUMNS)
+        return self._samples.rows_read * row
 
-    def latest(self) -> list[tuple[str, float, dict[str, float | int | None]]]:
-        """The newest round's row of each GPU as (uuid, time, columns); empty before the first
-        round. Copies one row per GPU, so live monitoring can call it at any rate."""
-        with self._lock:
-            timeline = self.timeline
-            n = len(self.readers)
-            if len(timeline) < n:
-                return []
-            names = ("power_w", *(column for column, _ in _OPTIONAL_FIELDS))
-            return [
-                (
-                    timeline.device_uuid[i],
-                    timeline.t_s[i],
-                    {name: getattr(timeline, name)[i] for name in names},
-                )
-                for i in range(len(timeline) - n, len(timeline))
-            ]
 
-    def snapshot(self) -> Timeline:
-        """A copy of the samples so far (safe while the thread runs)."""
-        with self._lock:
-            copy = Timeline()
-            for name, column in self.timeline.columns().items():
-                getattr(copy, name).extend(column)
-            return copy
+def make_directory(parent: str | None = None) -> str:
+    """A fresh directory for one session's column files."""
+    return tempfile.mkdtemp(prefix="llem-samples-", dir=parent)

@@ -3,23 +3,15 @@ says how to fix it. Called by `llem_service.energy.report.build_energy`."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from llem_service.energy.base import CounterMark, DeviceMeta, MeterRecord
-from llem_service.energy.nvml import throttle_names
+from llem_service.energy.figures import Warning, Window, Work
+from llem_service.energy.windows import DEFAULT_COUNTER_PERIOD_S, EnergyAccount
 from llem_service.experiment.summary import percentile
 
-if TYPE_CHECKING:
-    from llem_service.energy.report import EnergyAccount, Window, Work
-
-#: Assumed when the counter's period could not be probed (NVML's typical 100 ms).
-DEFAULT_COUNTER_PERIOD_S = 0.1
 #: A measured window shorter than this many counter updates is flagged.
 MIN_COUNTER_UPDATES = 10
 #: Temperature rise over the measured window that is flagged, degrees C.
 TEMPERATURE_DRIFT_C = 10
-
-Warning = tuple[str, str]
 
 
 def device_warnings(
@@ -42,11 +34,12 @@ def device_warnings(
             )
         )
     elif not meta.has_energy_counter:
+        why = meta.counter_absent_reason or "pre-Volta, or a vGPU"
         out.append(
             (
                 "no_energy_counter",
-                f"{gpu} has no energy counter (pre-Volta, or a vGPU); its energy is integrated "
-                "from power samples, with a wider uncertainty.",
+                f"{gpu} has no energy counter ({why}); its energy is integrated from power "
+                "samples, with a wider uncertainty.",
             )
         )
     if meta.power_field == "average":
@@ -78,19 +71,7 @@ def device_warnings(
             )
         )
     rows = account.rows[meta.uuid]
-    inside = [i for i, t in enumerate(rows.t_s) if start.t_s <= t <= end.t_s]
-    reasons = [rows.clock_event_reasons[i] for i in inside]
-    throttled = [r for r in reasons if r is not None and throttle_names(r)]
-    if throttled:
-        names = sorted({n for r in throttled for n in throttle_names(r)})
-        out.append(
-            (
-                "gpu_throttled",
-                f"{gpu} was throttled ({', '.join(names)}) in {len(throttled)} of "
-                f"{len(reasons)} samples of the measured window; its speed and energy reflect "
-                "the throttled clocks. Check cooling and the power limit.",
-            )
-        )
+    inside = [i for i, t in enumerate(rows.t_s) if t is not None and start.t_s <= t <= end.t_s]
     temps = [rows.temperature_c[i] for i in inside]
     temps_known = [t for t in temps if t is not None]
     if temps_known and temps_known[-1] - temps_known[0] > TEMPERATURE_DRIFT_C:
@@ -102,24 +83,16 @@ def device_warnings(
                 "(warmup.mode='cv') or measure longer so the GPU reaches a steady state.",
             )
         )
-    pids = sorted(
-        {p for mark in account.record.marks for p in mark.foreign_pids.get(meta.uuid, ())}
-    )
-    if pids:
-        out.append(
-            (
-                "foreign_process",
-                f"Other processes ({', '.join(map(str, pids))}) used {gpu} during the "
-                "experiment; their work is in the energy figures. Measure on a dedicated GPU. "
-                "(In a container NVML lists host PIDs; when this experiment's own PID is not "
-                "among them, one of those listed is this experiment.)",
-            )
-        )
     return out
 
 
 def window_warnings(
-    record: MeterRecord, account: EnergyAccount, window_s: float, work: Work
+    record: MeterRecord,
+    account: EnergyAccount,
+    window_s: float,
+    work: Work,
+    *,
+    timeline_split: bool,
 ) -> list[Warning]:
     out: list[Warning] = []
     periods = [m.counter_update_period_s or DEFAULT_COUNTER_PERIOD_S for m in account.metas]
@@ -137,16 +110,7 @@ def window_warnings(
         )
     prefill = sorted(s.first_token - s.start for s in work.spans)
     median_prefill = percentile(prefill, 0.5) if prefill else None
-    if record.failed_reads:
-        out.append(
-            (
-                "sampler_read_errors",
-                f"{record.failed_reads} power-sampler reads failed and are null in the "
-                "timeline; the counter energy is unaffected, the cross-check and phase split "
-                "use fewer samples.",
-            )
-        )
-    if median_prefill is not None and median_prefill < record.sample_interval_s:
+    if timeline_split and median_prefill is not None and median_prefill < record.sample_interval_s:
         out.append(
             (
                 "phase_split_coarse",

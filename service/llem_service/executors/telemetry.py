@@ -13,9 +13,16 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 
-from llem_client import BaselineConfig, EnergyConfig
+from llem_client import EnergyConfig
 
-from llem_service.energy.base import Baseline, EnergyMeter, MeterError, MeterProbe, MeterRecord
+from llem_service.energy.base import (
+    DeviceMeta,
+    DeviceState,
+    EnergyMeter,
+    MeterError,
+    MeterProbe,
+    MeterRecord,
+)
 from llem_service.energy.base import MeterSession as _MeterSession
 from llem_service.energy.readings import GpuReading
 
@@ -62,10 +69,22 @@ class ForwardingSession:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def baselines(
-        self, plan: BaselineConfig, cached: Sequence[Baseline], *, now: float
-    ) -> tuple[Baseline, ...]:
-        return self.inner.baselines(plan, cached, now=now)
+    @property
+    def metas(self) -> tuple[DeviceMeta, ...]:
+        return self.inner.metas
+
+    @property
+    def driver_version(self) -> str | None:
+        return self.inner.driver_version
+
+    def wait(self, seconds: float) -> None:
+        self.inner.wait(seconds)
+
+    def snapshot(self) -> MeterRecord:
+        return self.inner.snapshot()
+
+    def device_state(self) -> dict[str, DeviceState]:
+        return self.inner.device_state()
 
     def start(self) -> None:
         self.inner.start()

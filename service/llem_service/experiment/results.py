@@ -1,4 +1,5 @@
-"""Result files: per experiment a JSON result and, when power was sampled, a Parquet timeline.
+"""Result files: per experiment a JSON result and, when power was sampled, a Parquet timeline
+(served as Parquet, or as CSV converted on the way out).
 
 Every file is written atomically (temp file, fsync, rename, fsync of the directory): a reader
 never sees a half-written file, and a crash while writing leaves no file rather than a
@@ -7,6 +8,7 @@ truncated one.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from collections.abc import Callable
@@ -14,7 +16,8 @@ from pathlib import Path
 
 from llem_client import ExperimentResult
 
-from llem_service.energy.timeseries import Columns, write_parquet
+from llem_service.energy.base import TIMELINE_COLUMNS
+from llem_service.energy.timeseries import Columns
 
 _TMP_PREFIX = ".tmp-"
 
@@ -74,3 +77,43 @@ class ResultFiles:
             Path(result_path).unlink(missing_ok=True)
         (self.directory / f"{experiment_id}.json").unlink(missing_ok=True)
         self.timeseries_path(experiment_id).unlink(missing_ok=True)
+
+    @staticmethod
+    def as_csv(parquet: bytes) -> bytes:
+        """A stored timeline (Parquet bytes) as CSV."""
+        return parquet_to_csv(parquet)
+
+
+_SCHEMA_TYPES = {
+    "t_s": "float64",
+    "device_uuid": "string",
+    "power_t_s": "float64",
+    "power_w": "float64",
+    "temperature_c": "int32",
+    "sm_clock_mhz": "int32",
+    "memory_used_bytes": "int64",
+    "utilization_pct": "int32",
+    "clock_event_reasons": "uint64",
+    "phase": "string",
+}
+
+
+def write_parquet(columns: Columns, path: Path) -> None:
+    """Write the table to ``path`` (the caller makes it atomic)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = [*TIMELINE_COLUMNS, "phase"]
+    schema = pa.schema([(name, getattr(pa, _SCHEMA_TYPES[name])()) for name in names])
+    table = pa.table({name: columns[name] for name in names}, schema=schema)
+    pq.write_table(table, path, compression="zstd")
+
+
+def parquet_to_csv(data: bytes) -> bytes:
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO(data))
+    out = io.BytesIO()
+    pcsv.write_csv(table, out)
+    return out.getvalue()

@@ -1,13 +1,16 @@
-"""One experiment, start to finish, inside the child process: baseline, load, warm up, measure.
+"""One experiment, start to finish, inside the child process: baseline, load, warm up,
+measure, then (for the energy figures) prefill passes and the idle baseline again.
 
 The backend and the meter are injected; this module owns the order of the phases and where the
 energy counters are read. The meter's session runs from before the model loads to after the
-last repeat; its marks cut that span into phases:
+last pass; its marks cut that span into phases:
 
-    [baseline_start .. baseline_end]  load_start .. load_end .. warmup_end ..
-    repeat_0_end .. repeat_{n-1}_end
+    [baseline_0 .. baseline_k]  load_start .. load_end .. warmup_end ..
+    repeat_0_end .. repeat_{n-1}_end  [prefill_start .. prefill_end]  [baseline_after_*]
 
 The device is synchronised before every mark, so a counter read never misses queued work.
+What the energy section says (and which GPUs count) is the energy package's business
+(`llem_service.energy.report`); this module hands it what happened.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import platform
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from llem_client import (
@@ -26,8 +29,6 @@ from llem_client import (
     GpuEnvironment,
     GpuProcess,
     JobProgress,
-    RepeatResult,
-    RepeatSummary,
     ResultWarning,
     __version__,
     measurement_config_hash,
@@ -42,18 +43,37 @@ from llem_service.backends.base import (
 from llem_service.container import image_identity
 from llem_service.energy.base import (
     Baseline,
+    DeviceNotMetered,
     EnergyMeter,
     MeterError,
     MeterProbe,
     MeterRecord,
     MeterSession,
 )
-from llem_service.energy.nvml import NVML_ERROR_NOT_FOUND, NvmlError
-from llem_service.energy.report import RepeatEnergy, Span, Work, build_energy
+from llem_service.energy.baseline import BaselineSet, take_after, take_baselines
+from llem_service.energy.figures import Batch, PrefillRun, Span, Warning, Work
+from llem_service.energy.phases import pass_rhythm
+from llem_service.energy.report import (
+    EnergySection,
+    build_energy,
+    counted_devices,
+    unavailable_warning,
+)
 from llem_service.energy.timeseries import Columns, timeline_table
-from llem_service.experiment.summary import latency_stats, sample_stats
+from llem_service.energy.windows import READINGS_TAIL_S, passes_window_s
+from llem_service.experiment.repeats import (
+    RepeatPolicy,
+    RepeatStop,
+    repeat_statistic,
+    summarise,
+)
+from llem_service.experiment.summary import latency_stats
 
 ProgressSink = Callable[[JobProgress], None]
+
+#: Prefill passes stop here even if the counter window is not yet long enough (a backend
+#: whose pass takes no time would otherwise spin until ``energy.prefill_max_s``).
+MAX_PREFILL_PASSES = 10_000
 
 
 @dataclass(frozen=True)
@@ -62,6 +82,21 @@ class ExperimentOutput:
 
     result: ExperimentResult
     timeseries: Columns | None = None
+
+
+@dataclass
+class _Run:
+    """What happened, for the result."""
+
+    loaded: LoadReport | None = None
+    warm: WarmupReport | None = None
+    workloads: list[WorkloadReport] = field(default_factory=list)
+    stop: RepeatStop | None = None
+    baselines: BaselineSet = field(default_factory=BaselineSet)
+    prefill: PrefillRun | None = None
+    record: MeterRecord | None = None
+    unmetered: str | None = None
+    warnings: list[Warning] = field(default_factory=list)
 
 
 def run_experiment(
@@ -79,8 +114,9 @@ def run_experiment(
     """Run ``config`` on ``backend``, metered by ``meter``; return the full result.
 
     Args:
-        baselines: Idle baselines the service kept from earlier experiments; one of the same
-            GPU younger than ``config.baseline.max_age_s`` is reused instead of measured.
+        baselines: Idle baselines the service kept from earlier experiments; one the reuse
+            rule accepts (`llem_service.energy.baseline.refusal`) is reused instead of
+            measured.
         on_meter_failure: Told at once, from the meter's thread, when metering fails (a lost
             GPU) so the caller can stop a run that may be stuck on the dead device.
         reused_from: The experiment whose model the backend still holds (same
@@ -92,10 +128,8 @@ def run_experiment(
     """
     started_at = datetime.now(timezone.utc)
     probe = meter.probe()
-    unmetered: str | None = None
+    run = _Run()
     session: MeterSession | None = None
-    record: MeterRecord | None = None
-    workloads: list[WorkloadReport] = []
     completed = False
 
     def mark(label: str) -> None:
@@ -109,43 +143,109 @@ def run_experiment(
         if probe.available and uuids:
             try:
                 session = meter.open(uuids, config.energy, on_meter_failure)
-            except NvmlError as exc:
-                if exc.code != NVML_ERROR_NOT_FOUND:
-                    raise
-                # e.g. a MIG instance: NVML meters only whole GPUs
-                unmetered = f"NVML does not know the device the model runs on ({exc})"
+            except DeviceNotMetered as exc:
+                run.unmetered = str(exc)
         if session is not None:
             session.start()
-            session.baselines(config.baseline, baselines, now=time.time())
+            run.baselines = take_baselines(session, config.baseline, baselines, now=time.time())
         mark("load_start")
-        loaded = backend.reuse(config) if reused_from is not None else backend.load(config)
+        run.loaded = backend.reuse(config) if reused_from is not None else backend.load(config)
         mark("load_end")
         report(JobProgress(phase="warmup"))
-        warm = backend.warmup(config)
+        run.warm = backend.warmup(config)
         mark("warmup_end")
-        total = config.n_prompts * config.repeats
-        report(JobProgress(phase="measuring", completed=0, total=total, unit="requests"))
-        for repeat in range(config.repeats):
-            progress = _MeasuringProgress(report, repeat * config.n_prompts, total)
-            workloads.append(backend.run(config, progress))
-            mark(f"repeat_{repeat}_end")
+        _measure(config, backend, session, run, report, mark)
+        if session is not None and config.energy.phase_split == "counter":
+            report(JobProgress(phase="prefill"))
+            run.prefill = _prefill_passes(config, backend, session, mark)
+        if session is not None and config.baseline.enabled and config.baseline.when != "before":
+            report(JobProgress(phase="baseline"))
+            after = take_after(session, config.baseline, now=time.time())
+            run.baselines = replace(run.baselines, after=after)
+        if session is not None:
+            # Power readings run late: sample past the last mark so what came before it shows.
+            session.wait(READINGS_TAIL_S)
         completed = True
     finally:
         try:
             if session is not None:
-                record = session.close()
+                run.record = session.close()
         finally:
             if not (keep_loaded and completed):
                 backend.close()
 
-    output = _assemble(
-        experiment_id, config, backend, probe, loaded, warm, workloads,
-        record=record, started_at=started_at, uuids=uuids, unmetered=unmetered,
-    )  # fmt: skip
+    output = _assemble(experiment_id, config, backend, probe, run, started_at, uuids)
     if reused_from is None:
         return output
     reused = output.result.model_copy(update={"model_reused_from": reused_from})
     return ExperimentOutput(result=reused, timeseries=output.timeseries)
+
+
+def _measure(
+    config: ExperimentConfig,
+    backend: InferenceBackend,
+    session: MeterSession | None,
+    run: _Run,
+    report: ProgressSink,
+    mark: Callable[[str], None],
+) -> None:
+    """The measured window: repeats until the policy says stop."""
+    policy = RepeatPolicy(config.repeats)
+    total = config.n_prompts * policy.max
+    report(JobProgress(phase="measuring", completed=0, total=total, unit="requests"))
+    values: list[float] = []
+    floors: list[float] = []
+    while True:
+        repeat = len(run.workloads)
+        progress = _MeasuringProgress(report, repeat * config.n_prompts, total)
+        run.workloads.append(backend.run(config, progress))
+        mark(f"repeat_{repeat}_end")
+        record = session.snapshot() if session is not None else None
+        statistic, value, floor = repeat_statistic(
+            record, run.workloads[repeat], repeat, run.baselines
+        )
+        values.append(value)
+        floors.append(floor)
+        run.stop = policy.decide(statistic, values, max(floors))
+        if run.stop is not None:
+            break
+    warning = policy.warning(run.stop)
+    if warning is not None:
+        run.warnings.append(warning)
+
+
+def _prefill_passes(
+    config: ExperimentConfig,
+    backend: InferenceBackend,
+    session: MeterSession,
+    mark: Callable[[str], None],
+) -> PrefillRun | None:
+    """The workload's batches with one output token, again and again, until the counter
+    window spans ``energy.prefill_counter_periods`` updates, longer while the passes' rhythm
+    aliases with a part-time sensor (`passes_window_s`), at most ``energy.prefill_max_s``."""
+    periods = [m.counter_update_period_s for m in session.metas if m.has_energy_counter]
+    if not periods:
+        return None  # no counter: the passes could only be measured as the timeline is
+    plan = config.energy
+    target_s = plan.prefill_counter_periods * max(p or 0.1 for p in periods)
+    mark("prefill_start")
+    latencies: list[tuple[float, ...]] = []
+    elapsed = 0.0
+    while elapsed < target_s and len(latencies) < MAX_PREFILL_PASSES:
+        report = backend.prefill(config)
+        latencies.append(report.batch_latencies_s)
+        elapsed += report.duration_s
+        if len(latencies) == 1:
+            target_s = passes_window_s(
+                session.metas,
+                pass_rhythm(report.batch_latencies_s, report.duration_s),
+                at_least_s=target_s,
+                at_most_s=plan.prefill_max_s,
+            )
+    mark("prefill_end")
+    count = len(latencies)
+    mean = tuple(sum(col) / count for col in zip(*latencies, strict=True))
+    return PrefillRun(passes=count, batch_latencies_s=mean)
 
 
 @dataclass(frozen=True)
@@ -167,34 +267,56 @@ class _MeasuringProgress:
         )
 
 
+def _work(workloads: Sequence[WorkloadReport]) -> Work:
+    """The measured window batch by batch, for the energy figures."""
+    batches = []
+    for repeat, w in enumerate(workloads):
+        sizes = w.batch_sizes or _even_sizes(w.n_requests, len(w.batch_spans_s))
+        inputs = w.input_tokens_per_request
+        offset = 0
+        for i, span in enumerate(w.batch_spans_s):
+            size = sizes[i]
+            batches.append(
+                Batch(
+                    span=Span(*span),
+                    input_tokens=inputs[offset : offset + size] if inputs else (),
+                    output_tokens=w.output_tokens_per_request[offset : offset + size],
+                    step_times_s=w.batch_step_times_s[i] if w.batch_step_times_s else (),
+                    repeat=repeat,
+                )
+            )
+            offset += size
+    return Work(batches=tuple(batches), repeats=len(workloads))
+
+
+def _even_sizes(n_requests: int, n_batches: int) -> tuple[int, ...]:
+    if n_batches == 0:
+        return ()
+    base, extra = divmod(n_requests, n_batches)
+    return tuple(base + (1 if i < extra else 0) for i in range(n_batches))
+
+
 def _assemble(
     experiment_id: str,
     config: ExperimentConfig,
     backend: InferenceBackend,
     probe: MeterProbe,
-    loaded: LoadReport,
-    warm: WarmupReport,
-    workloads: list[WorkloadReport],
-    *,
-    record: MeterRecord | None,
+    run: _Run,
     started_at: datetime,
     uuids: tuple[str, ...],
-    unmetered: str | None,
 ) -> ExperimentOutput:
-    warnings = [ResultWarning(code=c, message=m) for w in workloads for c, m in w.warnings]
+    workloads = run.workloads
+    loaded, warm, record = run.loaded, run.warm, run.record
+    assert loaded is not None
+    assert warm is not None
+    warnings: list[Warning] = [w for wl in workloads for w in wl.warnings]
+    warnings.extend(run.warnings)
     if not probe.available:
-        warnings.append(
-            ResultWarning(
-                code="energy_unavailable",
-                message=f"Energy not measured: {probe.reason}. Energy fields are null.",
-            )
-        )
+        warnings.append(unavailable_warning(str(probe.reason)))
     elif record is None:
-        why = unmetered or (f"the experiment ran on no GPU (device {config.pytorch.device!r})")
         warnings.append(
-            ResultWarning(
-                code="energy_unavailable",
-                message=f"Energy not measured: {why}. Energy fields are null.",
+            unavailable_warning(
+                run.unmetered or f"the experiment ran on no GPU (device {config.pytorch.device!r})"
             )
         )
 
@@ -207,39 +329,25 @@ def _assemble(
     prefill_flops = sum(w.prefill_flops for w in workloads)
     decode_flops = sum(w.decode_flops for w in workloads)
 
-    energy = None
-    repeat_energy: list[RepeatEnergy] = []
+    section = EnergySection(None)
     timeseries = None
     if record is not None:
-        spans = tuple(Span(*s) for w in workloads for s in w.batch_spans_s)
-        work = Work(
-            spans=spans,
-            output_tokens_per_request=tuple(per_request),
-            output_tokens_per_repeat=tuple(w.output_tokens for w in workloads),
+        work = _work(workloads)
+        used, device_warnings = counted_devices(
+            record, loaded.device_uuids, uuids, explicit=bool(config.energy.devices)
         )
-        # Explicit energy.devices are metered as asked; otherwise the GPUs the model occupies.
-        metered = {d.uuid for d in record.devices}
-        used = [u for u in loaded.device_uuids if u in metered]
-        energy, repeat_energy, energy_warnings = build_energy(
+        section = build_energy(
             record,
-            uuids if config.energy.devices or not used else used,
+            used,
             work,
-            cross_check_threshold=config.energy.cross_check_threshold,
+            baselines=run.baselines,
+            prefill=run.prefill,
+            plan=config.energy,
             now=started_at.timestamp(),
         )
-        for baseline in record.baselines:
-            warnings.extend(ResultWarning(code=c, message=m) for c, m in baseline.warnings)
-        warnings.extend(ResultWarning(code=c, message=m) for c, m in energy_warnings)
-        missing = sorted(set(loaded.device_uuids) - {d.uuid for d in record.devices})
-        if missing:
-            warnings.append(
-                ResultWarning(
-                    code="device_not_metered",
-                    message=f"The model also occupies {', '.join(missing)}, which was not "
-                    "metered; set energy.devices to include it.",
-                )
-            )
-        timeseries = timeline_table(record, spans)
+        warnings.extend(section.warnings)
+        warnings.extend(device_warnings)
+        timeseries = timeline_table(record, work.spans)
 
     result = ExperimentResult(
         experiment_id=experiment_id,
@@ -270,54 +378,17 @@ def _assemble(
             [w.peak_memory_allocated_bytes for w in workloads]
         ),
         peak_memory_reserved_bytes=_max_or_none([w.peak_memory_reserved_bytes for w in workloads]),
-        repeats=_repeat_summary(workloads, repeat_energy),
-        energy_meter_available=energy is not None,
-        energy=energy,
+        repeats=summarise(workloads, section.repeats, run.stop),
+        energy_meter_available=section.result is not None,
+        energy=section.result,
         total_flops=prefill_flops + decode_flops,
         prefill_flops=prefill_flops,
         decode_flops=decode_flops,
         flops_method=workloads[0].flops_method,
         environment=snapshot_environment(backend, probe, record),
-        warnings=warnings,
+        warnings=[ResultWarning(code=c, message=m) for c, m in warnings],
     )
     return ExperimentOutput(result=result, timeseries=timeseries)
-
-
-def _repeat_summary(
-    workloads: Sequence[WorkloadReport], energies: Sequence[RepeatEnergy]
-) -> RepeatSummary:
-    rows = []
-    for i, w in enumerate(workloads):
-        e = energies[i] if i < len(energies) else None
-        tokens = w.output_tokens
-        rows.append(
-            RepeatResult(
-                index=i,
-                duration_s=w.duration_s,
-                output_tokens=tokens,
-                tokens_per_second=_ratio(tokens, w.duration_s),
-                energy_j=e.energy_j if e else None,
-                adjusted_energy_j=e.adjusted_energy_j if e else None,
-                energy_per_output_token_j=e.energy_j / tokens if e and tokens else None,
-                adjusted_energy_per_output_token_j=(
-                    e.adjusted_energy_j / tokens
-                    if e and tokens and e.adjusted_energy_j is not None
-                    else None
-                ),
-            )
-        )
-    raw = [r.energy_per_output_token_j for r in rows]
-    adjusted = [r.adjusted_energy_per_output_token_j for r in rows]
-    return RepeatSummary(
-        per_repeat=rows,
-        tokens_per_second=sample_stats([r.tokens_per_second for r in rows]),
-        energy_per_output_token_j=(
-            sample_stats([x for x in raw if x is not None]) if None not in raw else None
-        ),
-        adjusted_energy_per_output_token_j=(
-            sample_stats([x for x in adjusted if x is not None]) if None not in adjusted else None
-        ),
-    )
 
 
 def _max_or_none(values: Sequence[int | None]) -> int | None:

@@ -29,7 +29,6 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from llem_client import (
-    BaselineInfo,
     ExperimentResult,
     Job,
     JobProgress,
@@ -38,7 +37,7 @@ from llem_client import (
     ResultWarning,
 )
 
-from llem_service.energy.base import Baseline
+from llem_service.energy.baseline import BaselineCache
 from llem_service.errors import Failures
 from llem_service.executors.base import (
     Executor,
@@ -67,31 +66,6 @@ STORE_RETRY_S = 1.0
 
 #: Told each job the scheduler ran, once its end is recorded, with its result if it succeeded.
 FinishedListener = Callable[[Job, ExperimentResult | None], None]
-
-
-class BaselineCache:
-    """The latest idle baseline of each GPU, kept by the service across experiments (a child
-    process lives for one experiment only). Each experiment decides by its own
-    ``baseline.max_age_s`` whether a cached one is fresh enough."""
-
-    def __init__(self) -> None:
-        self._by_device: dict[str, Baseline] = {}
-
-    def all(self) -> tuple[Baseline, ...]:
-        return tuple(self._by_device.values())
-
-    def update(self, infos: Sequence[BaselineInfo]) -> None:
-        for info in infos:
-            if info.reused or info.contaminated:
-                continue
-            self._by_device[info.device_uuid] = Baseline(
-                device_uuid=info.device_uuid,
-                power_w=info.power_w,
-                power_uncertainty_w=info.power_uncertainty_w,
-                duration_s=info.duration_s,
-                measured_at=info.measured_at.timestamp(),
-                method=info.method,
-            )
 
 
 class Scheduler:

@@ -138,5 +138,5 @@ class ServiceMetrics:
         self.finished.labels(job.status.value, failure).inc()
         if result is not None and job.status is JobStatus.SUCCEEDED:
             self.output_tokens.labels(job.model).inc(result.output_tokens)
-            if result.energy is not None:
-                self.energy.labels(job.model).inc(result.energy.energy_j)
+            if result.energy is not None and result.energy.energy_j is not None:
+                self.energy.labels(job.model).inc(result.energy.energy_j.value)

@@ -26,26 +26,24 @@ Metrics = dict[str, float | None]
 def run_metrics(result: ExperimentResult) -> Metrics:
     """The figures of one result that a study table shows (`llem_client.STUDY_METRICS`).
 
-    Per-token uncertainties are the energy's error bound over the output tokens; null where
-    the figure was not measured (no energy meter, a single-token workload).
+    Per-token uncertainties are the figures' expanded (k = 2) total uncertainties; null where
+    the figure was not published (no energy meter, a single-token workload, a figure the run
+    could not bound: see the result's warnings).
     """
     energy = result.energy
-    tokens = result.output_tokens
     itl = result.inter_token_latency_sec
     ttft = result.time_to_first_token_sec
-    per_request = energy.per_request_energy_j if energy is not None else []
-    adjusted_bound = energy.adjusted_energy_uncertainty_j if energy is not None else None
+    raw = energy.energy_per_output_token_j if energy is not None else None
+    adjusted = energy.adjusted_energy_per_output_token_j if energy is not None else None
+    requests = energy.requests if energy is not None else None
+    per_request = [e.value for e in requests.energy_j] if requests is not None else []
     return {
         "tokens_per_s": result.avg_tokens_per_second,
-        "energy_per_output_token_j": energy.energy_per_output_token_j if energy else None,
-        "energy_per_output_token_uncertainty_j": (
-            energy.energy_uncertainty_j / tokens if energy is not None and tokens else None
-        ),
-        "adjusted_energy_per_output_token_j": (
-            energy.adjusted_energy_per_output_token_j if energy else None
-        ),
+        "energy_per_output_token_j": raw.value if raw is not None else None,
+        "energy_per_output_token_uncertainty_j": raw.total if raw is not None else None,
+        "adjusted_energy_per_output_token_j": adjusted.value if adjusted is not None else None,
         "adjusted_energy_per_output_token_uncertainty_j": (
-            adjusted_bound / tokens if adjusted_bound is not None and tokens else None
+            adjusted.total if adjusted is not None else None
         ),
         "ttft_p50_s": ttft.p50,
         "ttft_p90_s": ttft.p90,

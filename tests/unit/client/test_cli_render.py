@@ -17,7 +17,7 @@ from llem_client._cli_render import (
 )
 from rich.console import Console
 
-from tests.conftest import make_result
+from tests.conftest import make_energy, make_result
 
 
 def make_job(status: str = "running", **progress: object) -> Job:
@@ -41,18 +41,41 @@ def render(result_or_job: object) -> str:
     return buffer.getvalue()
 
 
-def test_summary_shows_energy_with_units():
+def test_summary_shows_energy_with_units_and_total_uncertainty():
     rows = dict(result_rows(make_result()))
 
     assert rows["energy (raw)"] == "100.00 ± 2.50 J"
-    assert rows["energy (minus idle)"] == "80.00 ± 2.60 J"
-    assert rows["J/token (raw)"] == "6.25 J/token"
-    assert rows["J/token (minus idle)"] == "5 J/token"
+    assert rows["energy (minus idle)"] == "80.00 ± 2.64 J"
+    assert rows["J/token (raw)"] == "6.25 ± 0.1564 J/token"
+    assert rows["J/token (minus idle)"] == "5 ± 0.164 J/token"
+    assert rows["largest uncertainty"] == "counter_quantisation (63% of the variance)"
+    assert rows["prefill energy"] == "30.00 ± 1.41 J"
+    assert rows["per-request J/token p50 (minus idle)"] == "5 ± 0.4301 J/token"
     assert rows["mean power"] == "200.0 W"
-    assert rows["idle power"] == "40.0 W"
+    assert rows["idle power"] == "40.0 ± 1.0 W"
     assert rows["counter vs samples"] == "+2.0%"
     assert rows["tokens/s (output)"] == "32.0"
     assert rows["measured duration"] == "0.500 s"
+
+
+def test_a_figure_the_run_could_not_bound_says_so():
+    result = make_result(
+        energy=make_energy(adjusted_energy_j=None, adjusted_energy_per_output_token_j=None)
+    )
+
+    rows = dict(result_rows(result))
+
+    assert rows["energy (minus idle)"] == "n/a (see warnings)"
+    assert rows["J/token (minus idle)"] == "n/a (see warnings)"
+    assert rows["energy (raw)"] == "100.00 ± 2.50 J"
+
+
+def test_repeats_stopped_by_statistics_say_why():
+    summary = make_result().repeats.model_copy(update={"stop_reason": "target_reached"})
+
+    rows = dict(result_rows(make_result(repeats=summary)))
+
+    assert rows["repeats stopped"] == "target reached after 1"
 
 
 def test_summary_says_no_meter_instead_of_zero():

@@ -215,8 +215,9 @@ def test_export_writes_one_row_per_result(tmp_path: Path, suffix: str):
 
         rows = pq.read_table(path).to_pylist()
     assert [r["experiment_id"] for r in rows] == ["a" * 32, "b" * 32]
-    assert float(rows[0]["energy.energy_j"]) == 100.0
-    assert rows[1]["energy.energy_j"] in ("", None)  # not measured: empty, never 0
+    assert float(rows[0]["energy.energy_j.value"]) == 100.0
+    assert float(rows[0]["energy.energy_j.total"]) > 0  # its uncertainty beside it
+    assert rows[1]["energy.energy_j.value"] in ("", None)  # not measured: empty, never 0
     assert rows[1]["warnings"] == "energy_unavailable"
     assert rows[0]["tag.sweep"] == "bs"
     assert float(rows[0]["time_to_first_token_sec.p50"]) == 0.0625

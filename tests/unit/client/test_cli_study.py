@@ -30,9 +30,11 @@ def _file(tmp_path: Path, **overrides: Any) -> str:
 
 
 def test_study_run_follows_each_run_and_prints_the_ranked_table(
-    live_server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    metered_server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = cli(capsys, "--server", live_server.base_url, "study", "run", _file(tmp_path))
+    code, out, err = cli(
+        capsys, "--server", metered_server.base_url, "study", "run", _file(tmp_path)
+    )
 
     assert code == 0, err
     assert "skipped point 3 (batch_size=8): batch_size (8) exceeds n_prompts (4)" in err
@@ -46,9 +48,9 @@ def test_study_run_follows_each_run_and_prints_the_ranked_table(
 
 
 def test_study_results_in_every_format(
-    live_server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    metered_server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    server = ["--server", live_server.base_url]
+    server = ["--server", metered_server.base_url]
     code, out, _ = cli(capsys, *server, "study", "run", _file(tmp_path, cycles=1), "--json")
     assert code == 0
     study_id = json.loads(out)["id"]

@@ -68,6 +68,12 @@ def test_unknown_keys_are_rejected_where_they_are(body: dict[str, Any], where: s
             ["prompts.input_len", "max_input_tokens"],
         ),
         ({"warmup": {"mode": "cv", "window": 5, "max_batches": 3}}, ["warmup.window"]),
+        ({"repeats": {"min": 5, "max": 3}}, ["repeats.min", "repeats.max"]),
+        ({"repeats": {"target_ci_rel": 0}}, ["repeats", "target_ci_rel"]),
+        (
+            {"baseline": {"enabled": False, "when": "before_and_after"}},
+            ["baseline.when", "baseline.enabled"],
+        ),
     ],
 )
 def test_cross_field_rules_name_their_fields(body: dict[str, Any], named: list[str]) -> None:
@@ -119,8 +125,9 @@ def test_hash_is_stable_across_releases() -> None:
     config = ExperimentConfig.model_validate({"model": "gpt2"})
 
     assert canonical_config_json(config).startswith('{"backend":"pytorch","baseline":{')
-    # Re-pinned when energy.cross_check_threshold was added (before any release).
-    assert measurement_config_hash(config) == "94a50bc2f850d989"
+    # Re-pinned when energy.cross_check_threshold was added, and again for the baseline's
+    # settling and reuse rule, energy.phase_split and repeats (before any release).
+    assert measurement_config_hash(config) == "5426e9ac5fae52fe"
 
 
 def test_result_round_trips_through_json() -> None:
@@ -161,6 +168,7 @@ def test_job_schema_lists_every_status() -> None:
 @pytest.mark.parametrize("name", ["n_prompts", "max_output_tokens", "batch_size", "repeats"])
 def test_integer_fields_enforce_their_lower_bound(name: str) -> None:
     schema = ExperimentConfig.model_json_schema()["properties"][name]
+    schema = schema.get("oneOf", [schema])[0]  # repeats: a number, or an object
     lowest = schema.get("exclusiveMinimum", schema.get("minimum", 0) - 1) + 1
     body: dict[str, Any] = {"model": "gpt2", "n_prompts": max(lowest, 1), "batch_size": 1}
 

@@ -132,6 +132,29 @@ def test_invalid_config_is_a_422_problem_naming_each_field(http: TestClient) -> 
     assert "Value error" not in problem["detail"]
 
 
+@pytest.mark.parametrize(
+    ("section", "named"),
+    [
+        ({"repeats": {"min": 5, "max": 3}}, ["repeats.min (5) exceeds repeats.max (3)"]),
+        ({"repeats": {"target_ci_rel": 0}}, ["repeats.object.target_ci_rel"]),
+        ({"repeats": {"target_ci_rel": -0.1}}, ["repeats.object.target_ci_rel"]),
+        (
+            {"baseline": {"enabled": False, "when": "before_and_after"}},
+            ["baseline.when='before_and_after' requires baseline.enabled=true"],
+        ),
+    ],
+)
+def test_a_self_contradicting_energy_config_is_refused_naming_its_fields(
+    http: TestClient, section: dict[str, object], named: list[str]
+) -> None:
+    response = http.post("/v1/experiments", json={"model": "gpt2", **section})
+
+    problem = assert_problem(response, 422)
+    for text in named:
+        assert text in problem["detail"]
+    assert http.get("/v1/experiments").json()["items"] == []  # nothing was queued
+
+
 def test_malformed_json_is_a_422_problem(http: TestClient) -> None:
     response = http.post(
         "/v1/experiments", content=b"{not json", headers={"content-type": "application/json"}
@@ -325,6 +348,8 @@ def test_baselines_list_what_the_service_keeps(make_http: Callable[..., TestClie
 
     (measured,) = result["energy"]["baselines"]
     assert kept["device_uuid"] == measured["device_uuid"]
-    assert kept["power_w"] == measured["power_w"]
+    assert kept["power_w"] == measured["power_w"]["value"]
+    # the idle window's own part: the result adds the sensor's systematic part for its GPU
+    assert kept["random_uncertainty_w"] == pytest.approx(measured["power_w"]["random"])
     assert kept["method"] == measured["method"]
     assert 0 <= kept["age_s"] < 60

@@ -95,7 +95,9 @@ def test_jobs_carry_tags_and_once_succeeded_their_headline_figures(http: TestCli
 
     assert job["tags"] == {"sweep": "bs"}
     assert job["metrics"]["tokens_per_second"] == 32.0  # the fake's 16 tokens over 0.5 s
-    assert job["metrics"]["energy_per_output_token_j"] >= 0
+    # Null when the energy's uncertainty is too wide to publish (the fake's window is short).
+    energy = job["metrics"]["energy_per_output_token_j"]
+    assert energy is None or energy >= 0
 
 
 def test_list_filters_by_tag_and_name(http: TestClient) -> None:

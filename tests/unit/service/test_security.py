@@ -190,7 +190,7 @@ def test_the_llem_service_process_exits_non_zero_with_one_line(tmp_path: Path) -
 
 @pytest.fixture
 def small_limit(tmp_path: Path) -> Iterator[TestClient]:
-    with TestClient(build_app(tmp_path / "data", max_body_bytes=1000)) as http:
+    with TestClient(build_app(tmp_path / "data", max_body_bytes=2000)) as http:
         yield http
 
 
@@ -205,17 +205,17 @@ def _chunks(data: bytes, size: int = 100) -> Iterator[bytes]:
 
 
 def test_a_declared_length_over_the_limit_is_413(small_limit: TestClient) -> None:
-    response = small_limit.post("/v1/experiments", content=_config_bytes(2000))
+    response = small_limit.post("/v1/experiments", content=_config_bytes(3000))
 
     assert response.status_code == 413
     assert response.headers["content-type"] == PROBLEM
-    assert "limit is 1000 bytes" in response.json()["detail"]
+    assert "limit is 2000 bytes" in response.json()["detail"]
 
 
 def test_a_chunked_body_over_the_limit_is_413(small_limit: TestClient) -> None:
     response = small_limit.post(
         "/v1/experiments",
-        content=_chunks(_config_bytes(2000)),
+        content=_chunks(_config_bytes(3000)),
         headers={"content-type": "application/json"},
     )
 

@@ -52,9 +52,9 @@ def study(**overrides: Any) -> dict[str, Any]:
 
 
 def test_a_study_runs_every_valid_point_each_cycle_and_tabulates_them(
-    live_server: LiveServer,
+    metered_server: LiveServer,
 ) -> None:
-    with Client(live_server.base_url) as client:
+    with Client(metered_server.base_url) as client:
         submitted = client.submit_study(study())
         updates: list[StudyEvent] = []
         done = client.wait_study(submitted.id, timeout=60, on_update=updates.append)
@@ -116,9 +116,9 @@ def test_a_study_runs_every_valid_point_each_cycle_and_tabulates_them(
 
 
 def test_the_pareto_answer_names_the_cheapest_point_that_meets_targets_or_the_closest(
-    live_server: LiveServer,
+    metered_server: LiveServer,
 ) -> None:
-    with Client(live_server.base_url) as client:
+    with Client(metered_server.base_url) as client:
         submitted = client.submit_study(study(cycles=1))
         client.wait_study(submitted.id, timeout=60)
         results = client.study_results(submitted.id)

@@ -20,6 +20,7 @@ StartServer = Callable[..., LiveServer]
 COLUMNS = [
     "t_s",
     "device_uuid",
+    "power_t_s",
     "power_w",
     "temperature_c",
     "sm_clock_mhz",
@@ -78,7 +79,7 @@ def test_cli_downloads_the_timeseries(
     code = main(["--server", server.base_url, "result", job_id, "--timeseries", str(target)])
 
     assert code == 0
-    assert target.read_text().startswith('"t_s","device_uuid","power_w"')
+    assert target.read_text().startswith('"t_s","device_uuid","power_t_s","power_w"')
     assert f"wrote {target}" in capsys.readouterr().err
 
 

@@ -7,8 +7,9 @@ import io
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from llem_service.energy.report import Span
-from llem_service.energy.timeseries import parquet_to_csv, timeline_table, write_parquet
+from llem_service.energy.figures import Span
+from llem_service.energy.timeseries import timeline_table
+from llem_service.experiment.results import parquet_to_csv, write_parquet
 
 from tests.fake_nvml import FakeGpu, PowerProfile, ScriptedSession
 

@@ -9,9 +9,12 @@ import pynvml
 import pytest
 from llem_client import BaselineConfig, EnergyConfig
 from llem_service.energy import MeterError
+from llem_service.energy.baseline import BaselineSet, take_baselines
+from llem_service.energy.figures import Batch, Span, Work
 from llem_service.energy.meter import NvmlEnergyMeter
-from llem_service.energy.report import Span, Work, build_energy
+from llem_service.energy.report import build_energy
 
+from tests.energy_scenarios import SCENARIOS
 from tests.fake_nvml import FakeGpu, FakeNvml, PowerProfile, ScriptedSession
 
 BUSY = PowerProfile(((100.0, 300.0),))
@@ -20,16 +23,18 @@ BUSY = PowerProfile(((100.0, 300.0),))
 def warnings_of(gpu: FakeGpu, *, measure_s: float = 2.0, prefill_s: float = 0.2) -> dict[str, str]:
     scripted = ScriptedSession([gpu])
     for label in ("load_start", "load_end", "warmup_end"):
+        scripted.run_for(0.5)
         scripted.mark(label)
     start = scripted.clock()
     scripted.run_for(measure_s)
     span = Span(start, start + min(prefill_s, measure_s / 2), scripted.clock())
     scripted.mark("repeat_0_end")
-    work = Work(spans=(span,), output_tokens_per_request=(16,), output_tokens_per_repeat=(16,))
-    _, _, found = build_energy(
-        scripted.close(), [gpu.uuid], work, cross_check_threshold=0.1, now=0.0
-    )
-    return dict(found)
+    work = Work((Batch(span, (8,), (16,)),))
+    section = build_energy(
+        scripted.close(), [gpu.uuid], work, baselines=BaselineSet(), prefill=None,
+        plan=EnergyConfig(phase_split="none"), now=0.0,
+    )  # fmt: skip
+    return dict(section.warnings)
 
 
 def test_a_steady_well_measured_run_has_no_warnings() -> None:
@@ -39,7 +44,7 @@ def test_a_steady_well_measured_run_has_no_warnings() -> None:
 @pytest.mark.parametrize(
     ("gpu", "code", "advice"),
     [
-        (FakeGpu(profile=BUSY, clock_event_reasons=0x04), "gpu_throttled", "software power cap"),
+        (FakeGpu(profile=BUSY, clock_event_reasons=0x40), "gpu_throttled", "Check cooling"),
         (FakeGpu(profile=BUSY, temperature_c=(40, 15.0)), "temperature_drift", "warmup.mode"),
         (FakeGpu(profile=BUSY, persistence=0), "persistence_mode_off", "nvidia-smi -pm 1"),
         (FakeGpu(profile=BUSY, foreign_pids=(4242,)), "foreign_process", "4242"),
@@ -48,7 +53,16 @@ def test_a_steady_well_measured_run_has_no_warnings() -> None:
             "power_average_only",
             "1-second",
         ),
-        (FakeGpu(profile=BUSY, unsupported=frozenset({"energy"})), "no_energy_counter", "vGPU"),
+        (
+            FakeGpu(profile=BUSY, unsupported=frozenset({"energy"}), virtualization_mode=2),
+            "no_energy_counter",
+            "vGPU",
+        ),
+        (
+            FakeGpu(profile=BUSY, unsupported=frozenset({"energy"}), compute_capability=(6, 0)),
+            "no_energy_counter",
+            "predates Volta",
+        ),
     ],
 )
 def test_a_weakening_condition_is_named(gpu: FakeGpu, code: str, advice: str) -> None:
@@ -83,7 +97,7 @@ def test_a_short_window_says_how_long_to_measure() -> None:
 def test_counter_and_samples_disagreeing_is_flagged() -> None:
     # The averaged power lags a step up, so samples under-read a short burst.
     gpu = FakeGpu(
-        profile=PowerProfile(((1.0, 60.0), (100.0, 600.0))),
+        profile=PowerProfile(((2.2, 60.0), (100.0, 600.0))),
         unsupported=frozenset({"field_values"}),
     )
 
@@ -129,9 +143,8 @@ def test_a_gpu_that_is_not_idle_during_its_baseline_is_flagged(gpu: FakeGpu, bus
     )
     session.start()
     try:
-        (baseline,) = session.baselines(
-            BaselineConfig(enabled=True, duration_s=0.3), (), now=time.time()
-        )
+        plan = BaselineConfig(enabled=True, duration_s=0.3, settle_max_s=0)  # no settling
+        (baseline,) = take_baselines(session, plan, (), now=time.time()).baselines
     finally:
         session.close()
 
@@ -152,3 +165,23 @@ def test_a_lost_gpu_stops_the_sampler_and_fails_the_next_mark_without_hanging() 
     started = time.monotonic()
     session.close()
     assert time.monotonic() - started < 1
+
+
+@pytest.mark.parametrize(
+    ("scenario", "figure", "cause", "advice"),
+    [
+        ("short_window", "J/token", "counter_quantisation", "measure longer"),
+        ("periodic_at_sensor_period", "J/token", "part_time_sensing", "change the batch size"),
+    ],
+)
+def test_a_null_figure_says_what_dominated_and_how_to_get_it(
+    scenario: str, figure: str, cause: str, advice: str
+) -> None:
+    result, _ = SCENARIOS[scenario].draw(0).execute()
+
+    assert result.energy is not None
+    assert result.energy.energy_per_output_token_j is None
+    messages = [w.message for w in result.warnings if w.code == "energy_figure_unbounded"]
+    (message,) = [m for m in messages if m.startswith(f"{figure} is null")]
+    assert cause in message
+    assert advice in message

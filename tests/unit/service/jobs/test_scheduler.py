@@ -7,14 +7,12 @@ import asyncio
 import itertools
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
 import pytest
 from llem_client import (
     AsyncClient,
-    BaselineInfo,
     Client,
     ConflictError,
     Job,
@@ -23,7 +21,6 @@ from llem_client import (
 )
 from llem_service.deps import get_energy_meter, get_inference_backend
 from llem_service.energy import NullEnergyMeter
-from llem_service.jobs.scheduler import BaselineCache
 from llem_service.jobs.store import SqliteJobStore
 
 from tests.conftest import LiveServer, make_config
@@ -44,7 +41,7 @@ def wait_status(client: Client, job_id: str, status: JobStatus, timeout_s: float
 
 def test_submit_wait_result_with_exact_figures(start_server: StartServer) -> None:
     server = start_server(
-        backend=FakeInferenceBackend(measured_time_s=2.0, input_tokens_per_request=8),
+        backend=FakeInferenceBackend(measured_time_s=2.0, input_tokens_per_request=8, sleep_s=0.3),
         meter=fake_meter(power_w=200.0, counter_period_s=0.001),
     )
     config = make_config(n_prompts=4, max_output_tokens=4, repeats=2)
@@ -62,16 +59,18 @@ def test_submit_wait_result_with_exact_figures(start_server: StartServer) -> Non
     assert result.requests_per_second == 2.0
     energy = result.energy
     assert energy is not None
-    assert energy.energy_j == pytest.approx(
-        200.0 * energy.window_s, abs=energy.energy_uncertainty_j
+    assert energy.energy_j is not None
+    assert energy.energy_j.value == pytest.approx(
+        200.0 * energy.window_s, abs=energy.energy_j.total
     )
-    assert energy.energy_per_output_token_j == energy.energy_j / 32
+    assert energy.energy_per_output_token_j is not None
+    assert energy.energy_per_output_token_j.value == pytest.approx(energy.energy_j.value / 32)
     assert [r.output_tokens for r in result.repeats.per_repeat] == [16, 16]
     assert result.warmup_batches == 1
     assert result.environment.backend == "fake"
     assert result.environment.backend_versions == {"fake-backend": "1.0"}
-    # the fake's measured window takes no real time: too short to trust, and it says so
-    assert "window_short" in [w.code for w in result.warnings]
+    # the measured window is shorter than 10 counter updates' worth of trust, and says so
+    assert "window_short" not in [w.code for w in result.warnings]  # 0.6 s at 1 ms updates
     assert result.timeseries == f"/v1/experiments/{job.id}/timeseries"
     assert (server.data_dir / "results" / f"{job.id}.json").is_file()
     assert (server.data_dir / "results" / f"{job.id}.timeseries.parquet").is_file()
@@ -81,7 +80,9 @@ def test_the_service_keeps_a_baseline_and_the_next_experiment_reuses_it(
     start_server: StartServer,
 ) -> None:
     server = start_server(meter=fake_meter(power_w=120.0))
-    config = make_config(baseline={"enabled": True, "duration_s": 0.2, "max_age_s": 600})
+    config = make_config(
+        baseline={"enabled": True, "duration_s": 0.2, "max_age_s": 600, "settle_max_s": 0}
+    )
 
     with Client(server.base_url) as client:
         first = client.result(client.wait(client.submit(config).id, timeout=30).id)
@@ -91,29 +92,10 @@ def test_the_service_keeps_a_baseline_and_the_next_experiment_reuses_it(
     assert second.energy is not None
     (measured,) = first.energy.baselines
     (reused,) = second.energy.baselines
-    assert (measured.reused, reused.reused) == (False, True)
+    assert (measured.reused, reused.reused) == (False, True), reused.method
     assert reused.device_uuid == FAKE_DEVICE.uuid
     assert reused.power_w == measured.power_w
     assert reused.measured_at == measured.measured_at
-
-
-def test_the_baseline_cache_keeps_only_clean_measured_baselines() -> None:
-    def info(uuid: str, **flags: bool) -> BaselineInfo:
-        return BaselineInfo(
-            device_uuid=uuid,
-            power_w=60.0,
-            power_uncertainty_w=0.5,
-            method="counter",
-            duration_s=10.0,
-            measured_at=datetime.now(timezone.utc),
-            age_s=0.0,
-            **{"reused": False, **flags},
-        )
-
-    cache = BaselineCache()
-    cache.update([info("GPU-a"), info("GPU-b", contaminated=True), info("GPU-c", reused=True)])
-
-    assert [b.device_uuid for b in cache.all()] == ["GPU-a"]
 
 
 def test_a_gpu_lost_mid_run_fails_the_job_and_the_next_one_runs(
@@ -259,7 +241,10 @@ def test_events_stream_every_phase_until_the_end(start_server: StartServer) -> N
     assert "measuring" in phases
     counts = [job.progress.completed for job in seen if job.progress.phase == "measuring"]
     assert counts == sorted(counts)
-    assert counts[-1] == 4
+    assert counts[-1] <= 4
+    # Events coalesce: the last count may be overtaken by the phases after measuring.
+    last_measuring = max(i for i, p in enumerate(phases) if p == "measuring")
+    assert {"prefill", "saving", "done"} & set(phases[last_measuring + 1 :])
 
 
 def test_restart_keeps_queued_jobs_fails_the_running_one_and_keeps_results(

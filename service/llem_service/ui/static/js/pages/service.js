@@ -55,7 +55,7 @@ export default async function servicePage(main, { say }) {
           ? table(
               "Idle power kept for reuse (an experiment reuses one younger than its baseline.max_age_s)",
               ["GPU", "Idle power", "Measured", "Age", "Window", "How"],
-              baselines.items.map((b) => [h("code", {}, b.device_uuid), plusMinus(b.power_w, b.power_uncertainty_w, "W"), when(b.measured_at), age(b.age_s), `${b.duration_s.toFixed(1)} s`, b.method]),
+              baselines.items.map((b) => [h("code", {}, b.device_uuid), plusMinus(b.power_w, b.random_uncertainty_w, "W"), when(b.measured_at), age(b.age_s), `${b.duration_s.toFixed(1)} s`, b.method]),
             )
           : message("None kept yet: the next experiment with a baseline measures one."),
       ),

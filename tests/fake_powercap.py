@@ -1,0 +1,78 @@
+"""A scripted powercap tree: the files Linux's RAPL driver exposes, written by a test.
+
+Laid out as the kernel does: the zones nested under ``devices/intel-rapl`` (what
+``/sys/devices/virtual/powercap`` holds, and what a container mounts) and a flat ``class``
+directory of symlinks to every zone and sub-zone (what ``/sys/class/powercap`` holds). The
+service reads either with the same code it uses on a real host (``LLEM_POWERCAP_ROOT``).
+
+Each package has ``core``, ``uncore`` and ``dram`` sub-zones; a ``psys`` zone covers the
+platform. Counters are microjoules and wrap at ``max_energy_range_uj``, as RAPL's do.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: A common Intel value: 2^32 energy units of 61 uJ.
+MAX_ENERGY_RANGE_UJ = 262_143_328_850
+
+
+class ScriptedPowercap:
+    """Zones under ``root``, counters that tests advance.
+
+    Args:
+        root: An empty directory.
+        packages: CPU packages (``intel-rapl:0``..).
+        dram: Give each package a ``dram`` sub-zone.
+        max_energy_range_uj: Where every counter wraps.
+        max_power_w: Each package's and sub-zone's ``constraint_0_max_power_uw``.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        packages: int = 1,
+        dram: bool = True,
+        max_energy_range_uj: int = MAX_ENERGY_RANGE_UJ,
+        max_power_w: float = 250.0,
+    ) -> None:
+        self.root = root
+        self.devices_root = root / "devices"
+        self.class_root = root / "class"
+        self.max_energy_range_uj = max_energy_range_uj
+        self.class_root.mkdir(parents=True)
+        control = self.devices_root / "intel-rapl"
+        self.zones: dict[str, Path] = {}
+        for p in range(packages):
+            package = self._zone(control, f"intel-rapl:{p}", f"package-{p}", max_power_w)
+            for m, name in enumerate(["core", "uncore", *(["dram"] if dram else [])]):
+                self._zone(package, f"intel-rapl:{p}:{m}", name, max_power_w)
+        self._zone(control, f"intel-rapl:{packages}", "psys", None)
+
+    def _zone(self, parent: Path, key: str, name: str, max_power_w: float | None) -> Path:
+        path = parent / key
+        path.mkdir(parents=True)
+        (path / "name").write_text(f"{name}\n")
+        (path / "energy_uj").write_text("0\n")
+        (path / "max_energy_range_uj").write_text(f"{self.max_energy_range_uj}\n")
+        if max_power_w is not None:
+            (path / "constraint_0_max_power_uw").write_text(f"{round(max_power_w * 1e6)}\n")
+        os.symlink(os.path.relpath(path, self.class_root), self.class_root / key)
+        self.zones[key] = path
+        return path
+
+    def read_uj(self, key: str) -> int:
+        return int((self.zones[key] / "energy_uj").read_text())
+
+    def set_uj(self, key: str, value: int) -> None:
+        (self.zones[key] / "energy_uj").write_text(f"{value}\n")
+
+    def add_j(self, key: str, joules: float) -> None:
+        """The zone drew ``joules``: its counter advances, wrapping as RAPL's does."""
+        value = self.read_uj(key) + round(joules * 1e6)
+        self.set_uj(key, value % self.max_energy_range_uj)
+
+    def energy_files(self) -> list[Path]:
+        return [path / "energy_uj" for path in self.zones.values()]

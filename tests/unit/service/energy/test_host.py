@@ -1,0 +1,195 @@
+"""Host energy from RAPL, read through a powercap tree the tests script with the same code that
+reads the real one: zones, wrap-arounds, and unavailable with the reason when unreadable."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from llem_client import HostEnergy
+from llem_service.energy.figures import Span
+from llem_service.energy.host import probe_host, zone_energy
+
+from tests.energy_sections import energy_section
+from tests.fake_nvml import FakeGpu, PowerProfile, ScriptedSession
+from tests.fake_powercap import ScriptedPowercap
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> ScriptedPowercap:
+    return ScriptedPowercap(tmp_path / "powercap", packages=2)
+
+
+@pytest.mark.parametrize("layout", ["class_root", "devices_root"])
+def test_packages_and_dram_are_counted_once_core_uncore_and_psys_not(
+    tree: ScriptedPowercap, layout: str
+) -> None:
+    probe = probe_host(getattr(tree, layout))
+
+    assert probe.available
+    assert [(z.label, z.key, z.kind) for z in probe.zones] == [
+        ("package-0", "intel-rapl:0", "package"),
+        ("dram-0", "intel-rapl:0:2", "dram"),
+        ("package-1", "intel-rapl:1", "package"),
+        ("dram-1", "intel-rapl:1:2", "dram"),
+    ]
+    assert probe.zones[0].max_power_w == 250.0
+
+
+def test_a_missing_tree_says_how_a_container_gets_one(tmp_path: Path) -> None:
+    probe = probe_host(tmp_path / "nothing")
+
+    assert not probe.available
+    assert probe.reason is not None
+    assert "compose.yaml" in probe.reason
+
+
+@pytest.fixture
+def shared_tree() -> Iterator[ScriptedPowercap]:
+    """A tree another user can walk (pytest's own tmp_path is private to its user)."""
+    root = Path(tempfile.mkdtemp(prefix="llem-powercap-"))
+    root.chmod(0o755)
+    try:
+        yield ScriptedPowercap(root / "powercap")
+    finally:
+        shutil.rmtree(root)
+
+
+def _as_nobody(ask: Callable[[], str]) -> str:
+    """``ask()`` in a forked child that has given up root (uid 65534)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no cleanup, no pytest, just the answer
+        try:
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            os.write(write, ask().encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as answer:
+        said = answer.read()
+    os.waitpid(pid, 0)
+    return said
+
+
+def test_unreadable_counters_say_root_is_needed(shared_tree: ScriptedPowercap) -> None:
+    for path in shared_tree.energy_files():
+        path.chmod(0o400 if os.geteuid() == 0 else 0o000)
+    if os.geteuid() == 0:  # root reads anything: ask as an unprivileged user instead
+        reason = _as_nobody(lambda: probe_host(shared_tree.class_root).reason or "")
+    else:
+        reason = probe_host(shared_tree.class_root).reason or ""
+
+    assert "readable only by root" in reason
+    assert "CVE-2020-8694" in reason
+
+
+def test_wrap_arounds_between_reads_are_counted(tree: ScriptedPowercap) -> None:
+    (zone, *_) = probe_host(tree.class_root).zones
+    top = zone.max_energy_range_uj
+    reads = [(0.0, top - 10_000_000), (1.0, 20_000_000), (2.0, 80_000_000)]
+
+    found = zone_energy(zone, reads, 0.0, 2.0)
+
+    assert not isinstance(found, str)
+    assert found.wraps == 1
+    assert found.energy_j == pytest.approx(90.0)  # 10 J to the top, 20 J, then 60 J
+    assert found.systematic_j == pytest.approx(90.0 * 0.05)
+
+
+def test_reads_too_far_apart_to_count_wraps_give_no_figure(tree: ScriptedPowercap) -> None:
+    (zone, *_) = probe_host(tree.class_root).zones
+
+    found = zone_energy(zone, [(0.0, 0), (3600.0, 5_000_000)], 0.0, 3600.0)
+
+    assert isinstance(found, str)
+    assert "wrap more than once unseen" in found
+
+
+def host_energy(tree: ScriptedPowercap, steps: list[tuple[float, float]]) -> HostEnergy:
+    """A session with ``powercap_root`` on the tree: for each (seconds, package watts) step
+    the tree advances, then time passes (DRAM draws a tenth of the package)."""
+    gpu = FakeGpu(profile=PowerProfile(((100.0, 300.0),)))
+    scripted = ScriptedSession([gpu], powercap_root=str(tree.class_root))
+    for label in ("load_start", "load_end", "warmup_end"):
+        scripted.mark(label)
+    start = scripted.clock()
+    for seconds, watts in steps:
+        tree.add_j("intel-rapl:0", watts * seconds)
+        tree.add_j("intel-rapl:0:2", watts * seconds / 10)
+        scripted.run_for(seconds)
+    scripted.mark("repeat_0_end")
+    span = Span(start, start + 0.1, scripted.clock())
+    energy, _ = energy_section(scripted.close(), [gpu.uuid], span, output_tokens=100)
+    assert energy.host is not None
+    return energy.host
+
+
+def test_host_energy_over_the_measured_window_beside_the_gpus(tmp_path: Path) -> None:
+    # Counters that wrap every 250 J: at 60 W a wrap every few seconds of the window (and a
+    # 60 W maximum, so one read a second is often enough to count every wrap).
+    tree = ScriptedPowercap(
+        tmp_path / "powercap", max_energy_range_uj=250_000_000, max_power_w=60.0
+    )
+
+    host = host_energy(tree, [(1.0, 60.0)] * 10)
+
+    assert host.available
+    assert host.cpu_energy_j == pytest.approx(600.0)
+    assert host.dram_energy_j == pytest.approx(60.0)
+    assert host.energy_j == pytest.approx(660.0)
+    assert host.energy_per_output_token_j == pytest.approx(6.6)
+    assert host.window_s == pytest.approx(10.0)
+    (package, dram) = host.domains
+    assert (package.name, package.wraps) == ("package-0", 2)
+    assert (dram.name, dram.kind, dram.wraps) == ("dram-0", "dram", 0)
+    assert package.mean_power_w == pytest.approx(60.0)
+    assert host.energy_uncertainty_j is not None
+    assert 0.05 * 660 <= host.energy_uncertainty_j < 0.06 * 660  # RAPL's own 5% dominates
+
+
+def test_a_window_whose_reads_were_too_sparse_is_unavailable_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    tree = ScriptedPowercap(tmp_path / "powercap", max_energy_range_uj=250_000_000)
+
+    # Nothing reads the counters for 4 s while at 250 W (the zone's maximum) they could wrap
+    # every second.
+    gpu = FakeGpu(profile=PowerProfile(((100.0, 300.0),)))
+    scripted = ScriptedSession([gpu], powercap_root=str(tree.class_root))
+    for label in ("load_start", "load_end", "warmup_end"):
+        scripted.mark(label)
+    start = scripted.clock()
+    tree.add_j("intel-rapl:0", 240.0)
+    scripted.clock.advance(4.0)  # no sampling rounds: no reads in between
+    scripted.mark("repeat_0_end")
+    span = Span(start, start + 0.1, scripted.clock())
+    energy, _ = energy_section(scripted.close(), [gpu.uuid], span, output_tokens=1)
+
+    assert energy.host is not None
+    assert not energy.host.available
+    assert energy.host.energy_j is None
+    assert energy.host.reason is not None
+    assert "4 s apart" in energy.host.reason
+
+
+def test_host_energy_off_says_so() -> None:
+    scripted = ScriptedSession([FakeGpu()])
+    scripted.mark("load_start")
+    scripted.mark("load_end")
+    scripted.mark("warmup_end")
+    start = scripted.clock()
+    scripted.run_for(1.0)
+    scripted.mark("repeat_0_end")
+    span = Span(start, start + 0.1, scripted.clock())
+
+    energy, _ = energy_section(scripted.close(), [FakeGpu().uuid], span, output_tokens=1)
+
+    assert energy.host == HostEnergy(
+        available=False, reason="host energy is off (LLEM_POWERCAP_ROOT is empty)"
+    )
