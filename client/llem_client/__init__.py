@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from llem_client._hashing import canonical_config_json, measurement_config_hash
     from llem_client._jobs import (
         FieldError,
+        GpuSlot,
         Job,
         JobList,
         JobProgress,
@@ -68,6 +69,8 @@ if TYPE_CHECKING:
         GpuEnvironment,
         GpuProcess,
         LatencyStats,
+        OverlappingExperiment,
+        Placement,
         ResultWarning,
     )
 
@@ -111,6 +114,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(
         [
             "FieldError",
+            "GpuSlot",
             "Job",
             "JobList",
             "JobProgress",
@@ -141,6 +145,8 @@ _LAZY: dict[str, str] = {
             "GpuEnvironment",
             "GpuProcess",
             "LatencyStats",
+            "OverlappingExperiment",
+            "Placement",
             "ResultWarning",
         ],
         "_results",
@@ -171,6 +177,7 @@ __all__ = [
     "FieldError",
     "GpuEnvironment",
     "GpuProcess",
+    "GpuSlot",
     "InlinePrompts",
     "Job",
     "JobList",
@@ -180,9 +187,11 @@ __all__ = [
     "LatencyStats",
     "LlemError",
     "NotFoundError",
+    "OverlappingExperiment",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "PhaseEnergy",
+    "Placement",
     "ProblemDetail",
     "PytorchOptions",
     "RateLimitError",

@@ -119,8 +119,8 @@ def test_hash_is_stable_across_releases() -> None:
     config = ExperimentConfig.model_validate({"model": "gpt2"})
 
     assert canonical_config_json(config).startswith('{"backend":"pytorch","baseline":{')
-    # Re-pinned when energy.cross_check_threshold was added (before any release).
-    assert measurement_config_hash(config) == "94a50bc2f850d989"
+    # Re-pinned when energy.cross_check_threshold was added, then gpus (before any release).
+    assert measurement_config_hash(config) == "8a85002f94887a85"
 
 
 def test_result_round_trips_through_json() -> None:
