@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -15,6 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from llem_client import __version__
 
 from llem_service.api import experiments, info
+from llem_service.api.admission import Admission
 from llem_service.api.limits import BodySizeLimit
 from llem_service.api.problems import PROBLEM_MEDIA_TYPE, install_error_handlers
 from llem_service.deps import get_energy_meter, get_inference_backend, require_token, resolve
@@ -22,6 +24,9 @@ from llem_service.executors.base import Executor
 from llem_service.executors.local import LocalExecutor
 from llem_service.experiment.results import ResultFiles
 from llem_service.jobs.events import ChangeFeed
+from llem_service.jobs.gpu_locks import GpuLocks
+from llem_service.jobs.gpus import GpuPool, PerGpuPool, WholeHostPool
+from llem_service.jobs.overlaps import OverlapTracker
 from llem_service.jobs.scheduler import Scheduler
 from llem_service.jobs.store import SqliteJobStore
 from llem_service.settings import Settings
@@ -40,18 +45,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = SqliteJobStore(settings.db_path)
-
-        def make_executor() -> Executor:
-            return LocalExecutor(
-                resolve(app, get_inference_backend),
-                resolve(app, get_energy_meter),
-                cancel_grace_s=settings.cancel_grace_s,
-                timeout_s=settings.experiment_timeout_s or None,
-            )
-
+        make_executor, pool, admission, overlaps = _local_scheduling(app, settings)
         feed = ChangeFeed()
-        scheduler = Scheduler(store, ResultFiles(settings.results_dir), feed, make_executor)
+        scheduler = Scheduler(
+            store,
+            ResultFiles(settings.results_dir),
+            feed,
+            make_executor,
+            pool,
+            backfill_limit=_backfill_limit(settings, pool),
+            overlaps=overlaps,
+        )
         app.state.store, app.state.feed, app.state.scheduler = store, feed, scheduler
+        app.state.admission = admission
         app.state.results = scheduler.results
         scheduler.start()
         try:
@@ -78,6 +84,45 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.openapi = lambda: _openapi_with_problems(app)  # type: ignore[method-assign]
     return app
+
+
+def _local_scheduling(
+    app: FastAPI, settings: Settings
+) -> tuple[Callable[[], Executor], GpuPool, Admission, OverlapTracker]:
+    """Experiments in processes on this host: one per GPU set when NVML sees GPUs, otherwise
+    one at a time with the whole host."""
+    host = socket.gethostname()
+    probe = resolve(app, get_energy_meter).probe()
+    uuids = [device.uuid for device in probe.devices] if probe.available else []
+    per_gpu = PerGpuPool(uuids, GpuLocks(settings.gpu_lock_dir)) if uuids else None
+    if per_gpu is not None:
+        _log.info("granting %d GPU(s), locks in %s", per_gpu.total, settings.gpu_lock_dir)
+    else:
+        _log.info("no GPU seen (%s): one experiment at a time", probe.reason or "none")
+
+    def make_executor() -> Executor:
+        return LocalExecutor(
+            resolve(app, get_inference_backend),
+            resolve(app, get_energy_meter),
+            cancel_grace_s=settings.cancel_grace_s,
+            timeout_s=settings.experiment_timeout_s or None,
+            lock_fds=per_gpu.lock_fds if per_gpu else None,
+        )
+
+    admission = Admission(
+        executor="local",
+        unavailable_reason=lambda: None,
+        max_gpus=lambda: per_gpu.total if per_gpu else None,
+        gpu_states=per_gpu.states if per_gpu else lambda: [],
+    )
+    overlaps = OverlapTracker(host, per_gpu.neighbours if per_gpu else None)
+    return make_executor, per_gpu or WholeHostPool(), admission, overlaps
+
+
+def _backfill_limit(settings: Settings, pool: GpuPool) -> int:
+    if settings.backfill_limit is not None:
+        return settings.backfill_limit
+    return pool.total if isinstance(pool, PerGpuPool) else 0
 
 
 def _openapi_with_problems(app: FastAPI) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, Request
 
+from llem_service.api.admission import Admission
 from llem_service.backends.base import InferenceBackend
 from llem_service.energy.base import EnergyMeter
 from llem_service.energy.null import NullEnergyMeter
@@ -54,6 +55,11 @@ def get_feed(request: Request) -> ChangeFeed:
 def get_results(request: Request) -> ResultFiles:
     results: ResultFiles = request.app.state.results
     return results
+
+
+def get_admission(request: Request) -> Admission:
+    admission: Admission = request.app.state.admission
+    return admission
 
 
 def get_inference_backend(settings: SettingsDep) -> InferenceBackend:
@@ -104,3 +110,4 @@ SchedulerDep = Annotated[Scheduler, Depends(get_scheduler)]
 FeedDep = Annotated[ChangeFeed, Depends(get_feed)]
 ResultsDep = Annotated[ResultFiles, Depends(get_results)]
 MeterDep = Annotated[EnergyMeter, Depends(get_energy_meter)]
+AdmissionDep = Annotated[Admission, Depends(get_admission)]

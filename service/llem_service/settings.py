@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -52,6 +53,25 @@ class Settings(BaseSettings):
     )
     allow_remote_code: bool = Field(
         default=False, description="Allow configs that set pytorch.trust_remote_code."
+    )
+
+    # -- scale-out: where experiments run, and how GPUs are shared ---------------------------
+    executor: Literal["local", "slurm"] = Field(
+        default="local",
+        description="local: experiments run in processes on this host. slurm: each is a Slurm "
+        "batch job (see the slurm_* settings); this service is the front door on a login node.",
+    )
+    gpu_lock_dir: Path = Field(
+        default=Path("/run/lock/llem"),
+        description="One lock file per GPU (flock). Every llem service of the host that must "
+        "not share GPUs with this one uses the same local directory (compose mounts the "
+        "llem-gpu-locks volume there).",
+    )
+    backfill_limit: int | None = Field(
+        default=None,
+        ge=0,
+        description="How many later jobs may start ahead of one waiting for GPUs; 0 keeps "
+        "strict submission order. Default: the number of GPUs.",
     )
 
     @field_validator("api_token")

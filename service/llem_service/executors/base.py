@@ -70,6 +70,10 @@ def _ignore_ref(ref: str) -> None:
     """The default `RunContext.on_executor_ref`: nothing to remember."""
 
 
+def _ignore_placement(host: str, gpus: tuple[str, ...], started_at: float) -> None:
+    """The default `RunContext.on_placement`: nothing to record."""
+
+
 @dataclass(frozen=True)
 class RunContext:
     """Everything one run needs from the scheduler.
@@ -84,6 +88,9 @@ class RunContext:
             job started before a restart; None for a new run.
         on_executor_ref: Told the executor's handle as soon as there is one, so that the store
             keeps it and a restarted server can reattach.
+        on_placement: Told where the run really started, when that is not where the scheduler
+            put it: the host (a Slurm node), the GPU UUIDs it got and when it started (seconds
+            since the epoch). A local run never calls it.
     """
 
     job_id: str
@@ -93,6 +100,7 @@ class RunContext:
     baselines: tuple[Baseline, ...] = ()
     executor_ref: str | None = None
     on_executor_ref: Callable[[str], None] = _ignore_ref
+    on_placement: Callable[[str, tuple[str, ...], float], None] = _ignore_placement
 
 
 @dataclass(frozen=True)
