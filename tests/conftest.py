@@ -230,6 +230,8 @@ def build_app(
     from llem_service.deps import get_energy_meter, get_inference_backend
     from llem_service.settings import Settings
 
+    # GPU locks of the test's own: the scripted GPUs' UUIDs are the same in every test.
+    settings.setdefault("gpu_lock_dir", data_dir / "gpu-locks")
     app = create_app(Settings(data_dir=data_dir, api_token=token, cancel_grace_s=2.0, **settings))
     fake_backend = backend if backend is not None else FakeInferenceBackend()
     meter = meter if meter is not None else fake_meter()
