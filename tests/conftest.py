@@ -223,9 +223,11 @@ def build_app(
     backend: Any = None,
     meter: Any = None,
     token: str | None = None,
+    overrides: dict[Callable[..., Any], Callable[..., Any]] | None = None,
     **settings: Any,
 ) -> FastAPI:
-    """The real app on ``data_dir``, with the fake backend and meter injected."""
+    """The real app on ``data_dir``, with the fake backend and meter injected, and any other
+    ``overrides`` of dependency providers (a scripted Slurm for ``get_slurm_api``, say)."""
     from llem_service.app import create_app
     from llem_service.deps import get_energy_meter, get_inference_backend
     from llem_service.settings import Settings
@@ -237,6 +239,7 @@ def build_app(
     meter = meter if meter is not None else fake_meter()
     app.dependency_overrides[get_inference_backend] = lambda: fake_backend
     app.dependency_overrides[get_energy_meter] = lambda: meter
+    app.dependency_overrides.update(overrides or {})
     return app
 
 

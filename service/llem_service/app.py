@@ -19,13 +19,20 @@ from llem_service.api import experiments, info
 from llem_service.api.admission import Admission
 from llem_service.api.limits import BodySizeLimit
 from llem_service.api.problems import PROBLEM_MEDIA_TYPE, install_error_handlers
-from llem_service.deps import get_energy_meter, get_inference_backend, require_token, resolve
+from llem_service.deps import (
+    get_energy_meter,
+    get_inference_backend,
+    get_slurm_api,
+    require_token,
+    resolve,
+)
 from llem_service.executors.base import Executor
 from llem_service.executors.local import LocalExecutor
+from llem_service.executors.slurm import SlurmExecutor, options_from_settings
 from llem_service.experiment.results import ResultFiles
 from llem_service.jobs.events import ChangeFeed
 from llem_service.jobs.gpu_locks import GpuLocks
-from llem_service.jobs.gpus import GpuPool, PerGpuPool, WholeHostPool
+from llem_service.jobs.gpus import GpuPool, PerGpuPool, SlotPool, WholeHostPool
 from llem_service.jobs.overlaps import OverlapTracker
 from llem_service.jobs.scheduler import Scheduler
 from llem_service.jobs.store import SqliteJobStore
@@ -45,7 +52,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = SqliteJobStore(settings.db_path)
-        make_executor, pool, admission, overlaps = _local_scheduling(app, settings)
+        scheduling = _slurm_scheduling if settings.executor == "slurm" else _local_scheduling
+        make_executor, pool, admission, overlaps = scheduling(app, settings)
         feed = ChangeFeed()
         scheduler = Scheduler(
             store,
@@ -117,6 +125,32 @@ def _local_scheduling(
     )
     overlaps = OverlapTracker(host, per_gpu.neighbours if per_gpu else None)
     return make_executor, per_gpu or WholeHostPool(), admission, overlaps
+
+
+def _slurm_scheduling(
+    app: FastAPI, settings: Settings
+) -> tuple[Callable[[], Executor], GpuPool, Admission, OverlapTracker]:
+    """Experiments as Slurm batch jobs: Slurm grants the GPUs; llem hands it at most
+    ``slurm_max_submitted`` jobs at once."""
+    options = options_from_settings(settings)
+    executor = SlurmExecutor(
+        resolve(app, get_slurm_api),
+        options,
+        backend=lambda: resolve(app, get_inference_backend),
+        meter=lambda: resolve(app, get_energy_meter),
+        timeout_s=settings.experiment_timeout_s or None,
+        cancel_grace_s=settings.cancel_grace_s,
+    )
+    _log.info("experiments run as Slurm jobs; job directories in %s", options.shared_dir)
+    partition = f"partition {options.partition}" if options.partition else "the default partition"
+    admission = Admission(
+        executor="slurm",
+        unavailable_reason=executor.unavailable_reason,
+        max_gpus=executor.max_gpus,
+        where=f"a node of Slurm's {partition}",
+    )
+    pool = SlotPool(settings.slurm_max_submitted)
+    return lambda: executor, pool, admission, OverlapTracker(socket.gethostname())
 
 
 def _backfill_limit(settings: Settings, pool: GpuPool) -> int:

@@ -20,6 +20,7 @@ from llem_service.backends.base import InferenceBackend
 from llem_service.energy.base import EnergyMeter
 from llem_service.energy.null import NullEnergyMeter
 from llem_service.errors import NotAuthenticated
+from llem_service.executors.slurm_cli import SlurmApi
 from llem_service.experiment.results import ResultFiles
 from llem_service.jobs.events import ChangeFeed
 from llem_service.jobs.scheduler import Scheduler
@@ -82,6 +83,13 @@ def get_energy_meter(settings: SettingsDep) -> EnergyMeter:
     except NvmlError as exc:
         return NullEnergyMeter(str(exc))
     return NvmlEnergyMeter()
+
+
+def get_slurm_api(settings: SettingsDep) -> SlurmApi:
+    """Slurm through its commands (LLEM_EXECUTOR=slurm); tests put a scripted cluster here."""
+    from llem_service.executors.slurm_cli import SlurmCli
+
+    return SlurmCli(settings.slurm_bin_dir, timeout_s=settings.slurm_command_timeout_s)
 
 
 def require_token(request: Request, settings: SettingsDep) -> None:

@@ -73,6 +73,60 @@ class Settings(BaseSettings):
         description="How many later jobs may start ahead of one waiting for GPUs; 0 keeps "
         "strict submission order. Default: the number of GPUs.",
     )
+    # Slurm (executor=slurm); see llem_service.executors.slurm and the README.
+    slurm_shared_dir: Path | None = Field(
+        default=None,
+        description="Job directories, on a filesystem every compute node sees at the same path "
+        "(the experiment goes there, the outcome comes back). Default: <data_dir>/slurm.",
+    )
+    slurm_partition: str | None = Field(default=None, description="sbatch --partition.")
+    slurm_account: str | None = Field(default=None, description="sbatch --account.")
+    slurm_time_limit: str | None = Field(
+        default=None,
+        description="sbatch --time, in Slurm's format (e.g. 2:00:00). Default: the experiment "
+        "timeout plus 15 minutes; none when the experiment timeout is 0.",
+    )
+    slurm_exclusive: bool = Field(
+        default=True, description="sbatch --exclusive: each experiment alone on its node."
+    )
+    slurm_gres: str = Field(
+        default="gpu",
+        description="GPU gres name: --gres=<gres>:<gpus>. Empty for nodes without GPUs.",
+    )
+    slurm_requeue: bool = Field(
+        default=True, description="sbatch --requeue: node failures and preemptions requeue."
+    )
+    slurm_extra_args: str = Field(
+        default="", description="More sbatch options, split as a shell would (e.g. --qos=x)."
+    )
+    slurm_python: str = Field(
+        default="",
+        description="Python with llem installed on the compute nodes. Default: this server's.",
+    )
+    slurm_container_runtime: Literal["none", "apptainer", "pyxis"] = Field(
+        default="none",
+        description="Run the experiment in the image on the node: apptainer (a .sif) or pyxis "
+        "(Enroot, through srun --container-image). none: the installed package.",
+    )
+    slurm_container_image: str | None = Field(default=None, description="The image to run.")
+    slurm_container_args: str = Field(
+        default="", description="More options of apptainer exec or srun (pyxis)."
+    )
+    slurm_poll_s: float = Field(default=5.0, gt=0, description="Slurm status poll interval.")
+    slurm_vanish_grace_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="A job Slurm no longer knows, with no outcome, fails after this long.",
+    )
+    slurm_max_submitted: int = Field(
+        default=256, ge=1, description="Jobs handed to Slurm at once; the rest wait in llem."
+    )
+    slurm_bin_dir: Path | None = Field(
+        default=None, description="Where sbatch, squeue, ... are. Default: the PATH."
+    )
+    slurm_command_timeout_s: float = Field(
+        default=30.0, gt=0, description="Longest wait for any one Slurm command."
+    )
 
     @field_validator("api_token")
     @classmethod

@@ -58,7 +58,9 @@ WHOLE_HOST = GpuGrant()
 
 @dataclass(frozen=True)
 class RunOutcome:
-    """How an experiment ended: a result (succeeded), an error (failed), or cancelled."""
+    """How an experiment ended: a result (succeeded), an error (failed), or cancelled; or
+    ``running``: the server is shutting down and the job goes on without it (`RunContext.detach`).
+    """
 
     status: JobStatus
     result: ExperimentResult | None = None
@@ -91,6 +93,10 @@ class RunContext:
         on_placement: Told where the run really started, when that is not where the scheduler
             put it: the host (a Slurm node), the GPU UUIDs it got and when it started (seconds
             since the epoch). A local run never calls it.
+        detach: Set when the server shuts down. A session whose job outlives the server (a
+            Slurm job) then returns at once with status ``running`` and leaves the job to the
+            next server (`Executor.reattach`); one whose job cannot outlive it is also told
+            ``cancel``, and stops.
     """
 
     job_id: str
@@ -101,6 +107,7 @@ class RunContext:
     executor_ref: str | None = None
     on_executor_ref: Callable[[str], None] = _ignore_ref
     on_placement: Callable[[str, tuple[str, ...], float], None] = _ignore_placement
+    detach: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass(frozen=True)

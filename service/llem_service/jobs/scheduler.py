@@ -131,6 +131,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._stopping = False
         self._cancels: dict[str, threading.Event] = {}  # running here, oldest first
+        self._detach = threading.Event()  # set at shutdown: jobs that outlive us go on
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
 
@@ -161,6 +162,7 @@ class Scheduler:
     async def stop(self) -> None:
         """Stop taking jobs; running experiments are stopped and their jobs marked interrupted."""
         self._stopping = True
+        self._detach.set()
         for cancel in self._cancels.values():
             cancel.set()
         self._wake.set()
@@ -354,6 +356,7 @@ class Scheduler:
             executor_ref=context.executor_ref,
             on_executor_ref=on_executor_ref,
             on_placement=on_placement,
+            detach=self._detach,
         )
         try:
             outcome = await asyncio.to_thread(session.run, run)
@@ -362,6 +365,9 @@ class Scheduler:
             outcome = RunOutcome(JobStatus.FAILED, error=_could_not_start(exc))
         finally:
             del self._cancels[job_id]
+        if outcome.status is JobStatus.RUNNING:
+            _log.warning("job %s: left running in the executor; the next server follows it", job_id)
+            return
         where = self.overlaps.placement(job_id) or (self.overlaps.host, grant.uuids)
         overlapping = await asyncio.to_thread(self.overlaps.end, job_id)
         placement = Placement(
