@@ -35,7 +35,7 @@ from llem_client import (
     measurement_config_hash,
 )
 
-from tests.fakes import FakeInferenceBackend, fake_meter
+from tests.fakes import FakeInferenceBackend, fake_meter, fake_thermometer
 from tests.server_process import ServerProcess
 
 
@@ -223,13 +223,15 @@ def build_app(
     backend: Any = None,
     meter: Any = None,
     token: str | None = None,
+    thermometer: Any = None,
     overrides: dict[Callable[..., Any], Callable[..., Any]] | None = None,
     **settings: Any,
 ) -> FastAPI:
-    """The real app on ``data_dir``, with the fake backend and meter injected, and any other
-    ``overrides`` of dependency providers (a scripted Slurm for ``get_slurm_api``, say)."""
+    """The real app on ``data_dir``, with the fake backend, meter and thermometer injected,
+    and any other ``overrides`` of dependency providers (a scripted Slurm for
+    ``get_slurm_api``, say)."""
     from llem_service.app import create_app
-    from llem_service.deps import get_energy_meter, get_inference_backend
+    from llem_service.deps import get_energy_meter, get_inference_backend, get_thermometer
     from llem_service.settings import Settings
 
     # GPU locks of the test's own: the scripted GPUs' UUIDs are the same in every test.
@@ -237,8 +239,10 @@ def build_app(
     app = create_app(Settings(data_dir=data_dir, api_token=token, cancel_grace_s=2.0, **settings))
     fake_backend = backend if backend is not None else FakeInferenceBackend()
     meter = meter if meter is not None else fake_meter()
+    thermometer = thermometer if thermometer is not None else fake_thermometer()
     app.dependency_overrides[get_inference_backend] = lambda: fake_backend
     app.dependency_overrides[get_energy_meter] = lambda: meter
+    app.dependency_overrides[get_thermometer] = lambda: thermometer
     app.dependency_overrides.update(overrides or {})
     return app
 

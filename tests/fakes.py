@@ -22,6 +22,7 @@ from llem_service.backends.base import (
     WorkloadReport,
 )
 from llem_service.energy.meter import NvmlEnergyMeter
+from llem_service.studies.cooldown import NvmlThermometer
 
 from tests.fake_nvml import FakeGpu, FakeNvml, PowerProfile
 
@@ -81,6 +82,15 @@ class FakeInferenceBackend:
         self._maybe_fail("load")
         return LoadReport(
             load_time_s=self.load_time_s,
+            device_uuids=(FAKE_DEVICE.uuid,) if self.gpu else (),
+            n_parameters=1234,
+        )
+
+    def reuse(self, config: ExperimentConfig) -> LoadReport:
+        """Keeps the 'model' of the last load: no load time."""
+        self._maybe_fail("load")
+        return LoadReport(
+            load_time_s=0.0,
             device_uuids=(FAKE_DEVICE.uuid,) if self.gpu else (),
             n_parameters=1234,
         )
@@ -155,6 +165,14 @@ def fake_meter(
         **gpu,
     )
     return NvmlEnergyMeter(library=FakeNvml(gpus=(device,)))
+
+
+def fake_thermometer(temperature_c: int = 40) -> NvmlThermometer:
+    """The real NVML thermometer over the scripted `FAKE_DEVICE`, at ``temperature_c``."""
+    device = FakeGpu(
+        uuid=FAKE_DEVICE.uuid, name=FAKE_DEVICE.name, temperature_c=(temperature_c, 0.0)
+    )
+    return NvmlThermometer(library=FakeNvml(gpus=(device,)))
 
 
 @dataclass

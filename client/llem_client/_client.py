@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from llem_client._client_studies import AsyncStudyMethods, StudyMethods
 from llem_client._config import ExperimentConfig
 from llem_client._exceptions import (
     APIConnectionError,
@@ -122,7 +123,7 @@ def _transport_error(exc: httpx.TransportError, base_url: str) -> APIConnectionE
     return APIConnectionError(f"cannot reach the llem server at {base_url}: {exc}")
 
 
-class Client:
+class Client(StudyMethods):
     """A synchronous llem client.
 
     Args:
@@ -289,7 +290,7 @@ class Client:
             interval = min(interval * 1.5, max_poll_interval_s)
 
 
-class AsyncClient:
+class AsyncClient(AsyncStudyMethods):
     """The asynchronous twin of `Client`; same arguments, same methods, awaitable."""
 
     def __init__(

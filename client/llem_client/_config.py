@@ -44,8 +44,26 @@ class InlinePrompts(_Section):
     prompts: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
 
 
+class HfPrompts(_Section):
+    """Prompts from a Hugging Face dataset, read with the ``datasets`` library (the server's
+    ``hf`` extra): a hub id, or a directory written by ``save_to_disk`` inside the server's
+    ``LLEM_MODEL_ROOTS``. Rows are taken in order and cycled when ``n_prompts`` exceeds them.
+
+    ``field`` names the column holding the prompt: a string, or a chat (a list of turns such as
+    ``{"role": "user", "content": ...}`` or ShareGPT's ``{"from": "human", "value": ...}``),
+    of which the first user turn is the prompt.
+    """
+
+    source: Literal["hf"] = "hf"
+    dataset: str = Field(min_length=1, description="Hub id, or a save_to_disk directory.")
+    subset: str | None = Field(default=None, description="The dataset's configuration name.")
+    split: str = Field(default="train", min_length=1)
+    field: str = Field(default="text", min_length=1, description="Column holding the prompt.")
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag, commit).")
+
+
 PromptSource = Annotated[
-    SyntheticPrompts | JsonlPrompts | InlinePrompts, Field(discriminator="source")
+    SyntheticPrompts | JsonlPrompts | InlinePrompts | HfPrompts, Field(discriminator="source")
 ]
 
 

@@ -154,7 +154,14 @@ class ExperimentResult(_Wire):
         description="Generated tokens of each request, in workload order (every repeat)."
     )
 
-    model_load_time_sec: float = Field(ge=0)
+    model_load_time_sec: float = Field(
+        ge=0, description="Time this experiment spent loading its model; 0 when it reused one."
+    )
+    model_reused_from: str | None = Field(
+        default=None,
+        description="The experiment whose process loaded the model this one reused (consecutive "
+        "study points with the same model and loading options); null: loaded for this one.",
+    )
     warmup_time_sec: float = Field(ge=0)
     warmup_batches: int = Field(ge=0)
     total_inference_time_sec: float = Field(ge=0, description="Measured window.")

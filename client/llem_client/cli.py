@@ -193,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     info = command("info", "show what the server is and has", _cmd_info)
     info.add_argument("--json", action="store_true", help="print the service info as JSON")
 
+    from llem_client._cli_study import add_study_commands
+
+    add_study_commands(commands, connection, _positive_float)
+
     config = commands.add_parser("config", help="work with config files (offline)")
     config_commands = config.add_subparsers(dest="config_command", metavar="COMMAND", required=True)
     validate = config_commands.add_parser(

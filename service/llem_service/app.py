@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from llem_client import __version__
 
-from llem_service.api import experiments, info
+from llem_service.api import experiments, info, studies
 from llem_service.api.admission import Admission
 from llem_service.api.limits import BodySizeLimit
 from llem_service.api.problems import PROBLEM_MEDIA_TYPE, install_error_handlers
@@ -23,6 +23,7 @@ from llem_service.deps import (
     get_energy_meter,
     get_inference_backend,
     get_slurm_api,
+    get_thermometer,
     require_token,
     resolve,
 )
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             feed,
             make_executor,
             pool,
+            thermometer=resolve(app, get_thermometer),
             backfill_limit=_backfill_limit(settings, pool),
             overlaps=overlaps,
         )
@@ -86,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(info.health_router)
     v1 = [Depends(require_token)]
     app.include_router(experiments.router, prefix="/v1", dependencies=v1)
+    app.include_router(studies.router, prefix="/v1", dependencies=v1)
     app.include_router(info.router, prefix="/v1", dependencies=v1)
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -25,7 +25,9 @@ from llem_service.experiment.results import ResultFiles
 from llem_service.jobs.events import ChangeFeed
 from llem_service.jobs.scheduler import Scheduler
 from llem_service.jobs.store import JobStore
+from llem_service.jobs.study_store import StudyStore
 from llem_service.settings import Settings
+from llem_service.studies.cooldown import Thermometer
 
 T = TypeVar("T")
 
@@ -40,6 +42,12 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 def get_store(request: Request) -> JobStore:
     store: JobStore = request.app.state.store
+    return store
+
+
+def get_study_store(request: Request) -> StudyStore:
+    """The job store, seen through its study half."""
+    store: StudyStore = request.app.state.store
     return store
 
 
@@ -92,6 +100,13 @@ def get_slurm_api(settings: SettingsDep) -> SlurmApi:
     return SlurmCli(settings.slurm_bin_dir, timeout_s=settings.slurm_command_timeout_s)
 
 
+def get_thermometer(settings: SettingsDep) -> Thermometer:
+    """GPU temperatures for studies' cooldowns: NVML (without a driver, it says why not)."""
+    from llem_service.studies.cooldown import NvmlThermometer
+
+    return NvmlThermometer()
+
+
 def require_token(request: Request, settings: SettingsDep) -> None:
     """Bearer-token check on /v1 routes when ``LLEM_API_TOKEN`` is set (constant-time)."""
     if settings.api_token is None:
@@ -114,6 +129,7 @@ def resolve(app: FastAPI, provider: Callable[..., T]) -> T:
 
 
 StoreDep = Annotated[JobStore, Depends(get_store)]
+StudyStoreDep = Annotated[StudyStore, Depends(get_study_store)]
 SchedulerDep = Annotated[Scheduler, Depends(get_scheduler)]
 FeedDep = Annotated[ChangeFeed, Depends(get_feed)]
 ResultsDep = Annotated[ResultFiles, Depends(get_results)]

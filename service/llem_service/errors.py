@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from llem_client import ProblemDetail
+from llem_client import FieldError, ProblemDetail
 
 PROBLEM_URN = "urn:llem:problem:"
 
@@ -158,3 +158,27 @@ class ExecutorUnavailable(LlemServiceError):
     refused rather than queued where nothing would run it."""
 
     status, title, slug = 503, "Executor unavailable", "executor-unavailable"
+
+
+class StudyNotFound(LlemServiceError):
+    status, title, slug = 404, "Study not found", "study-not-found"
+
+
+class StudyAlreadyFinished(LlemServiceError):
+    status, title, slug = 409, "Study already finished", "study-already-finished"
+
+
+class StudyInvalid(LlemServiceError):
+    """A study document that cannot be expanded into a runnable design. ``loc`` names the part
+    of the document at fault (as a validation error's ``errors[].loc`` does, under ``body``)."""
+
+    status, title, slug = 422, "Invalid study", "study-invalid"
+
+    def __init__(self, detail: str, *, loc: tuple[str | int, ...] = ()) -> None:
+        super().__init__(detail)
+        self.loc = loc
+
+    def problem(self, instance: str | None = None) -> ProblemDetail:
+        problem = super().problem(instance)
+        problem.errors = [FieldError(loc=["body", *self.loc], msg=self.detail, type="study")]
+        return problem

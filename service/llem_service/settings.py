@@ -51,6 +51,11 @@ class Settings(BaseSettings):
         description="Directories (separated by ':') that local models and JSONL prompt files "
         "must live in. Empty: local paths are refused.",
     )
+    max_study_points: int = Field(
+        default=10_000,
+        gt=0,
+        description="A study with more points than this (variants x sweep grid) is refused.",
+    )
     allow_remote_code: bool = Field(
         default=False, description="Allow configs that set pytorch.trust_remote_code."
     )

@@ -3,8 +3,16 @@ loaded back through the backend's real loading code."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 pytest.importorskip("torch", reason="the integration tier needs torch (pip install llem[pytorch])")
@@ -84,3 +92,45 @@ def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_gpt2(root / "tiny-gpt2")
     build_llama(root / "tiny-llama")
     return root
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def service(models_root: Path, tmp_path: Path) -> Iterator[str]:
+    """``llem-service`` as a real process on the tiny models; its URL."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "LLEM_PORT": str(port),
+        "LLEM_DATA_DIR": str(tmp_path / "data"),
+        "LLEM_MODEL_ROOTS": str(models_root),
+    }
+    log = (tmp_path / "service.log").open("w")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "llem-service")],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError((tmp_path / "service.log").read_text())
+        time.sleep(0.1)
+    yield url
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+    log.close()

@@ -3,59 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-import pytest
 from llem_client import ExperimentResult
 
 BIN = Path(sys.executable).parent
 TIMEOUT_S = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@pytest.fixture
-def service(models_root: Path, tmp_path: Path) -> Iterator[str]:
-    port = _free_port()
-    env = {
-        **os.environ,
-        "LLEM_PORT": str(port),
-        "LLEM_DATA_DIR": str(tmp_path / "data"),
-        "LLEM_MODEL_ROOTS": str(models_root),
-    }
-    log = (tmp_path / "service.log").open("w")
-    process = subprocess.Popen(
-        [str(BIN / "llem-service")], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError((tmp_path / "service.log").read_text())
-        time.sleep(0.1)
-    yield url
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=30)
-    log.close()
 
 
 def client(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -25,8 +25,8 @@ _log = logging.getLogger("llem.service")
 _DESCRIPTIONS = {
     400: "Bad request (a cursor this server did not issue; a body that is not UTF-8 text)",
     401: "Missing or wrong bearer token",
-    404: "No such job (or, for a timeseries, none was recorded)",
-    409: "The job is not in a state that allows this",
+    404: "No such job or study (or, for a timeseries, none was recorded)",
+    409: "The job or study is not in a state that allows this",
     413: "Request body too large",
     422: "Validation failed; `errors` lists each field",
     500: "Server error",

@@ -7,14 +7,36 @@ A backend object is built in the server process, pickled into the experiment's c
 Call order in the child: `prepare`, `load`, `warmup`, then `run` once per repeat, then `close`
 (always). `synchronize` may be called between any two of them: the meter reads the energy
 counters only after the device has finished its queued work.
+
+A process that serves several experiments with one model (consecutive study points whose
+`loading_key` is equal) calls `reuse` instead of `load` for the second and later ones:
+`prepare`, `reuse`, `warmup`, `run`..., and `close` only when it is done with the model.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from llem_client import ExperimentConfig
+
+
+def loading_key(config: ExperimentConfig) -> str:
+    """What two experiments must share to use one loaded model: the model and its revision,
+    the backend, the precision and the options that shape loading (device, device_map,
+    attention implementation, torch.compile and its mode, quantisation, remote code).
+    Everything else (the workload, batch size, decoding, static KV cache, the measurement)
+    may differ between them."""
+    options = config.pytorch.model_dump(mode="json", exclude={"static_kv_cache"})
+    key = {
+        "model": config.model,
+        "revision": config.revision,
+        "backend": config.backend,
+        "precision": config.precision,
+        "pytorch": options,
+    }
+    return json.dumps(key, sort_keys=True)
 
 
 class BackendError(Exception):
@@ -124,7 +146,15 @@ class InferenceBackend(Protocol):
         """Wait until the devices have finished all queued work."""
         ...
 
-    def load(self, config: ExperimentConfig) -> LoadReport: ...
+    def load(self, config: ExperimentConfig) -> LoadReport:
+        """Load the model and prepare ``config``'s workload (tokenized prompts, batches)."""
+        ...
+
+    def reuse(self, config: ExperimentConfig) -> LoadReport:
+        """Keep the loaded model for ``config`` (same `loading_key` as the last load): reset
+        what the previous experiment could leak into this one (KV caches, peak-memory
+        counters, compiled graphs) and prepare ``config``'s workload. ``load_time_s`` is 0."""
+        ...
 
     def warmup(self, config: ExperimentConfig) -> WarmupReport: ...
 

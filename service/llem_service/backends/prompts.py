@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llem_client import ExperimentConfig, InlinePrompts, JsonlPrompts, SyntheticPrompts
+from llem_client import ExperimentConfig, HfPrompts, InlinePrompts, JsonlPrompts, SyntheticPrompts
 
 from llem_service.backends.base import BackendError
+from llem_service.backends.datasets import read_hf_prompts
 from llem_service.backends.sources import resolve_local
 
 MAX_JSONL_BYTES = 256 * 2**20
@@ -87,6 +88,8 @@ def prompt_ids(
     if isinstance(source, JsonlPrompts):
         path = resolve_local(source.path, roots, "prompt file")
         texts = read_jsonl(path, source.field, max_dataset_bytes)
+    elif isinstance(source, HfPrompts):
+        texts = read_hf_prompts(source, roots, config.n_prompts)
     else:
         assert isinstance(source, InlinePrompts)
         texts = list(source.prompts)

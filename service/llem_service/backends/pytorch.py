@@ -233,22 +233,55 @@ class PytorchBackend:
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        roots = [Path(r) for r in self.model_roots]
-        prompts = prompt_ids(config, tokenizer, roots, self.max_dataset_bytes)
+        report = LoadReport(
+            load_time_s=load_time_s,
+            device_uuids=self._device_uuids(torch, model),
+            n_parameters=sum(p.numel() for p in model.parameters()),
+        )
         self._state.update(
             torch=torch,
             transformers=transformers,
             model=model,
             tokenizer=tokenizer,
             device=device,
-            batches=self._batches(torch, tokenizer, prompts, config.batch_size, model.device),
             shape=TransformerShape.from_config(model.config),
+            load_report=report,
         )
+        self._prepare_workload(config)
+        return report
+
+    def reuse(self, config: ExperimentConfig) -> LoadReport:
+        """Keep the loaded model for ``config``; see `InferenceBackend.reuse`."""
+        model = self._state.get("model")
+        if model is None:
+            raise BackendError("no model is loaded to reuse; load one first")
+        torch = self._state["torch"]
+        # What a fresh process would not have: the previous workload's tensors, the static KV
+        # cache transformers keeps on the model between generate calls, compiled graphs
+        # specialised to the previous shapes, and the peak-memory counters.
+        self._state.pop("batches", None)
+        if getattr(model, "_cache", None) is not None:
+            model._cache = None
+        if config.pytorch.torch_compile:
+            torch._dynamo.reset()
+        gc.collect()
+        if str(self._state["device"]).startswith("cuda"):
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        self._prepare_workload(config)
+        loaded: LoadReport = self._state["load_report"]
         return LoadReport(
-            load_time_s=load_time_s,
-            device_uuids=self._device_uuids(torch, model),
-            n_parameters=sum(p.numel() for p in model.parameters()),
+            load_time_s=0.0, device_uuids=loaded.device_uuids, n_parameters=loaded.n_parameters
         )
+
+    def _prepare_workload(self, config: ExperimentConfig) -> None:
+        """Tokenize ``config``'s prompts and lay them out in batches on the model's device."""
+        torch = self._state["torch"]
+        tokenizer = self._state["tokenizer"]
+        roots = [Path(r) for r in self.model_roots]
+        prompts = prompt_ids(config, tokenizer, roots, self.max_dataset_bytes)
+        device = self._state["model"].device
+        self._state["batches"] = self._batches(torch, tokenizer, prompts, config.batch_size, device)
 
     @staticmethod
     def _device(torch: Any, wanted: str) -> str:

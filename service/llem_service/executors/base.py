@@ -97,6 +97,8 @@ class RunContext:
             Slurm job) then returns at once with status ``running`` and leaves the job to the
             next server (`Executor.reattach`); one whose job cannot outlive it is also told
             ``cancel``, and stops.
+        keep_warm: The scheduler may offer the session a next job that can reuse what this run
+            loads (a study's next point): keep it after a successful run, until `close`.
     """
 
     job_id: str
@@ -108,6 +110,7 @@ class RunContext:
     on_executor_ref: Callable[[str], None] = _ignore_ref
     on_placement: Callable[[str, tuple[str, ...], float], None] = _ignore_placement
     detach: threading.Event = field(default_factory=threading.Event)
+    keep_warm: bool = False
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,19 @@ The child speaks to the parent over a one-way pipe: ``("progress", {...})`` any 
 times, then exactly one ``("result", (json, timeseries columns or None))`` or
 ``("error", (failure slug, detail, traceback or None))``. Dying without either is
 itself an outcome: the exit code or signal becomes the job's error.
+
+Warm reuse: when the scheduler may follow a run with another that can reuse its model
+(`RunContext.keep_warm`: consecutive points of a study), the child is given a second pipe and,
+after a successful run, keeps the model loaded and waits on it for ``("run", (job id, config
+json, baselines))``: the next experiment, with the same `loading_key`, runs in the same
+process without loading (`run_experiment(reused_from=...)`, which resets KV caches, peak
+memory counters and compiled graphs). ``("stop", None)`` or the pipe's end releases the model
+and ends the child. A failed run ends it too: its state is not trusted for another.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -21,13 +30,14 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from typing import Any
 
 from llem_client import ExperimentConfig, ExperimentResult, JobProgress, JobStatus
 
-from llem_service.backends.base import BackendError, InferenceBackend
+from llem_service.backends.base import BackendError, InferenceBackend, loading_key
 from llem_service.energy.base import Baseline, EnergyMeter, MeterError
 from llem_service.errors import Failures
 from llem_service.executors.base import (
@@ -54,10 +64,12 @@ def _child_main(
     baselines: Sequence[Baseline],
     conn: Connection,
     cuda_visible_devices: str | None = None,
+    commands: Connection | None = None,
     held_locks: Sequence[int] = (),
 ) -> None:
-    """Entry point of the child process. ``held_locks``: inherited descriptors of GPU locks,
-    kept open (and so locked) until this process ends."""
+    """Entry point of the child process: one run, then more while ``commands`` sends them.
+    ``held_locks``: inherited descriptors of GPU locks, kept open (and so locked) until this
+    process ends."""
     for fd in held_locks:
         os.set_inheritable(fd, False)  # a helper process of torch's must not outlive us holding it
     if cuda_visible_devices is not None:
@@ -66,11 +78,47 @@ def _child_main(
     # The server handles Ctrl-C; the child must not die of the terminal's SIGINT first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     send_lock = threading.Lock()
-    finished = threading.Event()
 
     def send(message: tuple[str, Any]) -> None:
         with send_lock:
             conn.send(message)
+
+    _exit_when_orphaned()
+    reused_from: str | None = None
+    try:
+        while True:
+            kept = _run_one(
+                job_id, config_json, backend, meter, baselines, send, reused_from, commands
+            )
+            if not kept or commands is None:
+                return
+            reused_from = job_id
+            try:
+                kind, payload = commands.recv()
+            except EOFError:
+                kind, payload = "stop", None
+            if kind != "run":
+                backend.close()
+                return
+            job_id, config_json, baselines = payload
+    finally:
+        with send_lock:
+            conn.close()
+
+
+def _run_one(
+    job_id: str,
+    config_json: str,
+    backend: InferenceBackend,
+    meter: EnergyMeter,
+    baselines: Sequence[Baseline],
+    send: Callable[[tuple[str, Any]], None],
+    reused_from: str | None,
+    commands: Connection | None,
+) -> bool:
+    """One experiment; report its outcome. True when it succeeded and kept its model loaded
+    for a next run."""
+    finished = threading.Event()
 
     def meter_failed(error: MeterError) -> None:
         def give_up() -> None:
@@ -83,16 +131,26 @@ def _child_main(
 
         threading.Thread(target=give_up, name="llem-meter-watchdog", daemon=True).start()
 
-    _exit_when_orphaned()
     try:
         config = ExperimentConfig.model_validate_json(config_json)
 
         def report(progress: JobProgress) -> None:
             send(("progress", progress.model_dump(mode="json")))
 
-        output = run_experiment(job_id, config, backend, meter, report, baselines, meter_failed)
+        output = run_experiment(
+            job_id,
+            config,
+            backend,
+            meter,
+            report,
+            baselines,
+            meter_failed,
+            reused_from=reused_from,
+            keep_loaded=commands is not None,
+        )
         finished.set()
         send(("result", (output.result.model_dump_json(), output.timeseries)))
+        return commands is not None
     except BackendError as exc:
         finished.set()
         send(("error", (Failures.BACKEND_ERROR.slug, str(exc), None)))
@@ -106,7 +164,7 @@ def _child_main(
             said = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             detail = f"the experiment ran out of memory ({said})"
             send(("error", (Failures.OUT_OF_MEMORY.slug, detail, None)))
-            return
+            return False
         send(
             (
                 "error",
@@ -117,9 +175,7 @@ def _child_main(
                 ),
             )
         )
-    finally:
-        with send_lock:
-            conn.close()
+    return False
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -217,10 +273,16 @@ class LocalExecutor:
 
     def run(self, context: RunContext, grant: GpuGrant = WHOLE_HOST) -> RunOutcome:
         """One experiment in a fresh child process on ``grant``; blocking."""
-        if context.cancel.is_set():
-            return RunOutcome(JobStatus.CANCELLED)
+        session = LocalSession(self, grant)
+        try:
+            return session.run(context)
+        finally:
+            session.close()
+
+    def _spawn(self, context: RunContext, grant: GpuGrant) -> _Child:
         ctx = multiprocessing.get_context("spawn")
         receiver, sender = ctx.Pipe(duplex=False)
+        commands, command_end = ctx.Pipe(duplex=False) if context.keep_warm else (None, None)
         process = ctx.Process(
             target=_child_main,
             args=(
@@ -231,20 +293,16 @@ class LocalExecutor:
                 context.baselines,
                 sender,
                 grant.cuda_visible_devices(),
+                commands,
                 [_InheritedFd(fd) for fd in (self.lock_fds(grant) if self.lock_fds else ())],
             ),
             name=f"llem-experiment-{context.job_id[:8]}",
         )
         process.start()
         sender.close()  # the child holds the only writer: EOF on our side means it is gone
-        try:
-            return self._follow(process, receiver, context.on_progress, context.cancel)
-        finally:
-            receiver.close()
-            if process.is_alive():
-                self._stop(process)
-            process.join()
-            process.close()
+        if commands is not None:
+            commands.close()
+        return _Child(process, receiver, command_end, loading_key(context.config))
 
     def _follow(
         self,
@@ -297,18 +355,89 @@ class LocalExecutor:
             process.join()
 
 
+@dataclass
+class _Child:
+    """An experiment process, the end of its pipe we read, and the end we send commands on
+    (None: it serves one run only)."""
+
+    process: multiprocessing.process.BaseProcess
+    receiver: Connection
+    commands: Connection | None
+    key: str
+
+
 class LocalSession:
-    """A grant on this host; each run is a fresh child process, so nothing is reused."""
+    """A grant on this host. Each run starts a child process, unless the previous run's child
+    kept its model for a run with the same `loading_key` (see the module docstring)."""
 
     def __init__(self, executor: LocalExecutor, grant: GpuGrant) -> None:
         self.executor = executor
         self.grant = grant
+        self._warm: _Child | None = None
 
     def run(self, context: RunContext) -> RunOutcome:
-        return self.executor.run(context, self.grant)
+        if context.cancel.is_set():
+            return RunOutcome(JobStatus.CANCELLED)
+        child = self._warm
+        self._warm = None
+        if child is not None and self._can_take(child, context.config):
+            assert child.commands is not None
+            try:
+                child.commands.send(
+                    ("run", (context.job_id, context.config.model_dump_json(), context.baselines))
+                )
+            except OSError:  # it died since: start afresh
+                self._end(child)
+                child = None
+        elif child is not None:
+            self._end(child)
+            child = None
+        if child is None:
+            child = self.executor._spawn(context, self.grant)
+        outcome = RunOutcome(JobStatus.FAILED)
+        try:
+            outcome = self.executor._follow(
+                child.process, child.receiver, context.on_progress, context.cancel
+            )
+        finally:
+            keep = (
+                outcome.status is JobStatus.SUCCEEDED
+                and context.keep_warm
+                and child.commands is not None
+                and child.process.is_alive()
+            )
+            if keep:
+                child.key = loading_key(context.config)
+                self._warm = child
+            else:
+                self._end(child)
+        return outcome
+
+    @staticmethod
+    def _can_take(child: _Child, config: ExperimentConfig) -> bool:
+        return (
+            child.commands is not None
+            and child.process.is_alive()
+            and child.key == loading_key(config)
+        )
 
     def reusable_for(self, config: ExperimentConfig) -> bool:
-        return False
+        return self._warm is not None and self._can_take(self._warm, config)
 
     def close(self) -> None:
-        pass  # each run's child is gone when its run returns
+        """End a child kept warm: it releases the model and exits."""
+        child, self._warm = self._warm, None
+        if child is not None:
+            self._end(child)
+
+    def _end(self, child: _Child) -> None:
+        if child.commands is not None:
+            with contextlib.suppress(OSError):  # already gone
+                child.commands.send(("stop", None))
+            child.commands.close()
+            child.process.join(timeout=self.executor.cancel_grace_s)
+        child.receiver.close()
+        if child.process.is_alive():
+            self.executor._stop(child.process)
+        child.process.join()
+        child.process.close()

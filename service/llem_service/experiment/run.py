@@ -72,6 +72,9 @@ def run_experiment(
     report: ProgressSink,
     baselines: Sequence[Baseline] = (),
     on_meter_failure: Callable[[MeterError], None] | None = None,
+    *,
+    reused_from: str | None = None,
+    keep_loaded: bool = False,
 ) -> ExperimentOutput:
     """Run ``config`` on ``backend``, metered by ``meter``; return the full result.
 
@@ -80,6 +83,10 @@ def run_experiment(
             GPU younger than ``config.baseline.max_age_s`` is reused instead of measured.
         on_meter_failure: Told at once, from the meter's thread, when metering fails (a lost
             GPU) so the caller can stop a run that may be stuck on the dead device.
+        reused_from: The experiment whose model the backend still holds (same
+            `loading_key`): reuse it rather than load (the load phase is then empty).
+        keep_loaded: Keep the model loaded after a successful run (the caller closes the
+            backend); after a failure it is always closed.
 
     Without an available meter the result's ``energy`` is ``None`` and a warning says why.
     """
@@ -89,6 +96,7 @@ def run_experiment(
     session: MeterSession | None = None
     record: MeterRecord | None = None
     workloads: list[WorkloadReport] = []
+    completed = False
 
     def mark(label: str) -> None:
         if session is not None:
@@ -110,7 +118,7 @@ def run_experiment(
             session.start()
             session.baselines(config.baseline, baselines, now=time.time())
         mark("load_start")
-        loaded = backend.load(config)
+        loaded = backend.reuse(config) if reused_from is not None else backend.load(config)
         mark("load_end")
         report(JobProgress(phase="warmup"))
         warm = backend.warmup(config)
@@ -121,17 +129,23 @@ def run_experiment(
             progress = _MeasuringProgress(report, repeat * config.n_prompts, total)
             workloads.append(backend.run(config, progress))
             mark(f"repeat_{repeat}_end")
+        completed = True
     finally:
         try:
             if session is not None:
                 record = session.close()
         finally:
-            backend.close()
+            if not (keep_loaded and completed):
+                backend.close()
 
-    return _assemble(
+    output = _assemble(
         experiment_id, config, backend, probe, loaded, warm, workloads,
         record=record, started_at=started_at, uuids=uuids, unmetered=unmetered,
     )  # fmt: skip
+    if reused_from is None:
+        return output
+    reused = output.result.model_copy(update={"model_reused_from": reused_from})
+    return ExperimentOutput(result=reused, timeseries=output.timeseries)
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,16 @@ Overlaps: each run's span is recorded (`OverlapTracker`), and its result's ``pla
 the host, the GPUs and the other experiments that overlapped it.
 
 Reuse: when a job ends, its session may take the next queued job on the same grant, if that
-job comes first in line and the session can reuse what it holds for it
-(`ExecutorSession.reusable_for`: a study's next point on the same model, say). Otherwise the
-session closes and the grant goes back to the pool.
+job comes first in line, belongs to the same reuse group (a study that allows reuse) and the
+session can reuse what it holds for it (`ExecutorSession.reusable_for`: the same model and
+loading options). Otherwise the session closes and the grant goes back to the pool.
+
+Studies: before a study run the scheduler applies the study's cooldown (`studies.cooldown`),
+in the run's own cancellable window; a warning on the result says when it fell short.
 
 Restart: jobs the store still lists as running are offered to the executor
-(`Executor.reattach`); those it cannot follow are failed as interrupted.
+(`Executor.reattach`); of those it cannot follow, study runs on their first attempt are queued
+again in their place (attempt 2) and the rest are failed as interrupted.
 """
 
 from __future__ import annotations
@@ -58,6 +62,13 @@ from llem_service.jobs.events import ChangeFeed
 from llem_service.jobs.gpus import GpuPool, NeverFits, WholeHostPool, grant_fits
 from llem_service.jobs.overlaps import OverlapTracker
 from llem_service.jobs.store import ClaimedJob, JobStore
+from llem_service.studies.cooldown import (
+    CooldownReport,
+    Thermometer,
+    ThermometerError,
+    cool_down,
+)
+from llem_service.studies.table import run_metrics
 
 _log = logging.getLogger("llem.scheduler")
 
@@ -106,6 +117,8 @@ class Scheduler:
         backfill_limit: How many later jobs may start ahead of one that waits for GPUs
             (`llem_service.jobs.backfill`); 0: none, strict submission order.
         overlaps: Records which runs overlapped; one for this host by default.
+        thermometer: Reads GPU temperatures for studies that cool down to a temperature;
+            None: such cooldowns are not applied (a warning says so).
     """
 
     def __init__(
@@ -115,11 +128,13 @@ class Scheduler:
         feed: ChangeFeed,
         make_executor: Callable[[], Executor],
         pool: GpuPool | None = None,
+        thermometer: Thermometer | None = None,
         *,
         backfill_limit: int = 0,
         overlaps: OverlapTracker | None = None,
     ) -> None:
         self.store = store
+        self.thermometer = thermometer
         self.results = results
         self.feed = feed
         self.make_executor = make_executor
@@ -188,8 +203,13 @@ class Scheduler:
             self.pool.reserve(job.grant)
             self._spawn(self._follow(session, job))
         if lost:
-            self.store.fail_interrupted(lost)
-            _log.warning("marked %d interrupted job(s) failed: %s", len(lost), lost)
+            retried = set(self.store.retry_interrupted(lost))
+            if retried:
+                _log.warning("queued %d interrupted study run(s) again: %s", len(retried), retried)
+            failed = [job_id for job_id in lost if job_id not in retried]
+            if failed:
+                self.store.fail_interrupted(failed)
+                _log.warning("marked %d interrupted job(s) failed: %s", len(failed), failed)
 
     async def _run_forever(self) -> None:
         while not self._stopping:
@@ -276,25 +296,30 @@ class Scheduler:
                         await self._record_safely(job.job.id, outcome, job.job.progress)
                         return
                 _log.info("job %s: starting (%s) on %s", job.job.id, job.config.model, grant)
-                await self._execute(
-                    session, RunContext(job.job.id, job.config), job.job.progress, grant
-                )
-                job = self._next_on(session, grant)
+                context = RunContext(job.job.id, job.config, keep_warm=job.reuse_group is not None)
+                await self._execute(session, context, job.job.progress, grant, job)
+                job = self._next_on(session, grant, job)
         finally:
             if session is not None:
                 await asyncio.to_thread(session.close)
             self.pool.release(grant)
             self.wake()
 
-    def _next_on(self, session: ExecutorSession, grant: GpuGrant) -> ClaimedJob | None:
-        """The first job in line, claimed on ``grant``, if ``session`` can take it."""
-        if self._stopping:
+    def _next_on(
+        self, session: ExecutorSession, grant: GpuGrant, previous: ClaimedJob
+    ) -> ClaimedJob | None:
+        """The first job in line, claimed on ``grant``, if it is of ``previous``'s reuse group
+        and ``session`` can take it."""
+        if self._stopping or previous.reuse_group is None:
             return None
         try:
             first = self.store.queued(limit=1)
-            if not first or not grant_fits(grant, first[0].config):
-                return None
-            if not session.reusable_for(first[0].config):
+            if (
+                not first
+                or first[0].reuse_group != previous.reuse_group
+                or not grant_fits(grant, first[0].config)
+                or not session.reusable_for(first[0].config)
+            ):
                 return None
             return self.store.claim(first[0].id, grant)
         except Exception:
@@ -321,6 +346,7 @@ class Scheduler:
         context: RunContext,
         progress: JobProgress,
         grant: GpuGrant,
+        job: ClaimedJob | None = None,
     ) -> None:
         job_id = context.job_id
         cancel = threading.Event()
@@ -357,8 +383,16 @@ class Scheduler:
             on_executor_ref=on_executor_ref,
             on_placement=on_placement,
             detach=self._detach,
+            keep_warm=context.keep_warm,
         )
+        warnings: list[ResultWarning] = []
         try:
+            if job is not None and job.study is not None and job.study.cooldown is not None:
+                cooled = await asyncio.to_thread(self._cool_down, job, cancel, on_progress)
+                if cooled.warning is not None:
+                    warnings.append(
+                        ResultWarning(code=cooled.warning[0], message=cooled.warning[1])
+                    )
             outcome = await asyncio.to_thread(session.run, run)
         except Exception as exc:
             _log.exception("job %s: could not run", job_id)
@@ -378,17 +412,46 @@ class Scheduler:
             executor_ref=refs[0],
             overlapping_experiments=overlapping,
         )
-        await self._record_safely(job_id, outcome, last[0], placement)
+        await self._record_safely(job_id, outcome, last[0], warnings, placement)
+
+    def _cool_down(
+        self,
+        job: ClaimedJob,
+        cancel: threading.Event,
+        on_progress: Callable[[JobProgress], None],
+    ) -> CooldownReport:
+        """The study's pause before this run; before its first, the GPUs' temperature is
+        taken as the target of later ones (in the session's thread: it blocks)."""
+        study = job.study
+        assert study is not None
+        assert study.cooldown is not None
+        plan = study.cooldown
+        devices = job.grant.uuids
+        if study.position == 0:
+            if plan.until_temperature_within_c is not None and self.thermometer is not None:
+                try:
+                    if self.store.study_temperatures(study.study_id) is None:
+                        temperatures = self.thermometer.temperatures_c(devices)
+                        self.store.set_study_temperatures(study.study_id, temperatures)
+                except ThermometerError as exc:
+                    _log.warning(
+                        "study %s: no temperature to cool down to: %s", study.study_id, exc
+                    )
+            return CooldownReport(0.0)
+        on_progress(JobProgress(phase="cooldown"))
+        baseline = self.store.study_temperatures(study.study_id)
+        return cool_down(plan, devices, baseline, self.thermometer or _NO_THERMOMETER, cancel)
 
     async def _record_safely(
         self,
         job_id: str,
         outcome: RunOutcome,
         progress: JobProgress,
+        warnings: list[ResultWarning] | None = None,
         placement: Placement | None = None,
     ) -> None:
         try:
-            await self._record(job_id, outcome, progress, placement)
+            await self._record(job_id, outcome, progress, warnings or [], placement)
         except Exception:  # the scheduler must outlive any one job
             _log.exception("job %s: unexpected error while recording its outcome", job_id)
             try:
@@ -407,6 +470,7 @@ class Scheduler:
         job_id: str,
         outcome: RunOutcome,
         progress: JobProgress,
+        warnings: list[ResultWarning],
         placement: Placement | None = None,
     ) -> None:
         if outcome.status is JobStatus.CANCELLED and self._stopping:
@@ -422,7 +486,11 @@ class Scheduler:
             _log.info("job %s: %s", job_id, outcome.status.value)
             return
         self.store.update_progress(job_id, progress.model_copy(update={"phase": "saving"}))
-        result = with_placement(outcome.result, placement) if placement else outcome.result
+        result = outcome.result
+        if warnings:
+            result = result.model_copy(update={"warnings": [*result.warnings, *warnings]})
+        if placement is not None:
+            result = with_placement(result, placement)
         if result.energy is not None:
             self.baselines.update(result.energy.baselines)
         try:
@@ -442,8 +510,18 @@ class Scheduler:
             )
             _log.error("job %s: result not saved: %s", job_id, exc)
             return
-        self.store.finish(job_id, JobStatus.SUCCEEDED, result_path=str(path))
+        self.store.finish(
+            job_id, JobStatus.SUCCEEDED, result_path=str(path), metrics=run_metrics(result)
+        )
         _log.info("job %s: succeeded", job_id)
+
+
+class _NoThermometer:
+    def temperatures_c(self, device_uuids: Sequence[str]) -> dict[str, float]:
+        raise ThermometerError("this server reads no GPU temperatures")
+
+
+_NO_THERMOMETER = _NoThermometer()
 
 
 def _could_not_start(exc: Exception) -> ProblemDetail:

@@ -12,13 +12,14 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
 from llem_client import (
+    CooldownConfig,
     ExperimentConfig,
     Job,
     JobProgress,
@@ -29,6 +30,7 @@ from llem_client import (
 
 from llem_service.errors import Failures, IdempotencyKeyReused, InvalidCursor
 from llem_service.executors.base import WHOLE_HOST, GpuGrant, RunningJob
+from llem_service.jobs.study_store import SqliteStudyQueries
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -57,6 +59,34 @@ _MIGRATIONS: tuple[str, ...] = (
     # The GPUs the scheduler granted (JSON list of UUIDs; [] = the whole host), and the
     # executor's own handle of the job (a Slurm job id), so a restarted server can reattach.
     "ALTER TABLE jobs ADD COLUMN granted_gpus TEXT; ALTER TABLE jobs ADD COLUMN executor_ref TEXT;",
+    # Studies (#12): a studies table, and each study run an ordinary job linked to its study,
+    # point, cycle and place in the planned order. ``attempt`` counts tries (2: retried after
+    # a restart); ``reuse_group`` lets consecutive jobs of one group share an experiment
+    # process; ``metrics_json`` keeps a succeeded job's headline figures for study tables.
+    """
+    CREATE TABLE IF NOT EXISTS studies (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        design_hash TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        cancelled_at TEXT,
+        design_json TEXT NOT NULL,
+        temperatures_json TEXT,
+        idempotency_key TEXT UNIQUE,
+        request_fingerprint TEXT
+    );
+    ALTER TABLE jobs ADD COLUMN study_id TEXT;
+    ALTER TABLE jobs ADD COLUMN study_point INTEGER;
+    ALTER TABLE jobs ADD COLUMN study_cycle INTEGER;
+    ALTER TABLE jobs ADD COLUMN study_position INTEGER;
+    ALTER TABLE jobs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE jobs ADD COLUMN reuse_group TEXT;
+    ALTER TABLE jobs ADD COLUMN cooldown_json TEXT;
+    ALTER TABLE jobs ADD COLUMN metrics_json TEXT;
+    ALTER TABLE jobs ADD COLUMN retried_error_json TEXT;
+    CREATE INDEX IF NOT EXISTS jobs_by_study ON jobs (study_id, study_position);
+    """,
 )
 
 _JOB_COLUMNS = (
@@ -75,11 +105,37 @@ class Submission:
 
 @dataclass(frozen=True)
 class QueuedJob:
-    """A job waiting to run, as the scheduler sees it: its place in line and its config."""
+    """A job waiting to run, as the scheduler sees it: its place in line and its config.
+
+    ``reuse_group``: jobs of one group (a study that allows it) may run one after another in
+    one executor session that keeps what it loaded; None: never run in another job's session.
+    """
 
     id: str
     seq: int
     config: ExperimentConfig
+    reuse_group: str | None = None
+
+
+@dataclass(frozen=True)
+class StudyLink:
+    """Where a job stands in its study.
+
+    Attributes:
+        study_id: The study.
+        point: The point of the design.
+        cycle: The cycle, from 0.
+        position: Place in the study's planned order, from 0.
+        attempt: 1, or 2 for a retry after a restart.
+        cooldown: The pause the study asks for between its runs; None for none.
+    """
+
+    study_id: str
+    point: int
+    cycle: int
+    position: int
+    attempt: int = 1
+    cooldown: CooldownConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +145,8 @@ class ClaimedJob:
     job: Job
     config: ExperimentConfig
     grant: GpuGrant = WHOLE_HOST
+    reuse_group: str | None = None
+    study: StudyLink | None = None
 
 
 class JobStore(Protocol):
@@ -124,7 +182,18 @@ class JobStore(Protocol):
         """Fail these running jobs as interrupted by a restart."""
         ...
 
+    def retry_interrupted(self, job_ids: Sequence[str]) -> list[str]:
+        """Queue again, in their place, those of these running jobs that are study runs on
+        their first attempt (marked attempt 2); return them. The rest stay running."""
+        ...
+
     def update_progress(self, job_id: str, progress: JobProgress) -> None: ...
+
+    def set_study_temperatures(self, study_id: str, temperatures: Mapping[str, float]) -> None:
+        """Keep each GPU's temperature before the study's first run (the cooldown's target)."""
+        ...
+
+    def study_temperatures(self, study_id: str) -> dict[str, float] | None: ...
 
     def finish(
         self,
@@ -133,7 +202,11 @@ class JobStore(Protocol):
         *,
         error: ProblemDetail | None = None,
         result_path: str | None = None,
-    ) -> Job: ...
+        metrics: Mapping[str, float | None] | None = None,
+    ) -> Job:
+        """End a running job. ``metrics``: a succeeded job's headline figures, kept for study
+        tables (`llem_service.studies.table.run_metrics`)."""
+        ...
 
     def cancel_queued(self, job_id: str) -> Job | None: ...
 
@@ -173,7 +246,7 @@ def _decode_cursor(cursor: str) -> int:
         raise InvalidCursor(f"cursor {cursor!r} is not one this server issued") from exc
 
 
-class SqliteJobStore:
+class SqliteJobStore(SqliteStudyQueries):
     """`JobStore` on one SQLite file in WAL mode; safe to share between threads."""
 
     def __init__(self, path: Path) -> None:
@@ -288,12 +361,16 @@ class SqliteJobStore:
     def queued(self, limit: int = 64) -> list[QueuedJob]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, seq, config_json FROM jobs WHERE status = ? ORDER BY seq LIMIT ?",
+                "SELECT id, seq, config_json, reuse_group FROM jobs WHERE status = ?"
+                " ORDER BY seq LIMIT ?",
                 (JobStatus.QUEUED.value, limit),
             ).fetchall()
         return [
             QueuedJob(
-                row["id"], row["seq"], ExperimentConfig.model_validate_json(row["config_json"])
+                row["id"],
+                row["seq"],
+                ExperimentConfig.model_validate_json(row["config_json"]),
+                row["reuse_group"],
             )
             for row in rows
         ]
@@ -317,10 +394,29 @@ class SqliteJobStore:
                 return None
             job = self._fetch(job_id)
             row = self._db.execute(
-                "SELECT config_json FROM jobs WHERE id = ?", (job_id,)
+                "SELECT config_json, reuse_group, study_id, study_point, study_cycle,"
+                " study_position, attempt, cooldown_json FROM jobs WHERE id = ?",
+                (job_id,),
             ).fetchone()
         assert job is not None
-        return ClaimedJob(job, ExperimentConfig.model_validate_json(row["config_json"]), grant)
+        study = None
+        if row["study_id"] is not None:
+            cooldown = row["cooldown_json"]
+            study = StudyLink(
+                study_id=row["study_id"],
+                point=row["study_point"],
+                cycle=row["study_cycle"],
+                position=row["study_position"],
+                attempt=row["attempt"],
+                cooldown=CooldownConfig.model_validate_json(cooldown) if cooldown else None,
+            )
+        return ClaimedJob(
+            job,
+            ExperimentConfig.model_validate_json(row["config_json"]),
+            grant,
+            reuse_group=row["reuse_group"],
+            study=study,
+        )
 
     def running(self) -> list[RunningJob]:
         with self._lock:
@@ -360,6 +456,7 @@ class SqliteJobStore:
         *,
         error: ProblemDetail | None = None,
         result_path: str | None = None,
+        metrics: Mapping[str, float | None] | None = None,
     ) -> Job:
         if not status.terminal:
             raise ValueError(f"finish() needs a terminal status, not {status.value}")
@@ -372,13 +469,14 @@ class SqliteJobStore:
                 return job  # already ended (cancelled while queued, or recovered)
             self._db.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, error_json = ?, result_path = ?,"
-                " progress_json = ? WHERE id = ? AND status = ?",
+                " progress_json = ?, metrics_json = ? WHERE id = ? AND status = ?",
                 (
                     status.value,
                     _now(),
                     error.model_dump_json(exclude_none=True) if error else None,
                     result_path,
                     _with_phase(job.progress, phase),
+                    json.dumps(dict(metrics)) if metrics is not None else None,
                     job_id,
                     JobStatus.RUNNING.value,
                 ),

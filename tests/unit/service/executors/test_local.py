@@ -159,3 +159,70 @@ def test_a_grant_is_what_the_experiment_process_sees() -> None:
     assert whole.result.environment.backend_versions == {
         "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
     }
+
+
+@dataclass
+class PidReportingBackend(ScriptedBackend):
+    """Reports, as a 'version', the id of the experiment process that ran it."""
+
+    def versions(self) -> dict[str, str]:
+        return {"pid": str(os.getpid())}
+
+
+def _warm_run(session: Any, job_id: str, **overrides: Any) -> RunOutcome:
+    return session.run(  # type: ignore[no-any-return]
+        RunContext(job_id, make_config(**overrides), keep_warm=True)
+    )
+
+
+def test_consecutive_runs_with_one_model_share_a_process_that_keeps_it_loaded() -> None:
+    session = LocalExecutor(PidReportingBackend(), fake_meter()).open(GpuGrant())
+    try:
+        first = _warm_run(session, "a", batch_size=1)
+        assert session.reusable_for(make_config(batch_size=4, pytorch={"static_kv_cache": True}))
+        assert not session.reusable_for(make_config(model="other-model"))
+        assert not session.reusable_for(make_config(precision="fp16"))
+        second = _warm_run(session, "b", batch_size=4, pytorch={"static_kv_cache": True})
+        third = _warm_run(session, "c", model="other-model")
+    finally:
+        session.close()
+
+    results = [o.result for o in (first, second, third)]
+    assert all(r is not None for r in results)
+    a, b, c = (r for r in results if r is not None)
+    assert a.environment.backend_versions == b.environment.backend_versions  # one process
+    assert c.environment.backend_versions != b.environment.backend_versions  # a fresh one
+    assert (a.model_reused_from, b.model_reused_from, c.model_reused_from) == (None, "a", None)
+    assert b.model_load_time_sec == 0.0
+    assert a.model_load_time_sec == c.model_load_time_sec == 0.25
+    assert b.n_requests == 4
+
+
+def test_without_keep_warm_every_run_has_its_own_process() -> None:
+    session = LocalExecutor(PidReportingBackend(), fake_meter()).open(GpuGrant())
+    try:
+        first = session.run(RunContext("a", make_config()))
+        assert not session.reusable_for(make_config())
+        second = session.run(RunContext("b", make_config()))
+    finally:
+        session.close()
+
+    assert first.result is not None
+    assert second.result is not None
+    assert first.result.environment.backend_versions != second.result.environment.backend_versions
+
+
+def test_a_failed_run_ends_the_warm_process() -> None:
+    session = LocalExecutor(PidReportingBackend(), fake_meter()).open(GpuGrant())
+    try:
+        ok = _warm_run(session, "a")
+        failed = _warm_run(session, "b", tags={"fake.fault": "exit"})
+        assert not session.reusable_for(make_config())
+        after = _warm_run(session, "c")
+    finally:
+        session.close()
+
+    assert ok.status is JobStatus.SUCCEEDED
+    assert failed.status is JobStatus.FAILED
+    assert after.result is not None
+    assert after.result.model_reused_from is None

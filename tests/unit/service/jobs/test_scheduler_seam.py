@@ -16,6 +16,7 @@ from llem_service.experiment.results import ResultFiles
 from llem_service.jobs.events import ChangeFeed
 from llem_service.jobs.scheduler import Scheduler
 from llem_service.jobs.store import QueuedJob, SqliteJobStore
+from llem_service.jobs.study_store import NewStudy, PlannedRun
 
 from tests.conftest import make_config
 
@@ -93,16 +94,31 @@ def _run_until_done(
     asyncio.run(scenario())
 
 
-def test_consecutive_jobs_a_session_can_reuse_run_in_it(tmp_path: Path) -> None:
+def _submit_study(store: SqliteJobStore, runs: list[tuple[str, str]], *, reuse: bool) -> list[str]:
+    """A study whose runs are ``(name, model)`` in this order; their job ids."""
+    planned = [
+        PlannedRun(make_config(name=name, model=model), point, 0, point)
+        for point, (name, model) in enumerate(runs)
+    ]
+    record, _ = store.submit_study(
+        NewStudy("s", "0" * 16, "{}", planned, reuse=reuse, cooldown=None, fingerprint="f")
+    )
+    return [r.run.job_id for r in store.study_runs(record.id)]
+
+
+def test_consecutive_runs_of_a_study_a_session_can_reuse_run_in_it(tmp_path: Path) -> None:
     store = SqliteJobStore(tmp_path / "jobs.sqlite3")
-    names = [("a1", "model-a"), ("a2", "model-a"), ("b1", "model-b"), ("a3", "model-a")]
-    ids = [store.submit(make_config(name=n, model=m)).job.id for n, m in names]
+    runs = [("a1", "model-a"), ("a2", "model-a"), ("b1", "model-b"), ("a3", "model-a")]
+    ids = _submit_study(store, runs, reuse=True)
+    # Same model, but not of the study: never in one of its sessions.
+    ids.append(store.submit(make_config(name="a4", model="model-a")).job.id)
+    ids += _submit_study(store, [("c1", "model-c"), ("c2", "model-c")], reuse=False)
     executor = RecordingExecutor()
 
     _run_until_done(store, tmp_path, executor, ids)
 
-    assert executor.sessions == [["a1", "a2"], ["b1"], ["a3"]]
-    assert executor.closed == 3
+    assert executor.sessions == [["a1", "a2"], ["b1"], ["a3"], ["a4"], ["c1"], ["c2"]]
+    assert executor.closed == 6
     assert all(store.get(i).status is JobStatus.SUCCEEDED for i in ids)  # type: ignore[union-attr]
 
 
@@ -162,3 +178,28 @@ def test_a_restarted_scheduler_follows_what_it_can_and_fails_the_rest(tmp_path: 
     assert lost_job.error is not None
     assert lost_job.error.type == "urn:llem:problem:interrupted"
     assert store.get(followed).status is JobStatus.SUCCEEDED  # type: ignore[union-attr]
+
+
+def test_a_restart_retries_an_interrupted_study_run_once_and_fails_a_plain_job(
+    tmp_path: Path,
+) -> None:
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    first, second = _submit_study(store, [("p0", "m"), ("p1", "m")], reuse=False)
+    plain = store.submit(make_config(name="plain")).job.id
+    store.claim(first)
+    store.claim(plain)
+    executor = RecordingExecutor()
+
+    _run_until_done(store, tmp_path, executor, [first, second, plain])
+
+    assert executor.sessions == [["p0"], ["p1"]]  # p0 again, in its place, before p1
+    runs = store.study_runs(store.list_studies()[0][0].id)
+    assert [(r.run.job_id, r.run.attempt, r.run.status) for r in runs] == [
+        (first, 2, JobStatus.SUCCEEDED),
+        (second, 1, JobStatus.SUCCEEDED),
+    ]
+    plain_job = store.get(plain)
+    assert plain_job is not None
+    assert plain_job.status is JobStatus.FAILED
+    assert plain_job.error is not None
+    assert plain_job.error.type == "urn:llem:problem:interrupted"

@@ -1,0 +1,276 @@
+"""``/v1/studies``: submit a study, follow it, cancel it, and read its results and frontier."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
+from llem_client import (
+    JobStatus,
+    ParetoTargets,
+    Study,
+    StudyDocument,
+    StudyList,
+    StudyPareto,
+    StudyResults,
+    StudySummary,
+)
+
+from llem_service.api.problems import problem_responses
+from llem_service.deps import FeedDep, SchedulerDep, SettingsDep, StudyStoreDep
+from llem_service.errors import StudyAlreadyFinished, StudyNotFound
+from llem_service.jobs.study_store import NewStudy, PlannedRun, StudyRecord, StudyStore
+from llem_service.studies import views
+from llem_service.studies.design import StudyDesign, expand
+from llem_service.studies.pareto import pareto
+from llem_service.studies.table import build_results, to_csv, to_parquet
+
+router = APIRouter(prefix="/studies", tags=["studies"])
+
+PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
+
+
+@functools.lru_cache(maxsize=32)
+def _design(design_json: str) -> StudyDesign:
+    """A study's design never changes after submission: parse each one once."""
+    return StudyDesign.model_validate_json(design_json)
+
+
+def _record_or_404(store: StudyStore, study_id: str) -> StudyRecord:
+    record = store.get_study(study_id)
+    if record is None:
+        raise StudyNotFound(f"no study with id {study_id!r}")
+    return record
+
+
+def _full(store: StudyStore, record: StudyRecord) -> Study:
+    tally = store.study_tallies([record.id])[record.id]
+    runs = [r.run for r in store.study_runs(record.id)]
+    return views.full(record, tally, _design(record.design_json), runs)
+
+
+def _summary(store: StudyStore, record: StudyRecord) -> StudySummary:
+    tally = store.study_tallies([record.id])[record.id]
+    return views.summary(record, tally, _design(record.design_json))
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Study,
+    responses=problem_responses(400, 401, 413, 422),
+    summary="Submit a study",
+)
+def submit_study(
+    document: StudyDocument,
+    request: Request,
+    response: Response,
+    store: StudyStoreDep,
+    scheduler: SchedulerDep,
+    feed: FeedDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            max_length=255,
+            description="Repeat a request with the same key and body to get the same study.",
+        ),
+    ] = None,
+) -> Study:
+    """Expand the document into points, validate each, and queue every valid point once per
+    cycle in the planned order. Invalid points are listed in ``skipped`` with their reasons;
+    a study with no valid point, an unknown field or too many points is refused (422)."""
+    expanded = expand(document, max_points=settings.max_study_points)
+    design = expanded.design
+    runs = [
+        PlannedRun(expanded.configs[point], point, cycle, position)
+        for position, (point, cycle) in enumerate(design.plan)
+    ]
+    cooldown = document.cooldown
+    wants_cooldown = cooldown.seconds > 0 or cooldown.until_temperature_within_c is not None
+    body = json.dumps(document.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    record, created = store.submit_study(
+        NewStudy(
+            name=document.name,
+            design_hash=expanded.design_hash,
+            design_json=design.model_dump_json(),
+            runs=runs,
+            reuse=document.isolation == "reuse",
+            cooldown=cooldown if wants_cooldown else None,
+            fingerprint=hashlib.sha256(body.encode()).hexdigest(),
+        ),
+        idempotency_key,
+    )
+    if created:
+        scheduler.wake()
+        feed.notify()
+    response.headers["Location"] = str(request.url_for("get_study", study_id=record.id))
+    return _full(store, record)
+
+
+@router.get("", response_model=StudyList, responses=problem_responses(400, 401, 422))
+def list_studies(
+    store: StudyStoreDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+) -> StudyList:
+    """Studies, newest first, a page at a time, each with its runs counted by status."""
+    records, next_cursor = store.list_studies(limit=limit, cursor=cursor)
+    tallies = store.study_tallies([r.id for r in records])
+    items = [views.summary(r, tallies[r.id], _design(r.design_json)) for r in records]
+    return StudyList(items=items, next_cursor=next_cursor)
+
+
+@router.get("/{study_id}", response_model=Study, responses=problem_responses(401, 404))
+def get_study(study_id: str, store: StudyStoreDep) -> Study:
+    """The study: its design, planned order, and each run's status and progress."""
+    return _full(store, _record_or_404(store, study_id))
+
+
+@router.post(
+    "/{study_id}/cancel",
+    response_model=StudySummary,
+    responses={
+        **problem_responses(401, 404, 409),
+        202: {"model": StudySummary, "description": "A running point is being stopped"},
+    },
+)
+def cancel_study(
+    study_id: str,
+    response: Response,
+    store: StudyStoreDep,
+    scheduler: SchedulerDep,
+    feed: FeedDep,
+) -> StudySummary:
+    """Cancel the runs still to run, stop the running one (202), keep the finished ones."""
+    record = _record_or_404(store, study_id)
+    if _summary(store, record).status.terminal:
+        raise StudyAlreadyFinished(f"study {study_id} has already ended")
+    running = store.cancel_study(study_id)
+    for job_id in running:
+        scheduler.request_cancel(job_id)
+    feed.notify()
+    if running:
+        response.status_code = status.HTTP_202_ACCEPTED
+    return _summary(store, _record_or_404(store, study_id))
+
+
+@router.get(
+    "/{study_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        **problem_responses(401, 404),
+        200: {
+            "description": "A stream of `study` events (data: the StudySummary) and `run` "
+            "events (data: a StudyRun) at each change, until the study ends; comments keep "
+            "the connection alive.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+    },
+)
+async def stream_study_events(
+    study_id: str, store: StudyStoreDep, feed: FeedDep, settings: SettingsDep
+) -> StreamingResponse:
+    """Server-Sent Events: the study's summary at each change and each run that changed."""
+    _record_or_404(store, study_id)
+
+    async def stream() -> AsyncIterator[str]:
+        sent: dict[str, str] = {}
+        last = ""
+        event_id = 0
+        while True:
+            waiter = feed.waiter()
+            record = store.get_study(study_id)
+            if record is None:
+                return
+            # Queued runs only change by starting or being cancelled: read the others.
+            for found in store.study_runs(
+                study_id, statuses=[s for s in JobStatus if s is not JobStatus.QUEUED]
+            ):
+                text = found.run.model_dump_json()
+                if sent.get(found.run.job_id) != text:
+                    sent[found.run.job_id] = text
+                    event_id += 1
+                    yield f"event: run\nid: {event_id}\ndata: {text}\n\n"
+            head = _summary(store, record)
+            text = head.model_dump_json()
+            if text != last:
+                event_id += 1
+                yield f"event: study\nid: {event_id}\ndata: {text}\n\n"
+                last = text
+            if head.status.terminal or feed.closed:
+                return
+            try:
+                await asyncio.wait_for(waiter.wait(), timeout=settings.sse_keepalive_s)
+            except asyncio.TimeoutError:
+                yield ": keep-alive\n\n"
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get(
+    "/{study_id}/results",
+    response_model=StudyResults,
+    responses={
+        200: {
+            "description": "One row per finished run and one aggregated row per point",
+            "content": {"text/csv": {}, PARQUET_MEDIA_TYPE: {}},
+        },
+        **problem_responses(401, 404, 422),
+    },
+)
+def get_study_results(
+    study_id: str,
+    store: StudyStoreDep,
+    format: Annotated[
+        Literal["json", "csv", "parquet"], Query(description="JSON (default), CSV or Parquet.")
+    ] = "json",
+) -> Response:
+    """The results so far: a row per succeeded run (point x cycle, in run order), then a row
+    per point with the mean and 95% CI over its cycles. Columns: the swept fields, tokens/s,
+    J/token raw and adjusted with their uncertainties, TTFT and ITL p50/p90/p99, per-request
+    energy, mean power, peak memory, warnings."""
+    record = _record_or_404(store, study_id)
+    runs = store.study_runs(study_id, statuses=[JobStatus.SUCCEEDED])
+    results = build_results(study_id, _design(record.design_json), runs)
+    if format == "json":
+        return Response(results.model_dump_json(), media_type="application/json")
+    content = to_csv(results) if format == "csv" else to_parquet(results)
+    media_type = "text/csv" if format == "csv" else PARQUET_MEDIA_TYPE
+    disposition = f'attachment; filename="{study_id}.results.{format}"'
+    return Response(content, media_type=media_type, headers={"Content-Disposition": disposition})
+
+
+@router.get(
+    "/{study_id}/pareto", response_model=StudyPareto, responses=problem_responses(401, 404, 422)
+)
+def get_study_pareto(
+    study_id: str,
+    store: StudyStoreDep,
+    max_ttft_p90_s: Annotated[float | None, Query(gt=0, description="TTFT p90 at most.")] = None,
+    max_itl_p90_s: Annotated[float | None, Query(gt=0, description="ITL p90 at most.")] = None,
+    min_tokens_per_s: Annotated[
+        float | None, Query(gt=0, description="Output tokens/s at least.")
+    ] = None,
+) -> StudyPareto:
+    """The time-energy frontier (J/token against tokens/s and against TTFT p90) and the
+    lowest-energy point that meets the targets, or, when none does, the closest."""
+    record = _record_or_404(store, study_id)
+    runs = store.study_runs(study_id, statuses=[JobStatus.SUCCEEDED])
+    results = build_results(study_id, _design(record.design_json), runs)
+    targets = ParetoTargets(
+        max_ttft_p90_s=max_ttft_p90_s,
+        max_itl_p90_s=max_itl_p90_s,
+        min_tokens_per_s=min_tokens_per_s,
+    )
+    return pareto(results, targets)

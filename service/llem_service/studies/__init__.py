@@ -1,0 +1,1 @@
+"""Studies: design expansion, planned order, the results table and the frontier."""
