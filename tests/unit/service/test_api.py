@@ -262,6 +262,12 @@ def test_openapi_describes_every_route_and_its_problems(http: TestClient) -> Non
         "/v1/experiments/{job_id}/cancel",
         "/v1/experiments/{job_id}/events",
         "/v1/experiments/{job_id}/timeseries",
+        "/v1/studies",
+        "/v1/studies/{study_id}",
+        "/v1/studies/{study_id}/cancel",
+        "/v1/studies/{study_id}/events",
+        "/v1/studies/{study_id}/pareto",
+        "/v1/studies/{study_id}/results",
     }
     submit = paths["/v1/experiments"]["post"]["responses"]
     problem_ref = submit["422"]["content"][PROBLEM]["schema"]["$ref"]
