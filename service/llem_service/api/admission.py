@@ -8,7 +8,7 @@ executor's reason and a ``Retry-After``) or 422 naming the field (``gpus``, or
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from fastapi.exceptions import RequestValidationError
@@ -47,6 +47,16 @@ class Admission:
 
 def admit(config: ExperimentConfig, admission: Admission) -> None:
     """Raise unless ``config`` can be queued now (see the module docstring)."""
+    admit_all({0: config}, admission, where=("body",))
+
+
+def admit_all(
+    configs: Mapping[int, ExperimentConfig],
+    admission: Admission,
+    where: tuple[str, ...] = ("body", "points"),
+) -> None:
+    """`admit` for many configs at once (a study's points, by index); an offending point is
+    named in the error's ``loc`` (``body.points.<index>.gpus``)."""
     reason = admission.unavailable_reason()
     if reason is not None:
         raise ExecutorUnavailable(
@@ -55,14 +65,16 @@ def admit(config: ExperimentConfig, admission: Admission) -> None:
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )
     limit = admission.max_gpus()
-    if limit is None or config.gpus <= limit:
+    if limit is None:
         return
-    raise RequestValidationError(
-        [
-            {
-                "loc": ("body", "gpus"),
-                "msg": f"asks for {config.gpus} GPUs, and {admission.where} has {limit}",
-                "type": "value_error",
-            }
-        ]
-    )
+    errors = [
+        {
+            "loc": (*where, *(() if where == ("body",) else (index,)), "gpus"),
+            "msg": f"asks for {config.gpus} GPUs, and {admission.where} has {limit}",
+            "type": "value_error",
+        }
+        for index, config in configs.items()
+        if config.gpus > limit
+    ]
+    if errors:
+        raise RequestValidationError(errors)

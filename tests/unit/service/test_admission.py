@@ -62,3 +62,32 @@ def test_more_gpus_than_a_partition_node_has_is_refused_naming_the_field(tmp_pat
         }
     ]
     assert accepted.status_code == 202
+
+
+def test_a_study_is_refused_as_a_whole_naming_each_point_that_asks_too_much(
+    tmp_path: Path,
+) -> None:
+    admission = Admission("local", lambda: None, max_gpus=lambda: 2)
+    study = {
+        "name": "too wide",
+        "base": make_config().model_dump(mode="json", exclude={"gpus"}),
+        "sweep": {"gpus": [1, 2, 4]},
+    }
+    down = Admission("slurm", lambda: "slurmctld does not answer", max_gpus=lambda: None)
+    with client_with(tmp_path, admission) as http:
+        refused = http.post("/v1/studies", json=study)
+        studies = http.get("/v1/studies").json()
+    with client_with(tmp_path / "2", down) as http:
+        unavailable = http.post("/v1/studies", json={**study, "sweep": {"gpus": [1]}})
+
+    assert refused.status_code == 422
+    assert refused.json()["errors"] == [
+        {
+            "loc": ["body", "points", 2, "gpus"],
+            "msg": "asks for 4 GPUs, and this host has 2",
+            "type": "value_error",
+        }
+    ]
+    assert studies["items"] == []
+    assert unavailable.status_code == 503
+    assert "slurmctld does not answer" in unavailable.json()["detail"]
