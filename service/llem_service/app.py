@@ -145,7 +145,7 @@ def _slurm_scheduling(
         cancel_grace_s=settings.cancel_grace_s,
     )
     _log.info("experiments run as Slurm jobs; job directories in %s", options.shared_dir)
-    partition = f"partition {options.partition}" if options.partition else "the default partition"
+    partition = f"partition {options.partition!r}" if options.partition else "default partition"
     admission = Admission(
         executor="slurm",
         unavailable_reason=executor.unavailable_reason,

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from llem_client import Client, JobStatus, StudyStatus
+from llem_service.executors.slurm_cli import SlurmCli, SlurmError
 
 from tests.conftest import make_config
 from tests.server_process import ServerProcess
@@ -185,6 +186,59 @@ def test_a_slurmctld_restart_while_jobs_are_queued_loses_nothing(
     assert [j.status for j in during if j.status.terminal] in ([], [JobStatus.SUCCEEDED])
     assert [j.status for j in jobs] == [JobStatus.SUCCEEDED] * 3, [j.error for j in jobs]
     assert len(listed.items) == 3  # and the refused one was not queued
+
+
+def test_the_command_wrapper_reads_what_slurm_says(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    cli = SlurmCli(env=slurm_cluster.env, timeout_s=30)
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/bash\nsleep 30\n")
+    output = f"--output={tmp_path}/slurm-%j.out"
+
+    assert cli.ping() is None
+    job_id = cli.submit(script, ["--job-name=llem-wrapper", output, "--time=5"])
+    listed = cli.states([job_id, "999999"])
+    found = cli.find("llem-wrapper")
+    cli.cancel(job_id)
+    deadline = time.monotonic() + 30
+    while (ended := cli.states([job_id])[job_id]).active:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    details = cli.details(job_id)
+    with pytest.raises(SlurmError, match="Invalid"):
+        cli.submit(script, ["--gres=gpu:1"])  # the node has no GPUs: sbatch refuses
+
+    assert list(listed) == [job_id]  # a job Slurm does not know is left out, not invented
+    assert listed[job_id].state in {"PENDING", "RUNNING", "CONFIGURING"}
+    assert listed[job_id].time_limit == "5:00"
+    assert found == job_id
+    assert ended.state == "CANCELLED"
+    assert details is not None
+    assert details.state == "CANCELLED"
+    assert details.exit_code.count(":") == 1
+    assert cli.details("999999") is None  # no accounting here: sacct knows nothing either
+    assert cli.max_gpus_per_node(None, "gpu") == 0
+    assert cli.max_gpus_per_node("debug", "gpu") == 0
+
+
+def test_gpus_a_partition_does_not_have_are_refused_at_submit(
+    slurm_service: SlurmService,
+) -> None:
+    server = slurm_service(slurm_gres="gpu", slurm_partition="debug")
+
+    response = httpx.post(
+        f"{server.url}/v1/experiments", json=make_config().model_dump(mode="json")
+    )
+
+    assert response.status_code == 422
+    assert response.json()["errors"] == [
+        {
+            "loc": ["body", "gpus"],
+            "msg": "asks for 1 GPUs, and a node of Slurm's partition 'debug' has 0",
+            "type": "value_error",
+        }
+    ]
 
 
 def test_a_job_over_its_slurm_time_limit_fails_with_slurms_reason(
