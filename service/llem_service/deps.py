@@ -94,9 +94,21 @@ def get_energy_meter(settings: SettingsDep) -> EnergyMeter:
 
 
 def get_slurm_api(settings: SettingsDep) -> SlurmApi:
-    """Slurm through its commands (LLEM_EXECUTOR=slurm); tests put a scripted cluster here."""
+    """Slurm through its commands, its status through slurmrestd when LLEM_SLURM_RESTD_URL is
+    set (LLEM_EXECUTOR=slurm); tests put a scripted cluster here."""
     from llem_service.executors.slurm_cli import SlurmCli
+    from llem_service.executors.slurm_rest import SlurmRestd
 
+    if settings.slurm_restd_url:
+        token = settings.slurm_restd_token
+        return SlurmRestd(
+            settings.slurm_restd_url,
+            api=settings.slurm_restd_api,
+            token=token.get_secret_value() if token else None,
+            user=settings.slurm_restd_user,
+            bin_dir=settings.slurm_bin_dir,
+            timeout_s=settings.slurm_command_timeout_s,
+        )
     return SlurmCli(settings.slurm_bin_dir, timeout_s=settings.slurm_command_timeout_s)
 
 

@@ -132,6 +132,19 @@ class Settings(BaseSettings):
     slurm_command_timeout_s: float = Field(
         default=30.0, gt=0, description="Longest wait for any one Slurm command."
     )
+    slurm_restd_url: str | None = Field(
+        default=None,
+        description="slurmrestd (http(s)://host:port, or unix:/path for rest_auth/local): job "
+        "status and pings from its REST API instead of squeue/scontrol. Submitting and "
+        "cancelling stay with sbatch and scancel.",
+    )
+    slurm_restd_api: str = Field(
+        default="v0.0.38", pattern=r"^v\d+\.\d+\.\d+$", description="slurmrestd API version."
+    )
+    slurm_restd_user: str | None = Field(default=None, description="X-SLURM-USER-NAME.")
+    slurm_restd_token: SecretStr | None = Field(
+        default=None, description="X-SLURM-USER-TOKEN (a JWT from `scontrol token`)."
+    )
 
     @field_validator("api_token")
     @classmethod

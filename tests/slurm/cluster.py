@@ -12,9 +12,11 @@ Slurm commands find this cluster through ``SLURM_CONF`` (`SlurmCluster.env`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -25,6 +27,8 @@ SBIN = Path("/usr/sbin")
 NODE = "llem-node"
 #: Commands the tier needs; missing ones skip it (or fail it, with LLEM_REQUIRE_SLURM=1).
 COMMANDS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "scontrol", "sinfo")
+#: Optional: the slurmrestd tests skip without it (Debian's ``slurmrestd`` package).
+RESTD = SBIN / "slurmrestd"
 
 
 def missing_commands() -> list[str]:
@@ -98,9 +102,65 @@ class SlurmCluster:
     def stop_controller(self) -> None:
         self._stop("slurmctld")
 
+    def start_restd(self) -> str:
+        """slurmrestd on a UNIX socket with ``rest_auth/local`` (the socket's peer is the
+        user); its URL for llem (``unix:<path>``)."""
+        socket_path = self.root / "slurmrestd.socket"
+        if "slurmrestd" not in self.processes:
+            # As root it runs only when told that this is intended.
+            env = {**self.env, "SLURMRESTD_SECURITY": "disable_user_check"}
+            command = [str(RESTD), "-a", "rest_auth/local", "-s", "openapi/v0.0.38"]
+            self._daemon("slurmrestd", [*command, f"unix:{socket_path}"], env)
+            self._wait(socket_path.exists, "slurmrestd's socket")
+        return f"unix:{socket_path}"
+
     def stop(self) -> None:
-        for name in ("slurmd", "slurmctld", "munged"):
+        """Cancel what still runs, stop the daemons, and kill any job step left behind: a
+        slurmstepd outlives its slurmd by design (so that slurmd can restart under it)."""
+        if "slurmctld" in self.processes and self.controller_up():
+            self._cancel_all()
+        for name in ("slurmrestd", "slurmd", "slurmctld", "munged"):
             self._stop(name)
+        self._kill_leftover_steps()
+
+    def _cancel_all(self, timeout_s: float = 20) -> None:
+        listed = self.command("squeue", "--noheader", "--format=%i")
+        ids = listed.stdout.split()
+        if not ids:
+            return
+        self.command("scancel", *ids)
+        deadline = time.monotonic() + timeout_s
+        while self.command("squeue", "--noheader", "--format=%i").stdout.split():
+            if time.monotonic() > deadline:
+                return  # the steps are killed below
+            time.sleep(0.2)
+
+    def _kill_leftover_steps(self) -> None:
+        """slurmstepd processes of this cluster (their environment names its slurm.conf) and
+        every process under them."""
+        marker = f"SLURM_CONF={self.conf}".encode()
+        children: dict[int, list[int]] = {}
+        steps = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(parent, []).append(int(entry.name))
+                if (entry / "cmdline").read_bytes().startswith(b"slurmstepd") and marker in (
+                    entry / "environ"
+                ).read_bytes().split(b"\0"):
+                    steps.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile, or not ours to read
+        doomed, todo = [], list(steps)
+        while todo:
+            pid = todo.pop()
+            doomed.append(pid)
+            todo.extend(children.get(pid, []))
+        for pid in doomed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     # -- state --------------------------------------------------------------------------------
 
@@ -180,10 +240,14 @@ PartitionName=debug Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
 """
         )
 
-    def _daemon(self, name: str, command: list[str]) -> None:
+    def _daemon(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
         log = open(self.root / "log" / f"{name}.out", "ab")  # noqa: SIM115 - the daemon's
         self.processes[name] = subprocess.Popen(
-            command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            env=env or self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
 

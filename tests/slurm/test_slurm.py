@@ -21,10 +21,11 @@ import httpx
 import pytest
 from llem_client import Client, JobStatus, StudyStatus
 from llem_service.executors.slurm_cli import SlurmCli, SlurmError
+from llem_service.executors.slurm_rest import SlurmRestd
 
 from tests.conftest import make_config
 from tests.server_process import ServerProcess
-from tests.slurm.cluster import SlurmCluster
+from tests.slurm.cluster import RESTD, SlurmCluster
 from tests.slurm.conftest import SlurmService
 
 
@@ -239,6 +240,56 @@ def test_gpus_a_partition_does_not_have_are_refused_at_submit(
             "type": "value_error",
         }
     ]
+
+
+def test_slurmrestd_reports_what_the_commands_do(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    if not RESTD.exists():
+        pytest.skip("slurmrestd is not installed (apt install slurmrestd)")
+    rest = SlurmRestd(slurm_cluster.start_restd(), env=slurm_cluster.env)
+    cli = SlurmCli(env=slurm_cluster.env)
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/bash\nsleep 1\nkill -9 $$\n")
+
+    job_id = rest.submit(script, [f"--output={tmp_path}/slurm-%j.out", "--time=90"])
+    first = rest.states([job_id, "999999"])
+    deadline = time.monotonic() + 30
+    while rest.states([job_id])[job_id].active:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    by_rest, by_cli = rest.details(job_id), cli.details(job_id)
+
+    assert rest.ping() is None
+    assert list(first) == [job_id]
+    assert first[job_id].source == "slurmrestd"
+    assert first[job_id].time_limit == "1:30:00"
+    assert by_rest is not None
+    assert by_cli is not None
+    assert (
+        (by_rest.state, by_rest.exit_code)
+        == (by_cli.state, by_cli.exit_code)
+        == (
+            "FAILED",
+            "0:9",
+        )
+    )
+    assert rest.details("999999") is None
+
+
+def test_a_service_on_slurmrestd_runs_an_experiment(
+    slurm_service: SlurmService, slurm_cluster: SlurmCluster
+) -> None:
+    if not RESTD.exists():
+        pytest.skip("slurmrestd is not installed (apt install slurmrestd)")
+    server = slurm_service(slurm_restd_url=slurm_cluster.start_restd())
+
+    with Client(server.url) as client:
+        info = client.info()
+        job = client.wait(client.submit(make_config()).id, timeout=60)
+
+    assert info.executor_available
+    assert job.status is JobStatus.SUCCEEDED, job.error
 
 
 def test_a_job_over_its_slurm_time_limit_fails_with_slurms_reason(
