@@ -26,6 +26,7 @@ from llem_service.executors.slurm import (
 )
 from llem_service.executors.slurm_cli import gres_count
 from llem_service.executors.slurm_files import JobDir
+from llem_service.executors.slurm_rest import _job_state
 from llem_service.settings import Settings
 
 from tests.conftest import make_config
@@ -457,3 +458,36 @@ def test_the_time_limit_defaults_to_the_experiment_timeout_plus_a_margin(tmp_pat
 )
 def test_gpus_per_node_from_sinfos_gres(gres: str, count: int) -> None:
     assert gres_count(gres, "gpu") == count
+
+
+def test_slurmrestd_answers_of_newer_apis_read_as_the_old_ones() -> None:
+    old = {
+        "job_id": 7,
+        "job_state": "FAILED",
+        "state_reason": "NonZeroExitCode",
+        "nodes": "gpu01",
+        "time_limit": 90,
+        "exit_code": 9,  # a wait status: killed by signal 9
+    }
+    new = {
+        "job_id": 7,
+        "job_state": ["FAILED"],
+        "state_reason": "NonZeroExitCode",
+        "nodes": "gpu01",
+        "time_limit": {"set": True, "infinite": False, "number": 90},
+        "exit_code": {
+            "status": ["SIGNALED"],
+            "return_code": {"set": True, "number": 0},
+            "signal": {"id": {"set": True, "number": 9}, "name": "KILL"},
+        },
+    }
+
+    states = [_job_state(old), _job_state(new)]
+
+    assert states[0] == states[1]
+    assert states[0].describe() == (
+        "Slurm job 7 is FAILED (reason: NonZeroExitCode) with exit code 0:9 on gpu01 of its "
+        "1:30:00 time limit"
+    )
+    assert _job_state({"job_id": 8, "job_state": "COMPLETED", "exit_code": 256}).exit_code == "1:0"
+    assert _job_state({"job_id": 9, "time_limit": {"set": False}}).time_limit == "UNLIMITED"
