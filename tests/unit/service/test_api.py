@@ -266,8 +266,8 @@ def test_openapi_describes_every_route_and_its_problems(http: TestClient) -> Non
         "/v1/studies/{study_id}",
         "/v1/studies/{study_id}/cancel",
         "/v1/studies/{study_id}/events",
-        "/v1/studies/{study_id}/pareto",
         "/v1/studies/{study_id}/results",
+        "/v1/studies/{study_id}/pareto",
     }
     submit = paths["/v1/experiments"]["post"]["responses"]
     problem_ref = submit["422"]["content"][PROBLEM]["schema"]["$ref"]
@@ -279,6 +279,8 @@ def test_openapi_describes_every_route_and_its_problems(http: TestClient) -> Non
     timeseries = paths["/v1/experiments/{job_id}/timeseries"]["get"]["responses"]
     assert set(timeseries["200"]["content"]) == {"application/vnd.apache.parquet", "text/csv"}
     assert PROBLEM in timeseries["404"]["content"]
+    results = paths["/v1/studies/{study_id}/results"]["get"]["responses"]["200"]["content"]
+    assert set(results) == {"application/json", "application/vnd.apache.parquet", "text/csv"}
 
 
 def test_the_seam_override_reaches_the_api(tmp_path: Path) -> None:
