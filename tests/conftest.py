@@ -35,7 +35,7 @@ from llem_client import (
     measurement_config_hash,
 )
 
-from tests.fakes import FakeInferenceBackend, fake_meter, fake_thermometer
+from tests.fakes import FakeInferenceBackend, fake_meter, fake_readings, fake_thermometer
 from tests.server_process import ServerProcess
 
 
@@ -222,16 +222,23 @@ def build_app(
     *,
     backend: Any = None,
     meter: Any = None,
+    readings: Any = None,
     token: str | None = None,
     thermometer: Any = None,
     overrides: dict[Callable[..., Any], Callable[..., Any]] | None = None,
     **settings: Any,
 ) -> FastAPI:
     """The real app on ``data_dir``, with the fake backend, meter and thermometer injected,
-    and any other ``overrides`` of dependency providers (a scripted Slurm for
-    ``get_slurm_api``, say)."""
+    the idle GPU poll reading ``readings`` (by default the scripted GPU of
+    `tests.fakes.fake_readings`), and any other ``overrides`` of dependency providers (a
+    scripted Slurm for ``get_slurm_api``, say)."""
     from llem_service.app import create_app
-    from llem_service.deps import get_energy_meter, get_inference_backend, get_thermometer
+    from llem_service.deps import (
+        get_energy_meter,
+        get_inference_backend,
+        get_reading_source,
+        get_thermometer,
+    )
     from llem_service.settings import Settings
 
     # GPU locks of the test's own: the scripted GPUs' UUIDs are the same in every test.
@@ -242,6 +249,8 @@ def build_app(
     thermometer = thermometer if thermometer is not None else fake_thermometer()
     app.dependency_overrides[get_inference_backend] = lambda: fake_backend
     app.dependency_overrides[get_energy_meter] = lambda: meter
+    source = readings if readings is not None else fake_readings()
+    app.dependency_overrides[get_reading_source] = lambda: source
     app.dependency_overrides[get_thermometer] = lambda: thermometer
     app.dependency_overrides.update(overrides or {})
     return app

@@ -22,6 +22,7 @@ from llem_service.backends.base import (
     WorkloadReport,
 )
 from llem_service.energy.meter import NvmlEnergyMeter
+from llem_service.energy.readings import NvmlReadingSource
 from llem_service.studies.cooldown import NvmlThermometer
 
 from tests.fake_nvml import FakeGpu, FakeNvml, PowerProfile
@@ -165,6 +166,17 @@ def fake_meter(
         **gpu,
     )
     return NvmlEnergyMeter(library=FakeNvml(gpus=(device,)))
+
+
+def fake_readings(power_w: float = 60.0, **gpu: Any) -> NvmlReadingSource:
+    """The idle poll's reader over the scripted GPU `FAKE_DEVICE`, idle at ``power_w``."""
+    device = FakeGpu(
+        uuid=FAKE_DEVICE.uuid,
+        name=FAKE_DEVICE.name,
+        profile=PowerProfile(((1.0, power_w),)),
+        **gpu,
+    )
+    return NvmlReadingSource(FakeNvml(gpus=(device,)), None, time.time)
 
 
 def fake_thermometer(temperature_c: int = 40) -> NvmlThermometer:

@@ -115,10 +115,16 @@ class ServerProcess:
 def main() -> None:
     import uvicorn
     from llem_service.app import create_app
-    from llem_service.deps import get_energy_meter, get_inference_backend
+    from llem_service.deps import get_energy_meter, get_inference_backend, get_reading_source
     from llem_service.settings import Settings
 
-    from tests.fakes import MultiGpuBackend, ScriptedBackend, fake_gpus_meter, fake_meter
+    from tests.fakes import (
+        MultiGpuBackend,
+        ScriptedBackend,
+        fake_gpus_meter,
+        fake_meter,
+        fake_readings,
+    )
 
     settings = Settings()
     app = create_app(settings)
@@ -142,6 +148,8 @@ def main() -> None:
     if os.environ.get("LLEM_TEST_REAL_BACKEND") != "1":
         app.dependency_overrides[get_inference_backend] = lambda: backend
     app.dependency_overrides[get_energy_meter] = lambda: meter
+    readings = fake_readings()
+    app.dependency_overrides[get_reading_source] = lambda: readings
     uvicorn.run(
         app,
         host=settings.host,

@@ -54,6 +54,8 @@ if TYPE_CHECKING:
     )
     from llem_client._hashing import canonical_config_json, measurement_config_hash
     from llem_client._jobs import (
+        BaselineList,
+        CachedBaseline,
         FieldError,
         GpuSlot,
         Job,
@@ -133,6 +135,8 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(["canonical_config_json", "measurement_config_hash"], "_hashing"),
     **dict.fromkeys(
         [
+            "BaselineList",
+            "CachedBaseline",
             "FieldError",
             "GpuSlot",
             "Job",
@@ -205,6 +209,8 @@ __all__ = [
     "BadRequestError",
     "BaselineConfig",
     "BaselineInfo",
+    "BaselineList",
+    "CachedBaseline",
     "Client",
     "ClientRequestError",
     "ConflictError",

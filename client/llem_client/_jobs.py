@@ -141,4 +141,28 @@ class ServiceInfo(BaseModel):
     )
 
 
+class CachedBaseline(BaseModel):
+    """An idle baseline the service keeps and reuses across experiments on the same GPU."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device_uuid: str
+    power_w: float = Field(ge=0, description="Mean idle power, watts.")
+    power_uncertainty_w: float = Field(ge=0)
+    method: str = Field(description="How it was measured, in words.")
+    duration_s: float = Field(gt=0, description="Length of the idle window.")
+    measured_at: datetime
+    age_s: float = Field(
+        ge=0, description="Age now; an experiment reuses it while younger than its max_age_s."
+    )
+
+
+class BaselineList(BaseModel):
+    """The idle baselines the service holds, one per GPU at most."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[CachedBaseline]
+
+
 ProblemDetail.model_rebuild()

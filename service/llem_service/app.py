@@ -15,13 +15,14 @@ from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from llem_client import __version__
 
-from llem_service.api import experiments, info, studies
+from llem_service.api import experiments, info, metrics, studies
 from llem_service.api.admission import Admission
 from llem_service.api.limits import BodySizeLimit
 from llem_service.api.problems import PROBLEM_MEDIA_TYPE, install_error_handlers
 from llem_service.deps import (
     get_energy_meter,
     get_inference_backend,
+    get_reading_source,
     get_slurm_api,
     get_thermometer,
     require_token,
@@ -37,7 +38,12 @@ from llem_service.jobs.gpus import GpuPool, PerGpuPool, SlotPool, WholeHostPool
 from llem_service.jobs.overlaps import OverlapTracker
 from llem_service.jobs.scheduler import Scheduler
 from llem_service.jobs.store import SqliteJobStore
+from llem_service.monitoring.executor import MonitoredExecutor
+from llem_service.monitoring.gpus import GpuTelemetry, IdlePoller
+from llem_service.monitoring.http import RequestMetrics
+from llem_service.monitoring.registry import ServiceMetrics
 from llem_service.settings import Settings
+from llem_service.ui import routes as ui
 
 _log = logging.getLogger("llem.service")
 
@@ -53,8 +59,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = SqliteJobStore(settings.db_path)
+        poller = _idle_poller(app, settings, telemetry)
         scheduling = _slurm_scheduling if settings.executor == "slurm" else _local_scheduling
-        make_executor, pool, admission, overlaps = scheduling(app, settings)
+        build_executor, pool, admission, overlaps = scheduling(app, settings)
+
+        def make_executor() -> Executor:
+            return MonitoredExecutor(build_executor(), telemetry, poller)
+
         feed = ChangeFeed()
         scheduler = Scheduler(
             store,
@@ -69,12 +80,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store, app.state.feed, app.state.scheduler = store, feed, scheduler
         app.state.admission = admission
         app.state.results = scheduler.results
+        app.state.poller = poller
+        service_metrics.watch_jobs(store, lambda: scheduler.running_job_ids)
+        scheduler.finished_listeners.append(service_metrics.job_finished)
         scheduler.start()
+        if poller is not None:
+            poller.start()
         try:
             yield
         finally:
             feed.close()
             await scheduler.stop()
+            if poller is not None:
+                poller.stop()
+            service_metrics.unwatch_jobs()
             store.close()
 
     app = FastAPI(
@@ -84,14 +103,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    # Live GPU readings outlive the lifespan's parts: /metrics may be scraped before start-up.
+    telemetry = GpuTelemetry(stale_after_s=max(60.0, 3 * settings.metrics_poll_s))
+    service_metrics = app.state.metrics = ServiceMetrics(telemetry)
     install_error_handlers(app)
     app.include_router(info.health_router)
     v1 = [Depends(require_token)]
     app.include_router(experiments.router, prefix="/v1", dependencies=v1)
     app.include_router(studies.router, prefix="/v1", dependencies=v1)
     app.include_router(info.router, prefix="/v1", dependencies=v1)
+    app.include_router(metrics.router)
+    app.mount("/ui/static", ui.static_files(), name="ui-static")
+    app.include_router(ui.router)
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=service_metrics)
 
     app.openapi = lambda: _openapi_with_problems(app)  # type: ignore[method-assign]
     return app
@@ -160,6 +186,16 @@ def _backfill_limit(settings: Settings, pool: GpuPool) -> int:
     if settings.backfill_limit is not None:
         return settings.backfill_limit
     return pool.total if isinstance(pool, PerGpuPool) else 0
+
+
+def _idle_poller(app: FastAPI, settings: Settings, telemetry: GpuTelemetry) -> IdlePoller | None:
+    """The idle GPU poll, unless it is switched off or nothing can read the GPUs."""
+    if settings.metrics_poll_s <= 0:
+        return None
+    source = resolve(app, get_reading_source)
+    if source is None:
+        return None
+    return IdlePoller(source, telemetry, settings.metrics_poll_s)
 
 
 def _openapi_with_problems(app: FastAPI) -> dict[str, Any]:

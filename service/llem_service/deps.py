@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hmac
 import inspect
+import os
+import time
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
@@ -19,7 +21,8 @@ from llem_service.api.admission import Admission
 from llem_service.backends.base import InferenceBackend
 from llem_service.energy.base import EnergyMeter
 from llem_service.energy.null import NullEnergyMeter
-from llem_service.errors import NotAuthenticated
+from llem_service.energy.readings import ReadingSource
+from llem_service.errors import CsrfRejected, NotAuthenticated
 from llem_service.executors.slurm_cli import SlurmApi
 from llem_service.experiment.results import ResultFiles
 from llem_service.jobs.events import ChangeFeed
@@ -28,6 +31,7 @@ from llem_service.jobs.store import JobStore
 from llem_service.jobs.study_store import StudyStore
 from llem_service.settings import Settings
 from llem_service.studies.cooldown import Thermometer
+from llem_service.ui.session import COOKIE_NAME, CSRF_HEADER, SAFE_METHODS, SessionKeys
 
 T = TypeVar("T")
 
@@ -112,6 +116,20 @@ def get_slurm_api(settings: SettingsDep) -> SlurmApi:
     return SlurmCli(settings.slurm_bin_dir, timeout_s=settings.slurm_command_timeout_s)
 
 
+def get_reading_source(settings: SettingsDep) -> ReadingSource | None:
+    """What the idle poll reads GPUs with: NVML when nvidia-ml-py is installed, else nothing.
+
+    Whether a driver and GPUs are there shows at the first poll (`IdlePoller.unavailable`)."""
+    from llem_service.energy.nvml import NvmlError, load_pynvml
+    from llem_service.energy.readings import NvmlReadingSource
+
+    try:
+        load_pynvml()
+    except NvmlError:
+        return None
+    return NvmlReadingSource(load_pynvml, os.environ.get("CUDA_VISIBLE_DEVICES"), time.time)
+
+
 def get_thermometer(settings: SettingsDep) -> Thermometer:
     """GPU temperatures for studies' cooldowns: NVML (without a driver, it says why not)."""
     from llem_service.studies.cooldown import NvmlThermometer
@@ -120,12 +138,36 @@ def get_thermometer(settings: SettingsDep) -> Thermometer:
 
 
 def require_token(request: Request, settings: SettingsDep) -> None:
-    """Bearer-token check on /v1 routes when ``LLEM_API_TOKEN`` is set (constant-time)."""
+    """The token check of /v1 routes when ``LLEM_API_TOKEN`` is set (constant-time).
+
+    A request passes with ``Authorization: Bearer <token>``, or, without that header, with a
+    dashboard session cookie (`llem_service.ui.session`); on a session, a state-changing
+    request must also carry the session's CSRF token.
+    """
     if settings.api_token is None:
         return
-    expected = settings.api_token.get_secret_value().encode()
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+    token = settings.api_token.get_secret_value()
+    header = request.headers.get("Authorization")
+    session = request.cookies.get(COOKIE_NAME)
+    if header is None and session is not None:
+        keys = SessionKeys(token)
+        if not keys.valid(session, time.time()):
+            raise NotAuthenticated(
+                "the dashboard session has expired or was made with another token; sign in again",
+                headers={"WWW-Authenticate": 'Bearer realm="llem"'},
+            )
+        if request.method not in SAFE_METHODS and not keys.csrf_ok(
+            session, request.headers.get(CSRF_HEADER)
+        ):
+            raise CsrfRejected(
+                f"a dashboard session's {request.method} request needs its {CSRF_HEADER} "
+                "header; reload the page"
+            )
+        return
+    scheme, _, given = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    ):
         raise NotAuthenticated(
             "a valid bearer token is required (Authorization: Bearer <LLEM_API_TOKEN>)",
             headers={"WWW-Authenticate": 'Bearer realm="llem"'},

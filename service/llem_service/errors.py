@@ -141,6 +141,12 @@ class NotAuthenticated(LlemServiceError):
     status, title, slug = 401, "Not authenticated", "not-authenticated"
 
 
+class CsrfRejected(LlemServiceError):
+    """A state-changing request on a dashboard session without its CSRF token."""
+
+    status, title, slug = 403, "Cross-site request refused", "csrf-rejected"
+
+
 class PayloadTooLarge(LlemServiceError):
     status, title, slug = 413, "Payload too large", "payload-too-large"
 

@@ -59,6 +59,17 @@ class Settings(BaseSettings):
     allow_remote_code: bool = Field(
         default=False, description="Allow configs that set pytorch.trust_remote_code."
     )
+    metrics_public: bool = Field(
+        default=False,
+        description="Serve /metrics without the token (for a Prometheus on a trusted network); "
+        "by default /metrics needs it like every /v1 route.",
+    )
+    metrics_poll_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="While no experiment holds a GPU, read its power, energy counter, "
+        "temperature and use this often for /metrics; 0: no idle poll.",
+    )
 
     # -- scale-out: where experiments run, and how GPUs are shared ---------------------------
     executor: Literal["local", "slurm"] = Field(

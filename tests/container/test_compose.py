@@ -146,6 +146,16 @@ def test_the_service_is_healthy_unprivileged_and_guarded_by_the_token(stack: Sta
     )
     assert info.status_code == 200
     assert info.json()["backends"] == ["pytorch"]
+    # The dashboard's assets are in the image (package data), and /metrics is guarded too.
+    page = httpx.get(f"{stack.url}/ui", timeout=10)
+    assert page.status_code == 200
+    assert "/ui/static/vendor/uplot-" in page.text
+    assert httpx.get(f"{stack.url}/ui/static/js/main.js", timeout=10).status_code == 200
+    assert httpx.get(f"{stack.url}/metrics", timeout=10).status_code == 401
+    metrics = httpx.get(
+        f"{stack.url}/metrics", headers={"Authorization": f"Bearer {stack.token}"}, timeout=10
+    )
+    assert "llem_queue_length" in metrics.text
 
 
 def test_llem_client_runs_a_mounted_model_in_the_container(stack: Stack, tmp_path: Path) -> None:

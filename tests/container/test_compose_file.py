@@ -56,3 +56,23 @@ def test_the_cpu_variant_has_no_gpu_reservation(compose: list[str]) -> None:
     service = yaml.safe_load(done.stdout)["services"]["llem-cpu"]
     assert "deploy" not in service
     assert service["volumes"] == yaml.safe_load(done.stdout)["services"]["llem"]["volumes"]
+
+
+def test_the_monitoring_profile_runs_prometheus_and_grafana_on_loopback(
+    compose: list[str],
+) -> None:
+    done = config(compose, "--profile", "monitoring", LLEM_API_TOKEN="t")
+
+    assert done.returncode == 0, done.stderr
+    services = yaml.safe_load(done.stdout)["services"]
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    for service, port in ((prometheus, 9090), (grafana, 3000)):
+        (published,) = service["ports"]
+        assert published["host_ip"] == "127.0.0.1"
+        assert int(published["target"]) == port
+    assert prometheus["environment"]["LLEM_API_TOKEN"] == "t"
+    sources = {v["source"].rsplit("/", 2)[-1] for v in prometheus["volumes"] if "source" in v}
+    assert "prometheus" in sources  # monitoring/prometheus, the checked scrape config
+    assert any(v.get("target") == "/var/lib/grafana/dashboards" for v in grafana["volumes"])
+    without = yaml.safe_load(config(compose, LLEM_API_TOKEN="t").stdout)["services"]
+    assert "prometheus" not in without  # only with the profile

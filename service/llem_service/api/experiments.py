@@ -101,6 +101,18 @@ async def get_experiment(job_id: str, store: StoreDep) -> Job:
 
 
 @router.get(
+    "/{job_id}/config", response_model=ExperimentConfig, responses=problem_responses(401, 404)
+)
+def get_config(job_id: str, store: StoreDep) -> ExperimentConfig:
+    """The config the job was submitted with, defaults filled in, in any state (to run it
+    again, say)."""
+    config = store.config(job_id)
+    if config is None:
+        raise JobNotFound(f"no job with id {job_id!r}")
+    return config
+
+
+@router.get(
     "/{job_id}/result",
     response_model=ExperimentResult,
     responses=problem_responses(401, 404, 409, 500),

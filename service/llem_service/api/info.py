@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import time
+from datetime import datetime, timezone
+
 from fastapi import APIRouter
-from llem_client import SCHEMA_VERSION, GpuSlot, ServiceInfo, __version__
+from llem_client import (
+    SCHEMA_VERSION,
+    BaselineList,
+    CachedBaseline,
+    GpuSlot,
+    ServiceInfo,
+    __version__,
+)
 
 from llem_service.api.problems import problem_responses
 from llem_service.deps import AdmissionDep, MeterDep, SchedulerDep, StoreDep
@@ -43,6 +53,26 @@ def get_info(
             for state in admission.gpu_states()
         ],
         max_gpus_per_experiment=admission.max_gpus(),
+    )
+
+
+@router.get("/baselines", response_model=BaselineList, responses=problem_responses(401))
+def get_baselines(scheduler: SchedulerDep) -> BaselineList:
+    """The idle baselines the service keeps (one per GPU at most), newest measurement each."""
+    now = time.time()
+    return BaselineList(
+        items=[
+            CachedBaseline(
+                device_uuid=b.device_uuid,
+                power_w=b.power_w,
+                power_uncertainty_w=b.power_uncertainty_w,
+                method=b.method,
+                duration_s=b.duration_s,
+                measured_at=datetime.fromtimestamp(b.measured_at, timezone.utc),
+                age_s=max(0.0, now - b.measured_at),
+            )
+            for b in scheduler.baselines.all()
+        ]
     )
 
 

@@ -32,6 +32,7 @@ from llem_service.energy.nvml import (
     NvmlLibrary,
     load_pynvml,
 )
+from llem_service.energy.readings import GpuReading, readings_from_rows
 from llem_service.energy.sampler import Clock, PowerSampler
 
 T = TypeVar("T")
@@ -248,6 +249,21 @@ class NvmlSession:
             pids.remove(self._own_pid)
             return tuple(pids)
         return tuple(pids) if len(pids) > 1 else ()
+
+    def latest_readings(self) -> tuple[GpuReading, ...]:
+        """The newest sample of each GPU with its latest counter mark, for live monitoring.
+
+        Reads nothing from NVML: it hands over what the sampler and the marks already read, so
+        monitoring adds no read to the measured window. Safe from any thread."""
+        names = {meta.uuid: meta.name for meta in self.metas}
+        wall_offset_s = time.time() - self.clock()
+        marks = self.marks
+        energy = dict(marks[-1].energy_mj) if marks else {}
+        rows = [
+            (uuid, names.get(uuid, ""), t + wall_offset_s, values)
+            for uuid, t, values in self.sampler.latest()
+        ]
+        return readings_from_rows(rows, energy)
 
     def baselines(
         self, plan: BaselineConfig, cached: Sequence[Baseline], *, now: float

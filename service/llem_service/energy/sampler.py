@@ -189,6 +189,24 @@ class PowerSampler:
         with self._lock:
             return tuple(self.round_starts_s), tuple(self.round_costs_s)
 
+    def latest(self) -> list[tuple[str, float, dict[str, float | int | None]]]:
+        """The newest round's row of each GPU as (uuid, time, columns); empty before the first
+        round. Copies one row per GPU, so live monitoring can call it at any rate."""
+        with self._lock:
+            timeline = self.timeline
+            n = len(self.readers)
+            if len(timeline) < n:
+                return []
+            names = ("power_w", *(column for column, _ in _OPTIONAL_FIELDS))
+            return [
+                (
+                    timeline.device_uuid[i],
+                    timeline.t_s[i],
+                    {name: getattr(timeline, name)[i] for name in names},
+                )
+                for i in range(len(timeline) - n, len(timeline))
+            ]
+
     def snapshot(self) -> Timeline:
         """A copy of the samples so far (safe while the thread runs)."""
         with self._lock:

@@ -24,16 +24,18 @@ returns None, and the job is recovered by the store's rule (failed as interrupte
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from llem_client import ExperimentConfig, ExperimentResult, JobProgress, JobStatus, ProblemDetail
 
 from llem_service.energy.base import Baseline
+from llem_service.energy.readings import GpuReading
 from llem_service.energy.timeseries import Columns
 
 ProgressCallback = Callable[[JobProgress], None]
+TelemetryCallback = Callable[[Sequence[GpuReading]], None]
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,10 @@ def _ignore_placement(host: str, gpus: tuple[str, ...], started_at: float) -> No
     """The default `RunContext.on_placement`: nothing to record."""
 
 
+def _ignore_telemetry(readings: Sequence[GpuReading]) -> None:
+    """The default `RunContext.on_telemetry`: nobody watches."""
+
+
 @dataclass(frozen=True)
 class RunContext:
     """Everything one run needs from the scheduler.
@@ -97,6 +103,9 @@ class RunContext:
             Slurm job) then returns at once with status ``running`` and leaves the job to the
             next server (`Executor.reattach`); one whose job cannot outlive it is also told
             ``cancel``, and stops.
+        on_telemetry: Told the metered GPUs' latest readings (about once a second) while the
+            run's meter samples them, for live monitoring; never used for a result. Executors
+            that cannot forward them never call it.
         keep_warm: The scheduler may offer the session a next job that can reuse what this run
             loads (a study's next point): keep it after a successful run, until `close`.
     """
@@ -110,6 +119,7 @@ class RunContext:
     on_executor_ref: Callable[[str], None] = _ignore_ref
     on_placement: Callable[[str, tuple[str, ...], float], None] = _ignore_placement
     detach: threading.Event = field(default_factory=threading.Event)
+    on_telemetry: TelemetryCallback = _ignore_telemetry
     keep_warm: bool = False
 
 

@@ -6,10 +6,12 @@ anything imports CUDA), and inherits the descriptors that hold the grant's GPU l
 (`llem_service.jobs.gpu_locks`): a GPU stays locked until both the server and the experiment
 are gone, so a server killed mid-run never lets another experiment onto a GPU still in use.
 
-The child speaks to the parent over a one-way pipe: ``("progress", {...})`` any number of
-times, then exactly one ``("result", (json, timeseries columns or None))`` or
-``("error", (failure slug, detail, traceback or None))``. Dying without either is
-itself an outcome: the exit code or signal becomes the job's error.
+The child speaks to the parent over a one-way pipe: ``("progress", {...})`` and
+``("telemetry", (GpuReading, ...))`` (the meter's latest readings, about once a second, for
+live monitoring) any number of times, then exactly one
+``("result", (json, timeseries columns or None))`` or
+``("error", (failure slug, detail, traceback or None))``. Dying without either is itself an
+outcome: the exit code or signal becomes the job's error.
 
 Warm reuse: when the scheduler may follow a run with another that can reuse its model
 (`RunContext.keep_warm`: consecutive points of a study), the child is given a second pipe and,
@@ -47,13 +49,17 @@ from llem_service.executors.base import (
     RunContext,
     RunningJob,
     RunOutcome,
+    TelemetryCallback,
 )
+from llem_service.executors.telemetry import ForwardingMeter
 from llem_service.experiment.run import run_experiment
 
 #: After the meter fails (a lost GPU), how long the experiment may take to fail on its own at
 #: its next counter mark before the child reports the failure and exits: a run can be stuck in
 #: a CUDA call on a dead GPU, which no exception reaches.
 METER_FAILURE_GRACE_S = 5.0
+#: How often the child forwards the meter's latest readings to the server (live monitoring).
+TELEMETRY_INTERVAL_S = 1.0
 
 
 def _child_main(
@@ -137,11 +143,14 @@ def _run_one(
         def report(progress: JobProgress) -> None:
             send(("progress", progress.model_dump(mode="json")))
 
+        def forward(readings: Sequence[Any]) -> None:
+            send(("telemetry", tuple(readings)))
+
         output = run_experiment(
             job_id,
             config,
             backend,
-            meter,
+            ForwardingMeter(meter, forward, TELEMETRY_INTERVAL_S),
             report,
             baselines,
             meter_failed,
@@ -310,6 +319,7 @@ class LocalExecutor:
         receiver: Connection,
         on_progress: ProgressCallback,
         cancel: threading.Event,
+        on_telemetry: TelemetryCallback,
     ) -> RunOutcome:
         deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
         while True:
@@ -333,6 +343,8 @@ class LocalExecutor:
                 return RunOutcome(JobStatus.FAILED, error=problem)
             if kind == "progress":
                 on_progress(JobProgress.model_validate(payload))
+            elif kind == "telemetry":
+                on_telemetry(payload)
             elif kind == "result":
                 result_json, timeseries = payload
                 return RunOutcome(
@@ -397,7 +409,11 @@ class LocalSession:
         outcome = RunOutcome(JobStatus.FAILED)
         try:
             outcome = self.executor._follow(
-                child.process, child.receiver, context.on_progress, context.cancel
+                child.process,
+                child.receiver,
+                context.on_progress,
+                context.cancel,
+                context.on_telemetry,
             )
         finally:
             keep = (

@@ -38,6 +38,7 @@ from typing import Any
 from llem_client import (
     BaselineInfo,
     ExperimentResult,
+    Job,
     JobProgress,
     JobStatus,
     OverlappingExperiment,
@@ -77,6 +78,9 @@ STORE_RETRY_S = 1.0
 #: While a job waits for GPUs another service may free, or runs go on beside other services'
 #: runs, look again this often: nothing in this process says when they change.
 POOL_RETRY_S = 1.0
+
+#: Told each job the scheduler ran, once its end is recorded, with its result if it succeeded.
+FinishedListener = Callable[[Job, ExperimentResult | None], None]
 
 
 class BaselineCache:
@@ -149,6 +153,8 @@ class Scheduler:
         self._detach = threading.Event()  # set at shutdown: jobs that outlive us go on
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        #: Told each ended run (metrics count outcomes and energy); a failing one is logged.
+        self.finished_listeners: list[FinishedListener] = []
 
     # -- control ------------------------------------------------------------------------------
 
@@ -464,6 +470,23 @@ class Scheduler:
                 _log.exception("job %s: could not record its failure", job_id)
                 await asyncio.sleep(STORE_RETRY_S)
         self.feed.notify()
+        self._tell_finished(job_id, outcome.result)
+
+    def _tell_finished(self, job_id: str, result: ExperimentResult | None) -> None:
+        if not self.finished_listeners:
+            return
+        try:
+            job = self.store.get(job_id)
+        except Exception:
+            _log.exception("job %s: could not read it back for its listeners", job_id)
+            return
+        if job is None or not job.status.terminal:
+            return
+        for listener in self.finished_listeners:
+            try:
+                listener(job, result if job.status is JobStatus.SUCCEEDED else None)
+            except Exception:
+                _log.exception("job %s: a finished-job listener failed", job_id)
 
     async def _record(
         self,

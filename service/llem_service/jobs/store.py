@@ -214,6 +214,14 @@ class JobStore(Protocol):
 
     def queue_length(self) -> int: ...
 
+    def status_counts(self) -> dict[JobStatus, int]:
+        """How many jobs are in each status (statuses with none are absent)."""
+        ...
+
+    def config(self, job_id: str) -> ExperimentConfig | None:
+        """The config the job was submitted with (None for an unknown job)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -535,3 +543,17 @@ class SqliteJobStore(SqliteStudyQueries):
                 "SELECT COUNT(*) AS n FROM jobs WHERE status = ?", (JobStatus.QUEUED.value,)
             ).fetchone()
         return int(row["n"])
+
+    def status_counts(self) -> dict[JobStatus, int]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT status, COUNT(*) AS n FROM jobs GROUP BY status"
+            ).fetchall()
+        return {JobStatus(row["status"]): int(row["n"]) for row in rows}
+
+    def config(self, job_id: str) -> ExperimentConfig | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT config_json FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+        return ExperimentConfig.model_validate_json(row["config_json"]) if row else None

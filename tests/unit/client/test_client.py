@@ -1,15 +1,23 @@
 """The client's request policy: retries only when safe, typed errors, SSE decoding.
 
-A scripted `httpx.MockTransport` stands in for the network: it answers from a list, in order.
+Every policy test runs against both `Client` and `AsyncClient` (the ``client_for`` fixture):
+the twins share the policy but each has its own request loop. A scripted
+`httpx.MockTransport` stands in for the network: it answers from a list, in order.
 """
 
 from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
 from llem_client import (
     APIConnectionError,
     APIStatusError,
+    AsyncClient,
     AuthenticationError,
     Client,
     ConflictError,
@@ -58,11 +66,51 @@ def job_json(status: str = "queued") -> dict[str, object]:
     }
 
 
-def client_for(transport: ScriptedTransport, **kwargs: object) -> Client:
-    return Client("http://llem.test", transport=transport, retry_backoff_s=0, **kwargs)  # type: ignore[arg-type]
+class Blocking:
+    """An `AsyncClient` whose coroutine methods are called like `Client`'s (run to the end on
+    a loop of its own), so one test body checks both clients."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+        self._loop = asyncio.new_event_loop()
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if inspect.iscoroutinefunction(attribute):
+            return lambda *args, **kwargs: self._loop.run_until_complete(attribute(*args, **kwargs))
+        return attribute
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self._client.aclose())
+        self._loop.close()
 
 
-def test_get_is_retried_after_a_connection_error_and_a_503() -> None:
+ClientFor = Callable[..., Any]
+
+
+@pytest.fixture(params=["Client", "AsyncClient"])
+def client_for(request: pytest.FixtureRequest) -> Iterator[ClientFor]:
+    """``client_for(transport, **kwargs)``: a sync client, or an async one driven to the end."""
+    made: list[Any] = []
+
+    def make(transport: ScriptedTransport, **kwargs: Any) -> Any:
+        if request.param == "Client":
+            client: Any = Client(
+                "http://llem.test", transport=transport, retry_backoff_s=0, **kwargs
+            )
+        else:
+            client = Blocking(
+                AsyncClient("http://llem.test", transport=transport, retry_backoff_s=0, **kwargs)
+            )
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+def test_get_is_retried_after_a_connection_error_and_a_503(client_for: ClientFor) -> None:
     transport = ScriptedTransport(
         httpx.ConnectError, problem(503), httpx.Response(200, json=job_json())
     )
@@ -73,7 +121,7 @@ def test_get_is_retried_after_a_connection_error_and_a_503() -> None:
     assert len(transport.requests) == 3
 
 
-def test_retries_stop_at_max_retries() -> None:
+def test_retries_stop_at_max_retries(client_for: ClientFor) -> None:
     transport = ScriptedTransport(problem(503), problem(503), problem(503))
 
     with pytest.raises(ServerError):
@@ -82,7 +130,7 @@ def test_retries_stop_at_max_retries() -> None:
     assert len(transport.requests) == 3
 
 
-def test_submit_sends_an_idempotency_key_and_reuses_it_on_retry() -> None:
+def test_submit_sends_an_idempotency_key_and_reuses_it_on_retry(client_for: ClientFor) -> None:
     transport = ScriptedTransport(httpx.ReadTimeout, httpx.Response(202, json=job_json()))
 
     client_for(transport).submit(make_config())
@@ -92,7 +140,7 @@ def test_submit_sends_an_idempotency_key_and_reuses_it_on_retry() -> None:
     assert keys[0] == keys[1]
 
 
-def test_cancel_is_not_retried() -> None:
+def test_cancel_is_not_retried(client_for: ClientFor) -> None:
     transport = ScriptedTransport(httpx.ConnectError, httpx.Response(200, json=job_json()))
 
     with pytest.raises(APIConnectionError, match="cannot reach"):
@@ -101,7 +149,7 @@ def test_cancel_is_not_retried() -> None:
     assert len(transport.requests) == 1
 
 
-def test_retry_after_is_honoured_and_capped() -> None:
+def test_retry_after_is_honoured_and_capped(client_for: ClientFor) -> None:
     policy = client_for(ScriptedTransport())._policy
 
     assert policy.delay_s(0, httpx.Response(429, headers={"Retry-After": "7"})) == 7.0
@@ -119,7 +167,7 @@ def test_retry_after_is_honoured_and_capped() -> None:
     ],
 )
 def test_each_status_maps_to_its_error_with_the_problem(
-    status: int, error: type[APIStatusError]
+    status: int, error: type[APIStatusError], client_for: ClientFor
 ) -> None:
     transport = ScriptedTransport(problem(status, "Scripted", "what went wrong"))
 
@@ -130,7 +178,7 @@ def test_each_status_maps_to_its_error_with_the_problem(
     assert info.value.status_code == status
 
 
-def test_a_non_problem_error_body_still_gives_a_typed_error() -> None:
+def test_a_non_problem_error_body_still_gives_a_typed_error(client_for: ClientFor) -> None:
     transport = ScriptedTransport(httpx.Response(502, text="<html>Bad gateway</html>"))
 
     with pytest.raises(ServerError) as info:
@@ -139,18 +187,21 @@ def test_a_non_problem_error_body_still_gives_a_typed_error() -> None:
     assert "Bad gateway" in info.value.problem.detail
 
 
-def test_an_answer_outside_the_contract_is_a_format_error() -> None:
+def test_an_answer_outside_the_contract_is_a_format_error(client_for: ClientFor) -> None:
     transport = ScriptedTransport(httpx.Response(200, json={"hello": "world"}))
 
     with pytest.raises(ResponseFormatError, match="not a valid Job"):
         client_for(transport).get("j1")
 
 
-def test_token_and_server_fall_back_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("cls", [Client, AsyncClient])
+def test_token_and_server_fall_back_to_the_environment(
+    monkeypatch: pytest.MonkeyPatch, cls: type[Client] | type[AsyncClient]
+) -> None:
     monkeypatch.setenv("LLEM_SERVER", "http://gpu-host:9000/")
     monkeypatch.setenv("LLEM_TOKEN", "t0ken")
 
-    client = Client()
+    client = cls()
 
     assert client.base_url == "http://gpu-host:9000"
     assert client._http.headers["Authorization"] == "Bearer t0ken"
@@ -165,7 +216,7 @@ def test_sse_decoder_reads_events_and_skips_comments() -> None:
     assert events == [ServerSentEvent(event="job", data='{"a":\n1}', id="1")]
 
 
-def test_a_url_without_a_scheme_fails_at_once() -> None:
+def test_a_url_without_a_scheme_fails_at_once(client_for: ClientFor) -> None:
     transport = ScriptedTransport(httpx.UnsupportedProtocol, httpx.Response(200, json=job_json()))
 
     with pytest.raises(APIConnectionError):

@@ -17,7 +17,7 @@ from llem_service.energy import NullEnergyMeter
 from llem_service.settings import Settings
 
 from tests.conftest import build_app, make_config
-from tests.fakes import FakeInferenceBackend
+from tests.fakes import FakeInferenceBackend, fake_meter
 
 PROBLEM = "application/problem+json"
 
@@ -256,8 +256,10 @@ def test_openapi_describes_every_route_and_its_problems(http: TestClient) -> Non
     assert set(paths) == {
         "/healthz",
         "/v1/info",
+        "/v1/baselines",
         "/v1/experiments",
         "/v1/experiments/{job_id}",
+        "/v1/experiments/{job_id}/config",
         "/v1/experiments/{job_id}/result",
         "/v1/experiments/{job_id}/cancel",
         "/v1/experiments/{job_id}/events",
@@ -291,3 +293,37 @@ def test_the_seam_override_reaches_the_api(tmp_path: Path) -> None:
         info = http.get("/v1/info").json()
 
     assert info["energy_meter_reason"] == "overridden"
+
+
+def test_the_config_of_a_job_in_any_state_can_be_run_again(slow_http: TestClient) -> None:
+    sent = body(name="again", batch_size=3)
+    job_id = slow_http.post("/v1/experiments", json=sent).json()["id"]
+    slow_http.post(f"/v1/experiments/{job_id}/cancel")
+
+    config = slow_http.get(f"/v1/experiments/{job_id}/config").json()
+    again = slow_http.post("/v1/experiments", json=config)
+
+    assert config["name"] == "again"
+    assert config["batch_size"] == 3
+    assert again.status_code == 202
+    assert (
+        again.json()["config_hash"]
+        == slow_http.get(f"/v1/experiments/{job_id}").json()["config_hash"]
+    )
+    assert slow_http.get("/v1/experiments/nope/config").status_code == 404
+
+
+def test_baselines_list_what_the_service_keeps(make_http: Callable[..., TestClient]) -> None:
+    http = make_http(meter=fake_meter(power_w=60.0))  # idle: a clean baseline, kept
+    assert http.get("/v1/baselines").json() == {"items": []}
+    config = body(baseline={"enabled": True, "duration_s": 0.2})
+    job = wait_for(http, http.post("/v1/experiments", json=config).json()["id"], {"succeeded"})
+    result = http.get(f"/v1/experiments/{job.id}/result").json()
+
+    (kept,) = http.get("/v1/baselines").json()["items"]
+
+    (measured,) = result["energy"]["baselines"]
+    assert kept["device_uuid"] == measured["device_uuid"]
+    assert kept["power_w"] == measured["power_w"]
+    assert kept["method"] == measured["method"]
+    assert 0 <= kept["age_s"] < 60

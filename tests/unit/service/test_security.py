@@ -26,8 +26,23 @@ from tests.fakes import ScriptedBackend
 
 PROBLEM = "application/problem+json"
 TOKEN = "tok-0123456789abcdef"
-#: Routes outside /v1 that are open on purpose: liveness and the API's own description.
-OPEN_ROUTES = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+#: Routes outside /v1 that are open on purpose: liveness, the API's own description, and the
+#: dashboard's page, assets and sign-in (they hold no data: the page reads /v1 in the browser).
+OPEN_ROUTES = {
+    "/healthz",
+    "/openapi.json",
+    "/docs",
+    "/docs/oauth2-redirect",
+    "/redoc",
+    "/",
+    "/favicon.ico",
+    "/ui",
+    "/ui/{view:path}",
+    "/ui/static",
+    "/ui/session",
+}
+#: Outside /v1 and behind the token all the same (unless LLEM_METRICS_PUBLIC=true).
+TOKEN_ROUTES_OUTSIDE_V1 = {"/metrics"}
 
 
 @pytest.fixture
@@ -60,7 +75,9 @@ def _v1_routes(http: TestClient) -> list[tuple[str, str]]:
 def test_the_route_list_is_the_whole_api(secured: TestClient) -> None:
     documented = set(secured.get("/openapi.json").json()["paths"])
 
-    assert {path for path, _ in _app_routes(secured)} == documented | OPEN_ROUTES
+    assert {path for path, _ in _app_routes(secured)} == (
+        documented | OPEN_ROUTES | TOKEN_ROUTES_OUTSIDE_V1
+    )
 
 
 def test_every_v1_route_of_the_app_answers_401_without_the_token(secured: TestClient) -> None:
@@ -85,8 +102,19 @@ def test_with_the_token_every_v1_route_gets_past_auth(secured: TestClient) -> No
 def test_no_route_outside_v1_but_health_and_the_api_description(secured: TestClient) -> None:
     paths = {path for path, _ in _app_routes(secured)}
 
-    assert {p for p in paths if not p.startswith("/v1")} <= OPEN_ROUTES
+    assert {p for p in paths if not p.startswith("/v1")} <= OPEN_ROUTES | TOKEN_ROUTES_OUTSIDE_V1
     assert secured.get("/healthz").status_code == 200
+
+
+def test_metrics_need_the_token_unless_made_public(secured: TestClient, tmp_path: Path) -> None:
+    assert secured.get("/metrics").status_code == 401
+    assert secured.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    authorised = secured.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert authorised.status_code == 200
+    assert authorised.headers["content-type"].startswith("text/plain")
+    with TestClient(build_app(tmp_path / "open", token=TOKEN, metrics_public=True)) as http:
+        assert http.get("/metrics").status_code == 200
+        assert http.get("/v1/info").status_code == 401  # only /metrics opens
 
 
 def test_an_empty_token_is_refused_as_a_setting() -> None:

@@ -228,3 +228,14 @@ def test_reopening_fails_running_jobs_and_keeps_queued_ones(tmp_path: Path) -> N
     assert claimed is not None
     assert claimed.job.id == queued
     second.close()
+
+
+def test_status_counts_and_the_submitted_config(store: SqliteJobStore) -> None:
+    config = make_config(name="kept", batch_size=3)
+    first = store.submit(config).job
+    store.submit(make_config())
+    store.cancel_queued(first.id)
+
+    assert store.status_counts() == {JobStatus.QUEUED: 1, JobStatus.CANCELLED: 1}
+    assert store.config(first.id) == config  # in any state, the effective config
+    assert store.config("nope") is None

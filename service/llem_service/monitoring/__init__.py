@@ -1,0 +1,1 @@
+"""Prometheus metrics and live GPU telemetry of the service (`/metrics`)."""
