@@ -5,6 +5,9 @@ or the Slurm node once the job starts there). When a run ends, every other run o
 host whose span met its span is an overlap: the ones still running, and the ones that ended
 after it began (kept until no running run began before they ended).
 
+`with_placement` puts a run's `Placement` into its result, with a warning when it had
+neighbours.
+
 Other llem services of the same host are seen through the shared GPU locks
 (`llem_service.jobs.gpu_locks`): the tracker samples who holds which lock at each run's start
 and end and every second or so while runs are going. Such a neighbour's start is the time its
@@ -18,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from llem_client import OverlappingExperiment
+from llem_client import ExperimentResult, OverlappingExperiment, Placement, ResultWarning
 
 from llem_service.jobs.gpu_locks import LockHolder
 
@@ -136,3 +139,24 @@ class OverlapTracker:
             del self._runs[job_id]
         for key in [k for k, s in self._others.items() if s.end is not None and s.end < horizon]:
             del self._others[key]
+
+
+def with_placement(result: ExperimentResult, placement: Placement) -> ExperimentResult:
+    """``result`` with where it ran, and a warning when other experiments overlapped it."""
+    warnings = list(result.warnings)
+    if placement.overlapping_experiments:
+        warnings.append(
+            ResultWarning(code="concurrent_experiments", message=_concurrent(placement))
+        )
+    return result.model_copy(update={"placement": placement, "warnings": warnings})
+
+
+def _concurrent(placement: Placement) -> str:
+    others: list[OverlappingExperiment] = placement.overlapping_experiments
+    longest = max(o.overlap_s for o in others)
+    return (
+        f"{len(others)} other experiment(s) ran on {placement.host} during this one (up to "
+        f"{longest:.1f} s; see placement.overlapping_experiments). They had GPUs of their own "
+        "but shared the host's CPUs, PCIe links and memory bandwidth, which can slow this one "
+        "and shift its power. Set exclusive_host: true to run it alone."
+    )

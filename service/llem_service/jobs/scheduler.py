@@ -41,7 +41,6 @@ from llem_client import (
     Job,
     JobProgress,
     JobStatus,
-    OverlappingExperiment,
     Placement,
     ProblemDetail,
     ResultWarning,
@@ -61,7 +60,7 @@ from llem_service.experiment.results import ResultFiles
 from llem_service.jobs.backfill import BackfillBound
 from llem_service.jobs.events import ChangeFeed
 from llem_service.jobs.gpus import GpuPool, NeverFits, WholeHostPool, grant_fits
-from llem_service.jobs.overlaps import OverlapTracker
+from llem_service.jobs.overlaps import OverlapTracker, with_placement
 from llem_service.jobs.store import ClaimedJob, JobStore
 from llem_service.studies.cooldown import (
     CooldownReport,
@@ -549,24 +548,3 @@ _NO_THERMOMETER = _NoThermometer()
 
 def _could_not_start(exc: Exception) -> ProblemDetail:
     return Failures.RUNNER_ERROR.problem(f"{type(exc).__name__}: {exc}")
-
-
-def with_placement(result: ExperimentResult, placement: Placement) -> ExperimentResult:
-    """``result`` with where it ran, and a warning when other experiments overlapped it."""
-    warnings = list(result.warnings)
-    if placement.overlapping_experiments:
-        warnings.append(
-            ResultWarning(code="concurrent_experiments", message=_concurrent(placement))
-        )
-    return result.model_copy(update={"placement": placement, "warnings": warnings})
-
-
-def _concurrent(placement: Placement) -> str:
-    others: list[OverlappingExperiment] = placement.overlapping_experiments
-    longest = max(o.overlap_s for o in others)
-    return (
-        f"{len(others)} other experiment(s) ran on {placement.host} during this one (up to "
-        f"{longest:.1f} s; see placement.overlapping_experiments). They had GPUs of their own "
-        "but shared the host's CPUs, PCIe links and memory bandwidth, which can slow this one "
-        "and shift its power. Set exclusive_host: true to run it alone."
-    )
