@@ -279,11 +279,13 @@ def build_app(
     readings: Any = None,
     token: str | None = None,
     thermometer: Any = None,
+    overrides: dict[Callable[..., Any], Callable[..., Any]] | None = None,
     **settings: Any,
 ) -> FastAPI:
     """The real app on ``data_dir``, with the fake backend, meter and thermometer injected,
-    and the idle GPU poll reading ``readings`` (by default the scripted GPU of
-    `tests.fakes.fake_readings`)."""
+    the idle GPU poll reading ``readings`` (by default the scripted GPU of
+    `tests.fakes.fake_readings`), and any other ``overrides`` of dependency providers (a
+    scripted Slurm for ``get_slurm_api``, say)."""
     from llem_service.app import create_app
     from llem_service.deps import (
         get_energy_meter,
@@ -293,6 +295,8 @@ def build_app(
     )
     from llem_service.settings import Settings
 
+    # GPU locks of the test's own: the scripted GPUs' UUIDs are the same in every test.
+    settings.setdefault("gpu_lock_dir", data_dir / "gpu-locks")
     app = create_app(Settings(data_dir=data_dir, api_token=token, cancel_grace_s=2.0, **settings))
     fake_backend = backend if backend is not None else FakeInferenceBackend()
     meter = meter if meter is not None else fake_meter()
@@ -302,6 +306,7 @@ def build_app(
     source = readings if readings is not None else fake_readings()
     app.dependency_overrides[get_reading_source] = lambda: source
     app.dependency_overrides[get_thermometer] = lambda: thermometer
+    app.dependency_overrides.update(overrides or {})
     return app
 
 

@@ -10,8 +10,16 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from llem_client import ExperimentConfig, ExperimentResult, Job, JobList, JobStatus
 
+from llem_service.api.admission import admit
 from llem_service.api.problems import problem_responses
-from llem_service.deps import FeedDep, ResultsDep, SchedulerDep, SettingsDep, StoreDep
+from llem_service.deps import (
+    AdmissionDep,
+    FeedDep,
+    ResultsDep,
+    SchedulerDep,
+    SettingsDep,
+    StoreDep,
+)
 from llem_service.errors import (
     JobAlreadyFinished,
     JobHasNoResult,
@@ -45,7 +53,7 @@ def _succeeded_or_409(store: JobStore, job_id: str, what: str) -> None:
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Job,
-    responses=problem_responses(400, 401, 413, 422),
+    responses=problem_responses(400, 401, 413, 422, 503),
     summary="Submit an experiment",
 )
 def submit_experiment(
@@ -55,6 +63,7 @@ def submit_experiment(
     store: StoreDep,
     scheduler: SchedulerDep,
     feed: FeedDep,
+    admission: AdmissionDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -64,6 +73,7 @@ def submit_experiment(
     ] = None,
 ) -> Job:
     """Validate the config and queue it. Returns the job at once; it runs in order."""
+    admit(config, admission)
     submission = store.submit(config, idempotency_key)
     if submission.created:
         scheduler.wake()

@@ -30,6 +30,7 @@ _DESCRIPTIONS = {
     413: "Request body too large",
     422: "Validation failed; `errors` lists each field",
     500: "Server error",
+    503: "The executor cannot run experiments now (the problem says why); retry later",
 }
 
 
