@@ -281,11 +281,13 @@ def build_app(
     token: str | None = None,
     thermometer: Any = None,
     hub: Any = None,
+    overrides: dict[Callable[..., Any], Callable[..., Any]] | None = None,
     **settings: Any,
 ) -> FastAPI:
     """The real app on ``data_dir``, with the fake backend, meter, thermometer and model hub
-    injected (by default a hub that has every well-formed model id), and the idle GPU poll
-    reading ``readings`` (by default the scripted GPU of `tests.fakes.fake_readings`)."""
+    injected (by default a hub that has every well-formed model id), the idle GPU poll reading
+    ``readings`` (by default the scripted GPU of `tests.fakes.fake_readings`), and any other
+    ``overrides`` of dependency providers (a scripted Slurm for ``get_slurm_api``, say)."""
     from llem_service.app import create_app
     from llem_service.deps import (
         get_energy_meter,
@@ -296,6 +298,8 @@ def build_app(
     )
     from llem_service.settings import Settings
 
+    # GPU locks of the test's own: the scripted GPUs' UUIDs are the same in every test.
+    settings.setdefault("gpu_lock_dir", data_dir / "gpu-locks")
     app = create_app(Settings(data_dir=data_dir, api_token=token, cancel_grace_s=2.0, **settings))
     fake_backend = backend if backend is not None else FakeInferenceBackend()
     meter = meter if meter is not None else fake_meter()
@@ -307,6 +311,7 @@ def build_app(
     app.dependency_overrides[get_thermometer] = lambda: thermometer
     model_hub = hub if hub is not None else FakeHub()
     app.dependency_overrides[get_model_hub] = lambda: model_hub
+    app.dependency_overrides.update(overrides or {})
     return app
 
 

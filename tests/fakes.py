@@ -6,9 +6,11 @@ real scheduler runs them just as it runs the real backend and meter.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from llem_client import DeviceInfo, ExperimentConfig
@@ -320,3 +322,101 @@ class FakeHub:
         if self.models is None or repo_id in self.models:
             return HubLookup(HubAnswer.EXISTS)
         return HubLookup(HubAnswer.MISSING)
+
+
+# -- multi-GPU mode ---------------------------------------------------------------------------
+
+
+def fake_gpu_uuid(index: int) -> str:
+    """The UUID of scripted GPU ``index`` of a multi-GPU host."""
+    return f"GPU-{index:08d}-fake-4000-8000-000000000000"
+
+
+def fake_gpus_meter(n: int, power_w: float = 300.0) -> NvmlEnergyMeter:
+    """The real NVML meter over a host of ``n`` scripted GPUs (`fake_gpu_uuid` 0..n-1), each
+    drawing ``power_w``, counters updating every 5 ms (so the meter's probe of them is quick)."""
+    gpus = tuple(
+        FakeGpu(
+            uuid=fake_gpu_uuid(i),
+            name=f"Fake H100 #{i}",
+            profile=PowerProfile(((1.0, power_w),)),
+            counter_period_s=0.005,
+        )
+        for i in range(n)
+    )
+    return NvmlEnergyMeter(library=FakeNvml(gpus=gpus))
+
+
+@dataclass
+class MultiGpuBackend(ScriptedBackend):
+    """`ScriptedBackend` on the GPUs its grant shows it: `prepare` and `load` name the UUIDs in
+    ``CUDA_VISIBLE_DEVICES`` (as the PyTorch backend names ``cuda:i``), or `FAKE_DEVICE` when
+    the variable is unset (a whole-host grant).
+
+    With ``gpu_log_dir``, each run writes ``<gpu_log_dir>/<pid>.json`` when it ends: its config
+    ``name``, its pid, ``CUDA_VISIBLE_DEVICES``, the wall-clock start and end of the run, and for
+    each of its GPUs what the lock files of ``lock_dir`` said at the start: ``held`` (another
+    descriptor cannot lock it), ``holder`` (the job id the file names) and ``inherited`` (this
+    process has the lock file open: it holds the lock itself).
+    """
+
+    gpu_log_dir: str | None = None
+    lock_dir: str | None = None
+
+    @staticmethod
+    def granted() -> tuple[str, ...]:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        return tuple(visible.split(",")) if visible else (FAKE_DEVICE.uuid,)
+
+    def prepare(self, config: ExperimentConfig) -> tuple[str, ...]:
+        return self.granted()
+
+    def load(self, config: ExperimentConfig) -> LoadReport:
+        report = super().load(config)
+        return LoadReport(
+            load_time_s=report.load_time_s,
+            device_uuids=self.granted(),
+            n_parameters=report.n_parameters,
+        )
+
+    def run(self, config: ExperimentConfig, progress: ProgressFn) -> WorkloadReport:
+        started = time.time()
+        locks = {uuid: self._lock_state(uuid) for uuid in self.granted()}
+        report = super().run(config, progress)
+        if self.gpu_log_dir is not None:
+            entry = {
+                "name": config.name,
+                "pid": os.getpid(),
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "start": started,
+                "end": time.time(),
+                "locks": locks,
+            }
+            path = os.path.join(self.gpu_log_dir, f"{os.getpid()}.json")
+            with open(path + ".part", "w") as f:
+                json.dump(entry, f)
+            os.replace(path + ".part", path)
+        return report
+
+    def _lock_state(self, uuid: str) -> dict[str, Any]:
+        if self.lock_dir is None:
+            return {}
+        from llem_service.jobs.gpu_locks import GpuLocks
+
+        path = GpuLocks(Path(self.lock_dir)).path(uuid)
+        holders = GpuLocks(Path(self.lock_dir)).holders([uuid])
+        fds = os.listdir("/proc/self/fd")
+        inherited = any(_fd_target(fd) == str(path) for fd in fds)
+        holder = holders.get(uuid)
+        return {
+            "held": holder is not None,
+            "holder": holder.job_id if holder else None,
+            "inherited": inherited,
+        }
+
+
+def _fd_target(fd: str) -> str | None:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None

@@ -67,6 +67,8 @@ class ServerProcess:
             "LLEM_DATA_DIR": str(self.data_dir),
             "LLEM_LOG_LEVEL": "warning",
             "LLEM_TEST_PID_DIR": str(self.pid_dir),
+            # GPU locks of the test's own: the scripted GPUs' UUIDs are the same in every test.
+            "LLEM_GPU_LOCK_DIR": str(self.data_dir / "gpu-locks"),
             **self.env,
         }
         self._log = self.log_path.open("ab")
@@ -121,17 +123,36 @@ def main() -> None:
     from llem_service.serve import make_server
     from llem_service.settings import Settings
 
-    from tests.fakes import FakeHub, ScriptedBackend, fake_meter, fake_readings
+    from tests.fakes import (
+        FakeHub,
+        MultiGpuBackend,
+        ScriptedBackend,
+        fake_gpus_meter,
+        fake_meter,
+        fake_readings,
+    )
 
     settings = Settings()
     app = create_app(settings)
-    backend = ScriptedBackend(pid_dir=os.environ.get("LLEM_TEST_PID_DIR"))
+    pid_dir = os.environ.get("LLEM_TEST_PID_DIR")
+    backend: ScriptedBackend = ScriptedBackend(pid_dir=pid_dir)
     # LLEM_TEST_GPU_CUE_FILE: while that file exists the scripted GPU fails as
     # LLEM_TEST_GPU_CUE says ("lost" or "power_not_supported"), for the chaos tier.
     cue_file = os.environ.get("LLEM_TEST_GPU_CUE_FILE")
     cue = os.environ.get("LLEM_TEST_GPU_CUE", "lost")
     meter = fake_meter(power_w=250.0, cue_file=cue_file, cue=cue)
-    app.dependency_overrides[get_inference_backend] = lambda: backend
+    # LLEM_TEST_GPUS=n: a host of n scripted GPUs, experiments on the GPUs of their grants
+    # (logged to LLEM_TEST_GPU_LOG_DIR).
+    if os.environ.get("LLEM_TEST_GPUS"):
+        meter = fake_gpus_meter(int(os.environ["LLEM_TEST_GPUS"]), power_w=250.0)
+        backend = MultiGpuBackend(
+            pid_dir=pid_dir,
+            gpu_log_dir=os.environ.get("LLEM_TEST_GPU_LOG_DIR"),
+            lock_dir=str(settings.gpu_lock_dir),
+        )
+    # LLEM_TEST_REAL_BACKEND=1: the real PyTorch backend (tiny models built by the tests).
+    if os.environ.get("LLEM_TEST_REAL_BACKEND") != "1":
+        app.dependency_overrides[get_inference_backend] = lambda: backend
     app.dependency_overrides[get_energy_meter] = lambda: meter
     readings = fake_readings()
     app.dependency_overrides[get_reading_source] = lambda: readings

@@ -364,5 +364,22 @@ def print_info(info: ServiceInfo, server: str, client_schema: str, console: Cons
         ("energy meter", f"{info.energy_meter} ({meter})"),
         ("queue length", str(info.queue_length)),
         ("running job", info.running_job or "-"),
+        ("executor", _executor(info)),
+        ("GPUs in use", _gpus_in_use(info)),
     ]
     _print_pairs(console, [(label, escape_controls(value)) for label, value in pairs])
+
+
+def _executor(info: ServiceInfo) -> str:
+    if info.executor_available:
+        return f"{info.executor} (available)"
+    return f"{info.executor} (not available: {info.executor_reason or 'no reason given'})"
+
+
+def _gpus_in_use(info: ServiceInfo) -> str:
+    if not info.gpus:
+        return "granted by Slurm" if info.executor == "slurm" else "- (one experiment at a time)"
+    mine = sum(1 for g in info.gpus if g.job_id)
+    others = sum(1 for g in info.gpus if g.held_by)
+    text = f"{mine + others} of {len(info.gpus)}"
+    return f"{text} ({others} by another service)" if others else text

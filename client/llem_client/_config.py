@@ -323,8 +323,32 @@ Repeats = Annotated[
     Discriminator(_repeats_form),
 ]
 
-#: Fields that label an experiment but do not change what is measured; excluded from the hash.
-BOOKKEEPING_FIELDS: frozenset[str] = frozenset({"name", "tags"})
+#: Fields that label or schedule an experiment but do not change what is measured; excluded
+#: from the hash. (``exclusive_host`` changes what runs beside it, which each result records in
+#: its ``placement``, not what it runs.)
+BOOKKEEPING_FIELDS: frozenset[str] = frozenset({"name", "tags", "exclusive_host"})
+
+#: The most GPUs one experiment may ask for (one host or one cluster node).
+MAX_GPUS = 64
+
+
+def implied_gpus(pytorch: PytorchOptions, energy: EnergyConfig) -> int:
+    """GPUs a config needs from the CUDA indices it names: the highest plus one, at least one.
+
+    Inside an experiment CUDA counts only the GPUs it was granted, from 0; so a ``device_map``
+    that places layers on ``cuda:0`` and ``cuda:1`` needs two GPUs whatever their numbers on the
+    host, and ``device="cuda:1"`` (or ``energy.devices=[1]``) needs two as well.
+    """
+    indices: list[int] = list(energy.devices or ())
+    places: list[int | str] = [pytorch.device]
+    if isinstance(pytorch.device_map, dict):
+        places.extend(pytorch.device_map.values())
+    for place in places:
+        if isinstance(place, int):
+            indices.append(place)
+        elif place.startswith("cuda:") and place[5:].isdigit():
+            indices.append(int(place[5:]))
+    return max(indices, default=0) + 1
 
 
 class ExperimentConfig(_Section):
@@ -391,6 +415,34 @@ class ExperimentConfig(_Section):
     )
     pytorch: PytorchOptions = Field(default_factory=PytorchOptions)
 
+    gpus: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_GPUS,
+        description="Whole GPUs the experiment is granted (CUDA sees them as devices 0..gpus-1). "
+        "Default: 1, or as many as pytorch.device_map, pytorch.device or energy.devices name.",
+    )
+    exclusive_host: bool = Field(
+        default=False,
+        description="Run alone on the host (or cluster node): no other experiment starts on any "
+        "of its GPUs while this one runs. Otherwise experiments share the host's CPUs and PCIe "
+        "with their neighbours, and each result lists the ones that overlapped it.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gpus_default_to_what_the_config_names(cls, data: Any) -> Any:
+        # {"pytorch": {"device_map": {"a": 0, "b": 1}}} needs two GPUs without saying so; an
+        # explicit count is checked against the names in `_cross_field_rules`.
+        if isinstance(data, dict) and "gpus" not in data:
+            try:
+                pytorch = PytorchOptions.model_validate(data.get("pytorch") or {})
+                energy = EnergyConfig.model_validate(data.get("energy") or {})
+            except ValueError:
+                return data  # the sections' own errors are reported by their fields
+            data = {**data, "gpus": implied_gpus(pytorch, energy)}
+        return data
+
     @model_validator(mode="before")
     @classmethod
     def _prompts_source_from_fields(cls, data: Any) -> Any:
@@ -415,6 +467,13 @@ class ExperimentConfig(_Section):
             )
         if self.batch_size > self.n_prompts:
             raise ValueError(f"batch_size ({self.batch_size}) exceeds n_prompts ({self.n_prompts})")
+        needed = implied_gpus(self.pytorch, self.energy)
+        if self.gpus < needed:
+            raise ValueError(
+                f"gpus ({self.gpus}) is fewer than the config names: pytorch.device, "
+                f"pytorch.device_map or energy.devices use CUDA device {needed - 1}, which needs "
+                f"gpus >= {needed} (inside an experiment CUDA counts its granted GPUs from 0)"
+            )
         return self
 
     @property

@@ -130,6 +130,19 @@ class ModelList(BaseModel):
     items: list[ModelInfo]
 
 
+class GpuSlot(BaseModel):
+    """One GPU of the service's host, as the scheduler sees it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    uuid: str
+    job_id: str | None = Field(default=None, description="The job of this service on it.")
+    held_by: str | None = Field(
+        default=None,
+        description="Another llem service (``host:pid``) that holds its lock, if one does.",
+    )
+
+
 class ServiceInfo(BaseModel):
     """What a service is and has."""
 
@@ -153,7 +166,28 @@ class ServiceInfo(BaseModel):
         default=None, description="Set when the indices' order is approximated."
     )
     queue_length: int = Field(ge=0, description="Jobs waiting, the running one excluded.")
-    running_job: str | None = None
+    running_job: str | None = Field(default=None, description="The oldest running job.")
+    running_jobs: list[str] = Field(
+        default_factory=list, description="Every job running now, oldest first."
+    )
+    executor: str = Field(default="local", description="Where experiments run: local or slurm.")
+    executor_available: bool = Field(
+        default=True, description="False while submissions are refused (see executor_reason)."
+    )
+    executor_reason: str | None = Field(
+        default=None,
+        description="Why the executor cannot run experiments now (e.g. slurmctld unreachable).",
+    )
+    gpus: list[GpuSlot] = Field(
+        default_factory=list,
+        description="The GPUs the scheduler grants, each with its job; empty when it grants the "
+        "whole host at once (no GPU seen) or when Slurm grants them.",
+    )
+    max_gpus_per_experiment: int | None = Field(
+        default=None,
+        description="The most GPUs one experiment may ask for here (the host's, or a node's of "
+        "the Slurm partition); null when unknown.",
+    )
 
 
 class CachedBaseline(BaseModel):

@@ -92,6 +92,48 @@ class Environment(_Wire):
     )
 
 
+class OverlappingExperiment(_Wire):
+    """Another llem experiment that ran on the same host (or cluster node) during this one.
+
+    Neighbours share the host's CPUs, PCIe links and memory bandwidth, so their work can slow
+    this one down and shift its power draw even on GPUs of its own.
+    """
+
+    experiment_id: str
+    host: str = Field(description="Where both ran.")
+    gpus: list[str] = Field(
+        default_factory=list, description="The neighbour's GPUs (UUIDs); empty when unknown."
+    )
+    service: str | None = Field(
+        default=None,
+        description="Another llem service on the same host (``host:pid``), seen through the "
+        "shared GPU locks; null when the neighbour ran under this service.",
+    )
+    overlap_s: float = Field(
+        ge=0,
+        description="Seconds both ran. For another service's experiment, its end is the last "
+        "time it was seen holding its GPUs, so this is a lower bound.",
+    )
+
+
+class Placement(_Wire):
+    """Where an experiment ran and what ran beside it."""
+
+    executor: str = Field(description="'local' (a process on the service's host) or 'slurm'.")
+    host: str = Field(description="The host, or the cluster node, that ran it.")
+    gpus: list[str] = Field(
+        default_factory=list,
+        description="The GPUs it was granted, by UUID; empty when the host has no GPU the "
+        "service can see, or when Slurm gave none.",
+    )
+    exclusive_host: bool = Field(description="It ran alone on the host.")
+    executor_ref: str | None = Field(default=None, description="The Slurm job id, under Slurm.")
+    overlapping_experiments: list[OverlappingExperiment] = Field(
+        default_factory=list,
+        description="Other llem experiments that ran on the same host during this one.",
+    )
+
+
 class LatencyStats(_Wire):
     """Summary of a set of latencies, seconds. Percentiles interpolate linearly."""
 
@@ -169,4 +211,9 @@ class ExperimentResult(_Wire):
     warnings: list[ResultWarning] = Field(default_factory=list)
     timeseries: str | None = Field(
         default=None, description="URL of the power timeseries, when one was recorded."
+    )
+    placement: Placement | None = Field(
+        default=None,
+        description="Where it ran, on which GPUs, and which other experiments overlapped it; "
+        "null in results of services before 0.2 (scale-out).",
     )

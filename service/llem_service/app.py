@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from llem_client import __version__
 
 from llem_service.api import experiments, info, metrics, models, studies
+from llem_service.api.admission import Admission
 from llem_service.api.docs import install_docs
 from llem_service.api.limits import BodySizeLimit
 from llem_service.api.methods import AllowHeader
@@ -22,14 +24,19 @@ from llem_service.deps import (
     get_energy_meter,
     get_inference_backend,
     get_reading_source,
+    get_slurm_api,
     get_thermometer,
     require_token,
     resolve,
 )
 from llem_service.executors.base import Executor
 from llem_service.executors.local import LocalExecutor
+from llem_service.executors.slurm import SlurmExecutor, options_from_settings
 from llem_service.experiment.results import ResultFiles
 from llem_service.jobs.events import ChangeFeed
+from llem_service.jobs.gpu_locks import GpuLocks
+from llem_service.jobs.gpus import GpuPool, PerGpuPool, SlotPool, WholeHostPool
+from llem_service.jobs.overlaps import OverlapTracker
 from llem_service.jobs.scheduler import Scheduler
 from llem_service.jobs.shutdown import Shutdown
 from llem_service.jobs.store import SqliteJobStore
@@ -61,15 +68,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = SqliteJobStore(settings.db_path)
         poller = _idle_poller(app, settings, telemetry)
+        scheduling = _slurm_scheduling if settings.executor == "slurm" else _local_scheduling
+        build_executor, pool, admission, overlaps = scheduling(app, settings)
 
         def make_executor() -> Executor:
-            local = LocalExecutor(
-                resolve(app, get_inference_backend),
-                resolve(app, get_energy_meter),
-                cancel_grace_s=settings.cancel_grace_s,
-                timeout_s=settings.experiment_timeout_s or None,
-            )
-            return MonitoredExecutor(local, telemetry, poller)
+            return MonitoredExecutor(build_executor(), telemetry, poller)
 
         feed = ChangeFeed()
         scheduler = Scheduler(
@@ -77,9 +80,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ResultFiles(settings.results_dir),
             feed,
             make_executor,
+            pool,
             thermometer=resolve(app, get_thermometer),
+            backfill_limit=_backfill_limit(settings, pool),
+            overlaps=overlaps,
         )
         app.state.store, app.state.feed, app.state.scheduler = store, feed, scheduler
+        app.state.admission = admission
         app.state.results = scheduler.results
         app.state.poller = poller
         app.state.shutdown = Shutdown(scheduler, feed)
@@ -130,6 +137,71 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.openapi = lambda: build_openapi(app, settings)  # type: ignore[method-assign]
     return app
+
+
+def _local_scheduling(
+    app: FastAPI, settings: Settings
+) -> tuple[Callable[[], Executor], GpuPool, Admission, OverlapTracker]:
+    """Experiments in processes on this host: one per GPU set when NVML sees GPUs, otherwise
+    one at a time with the whole host."""
+    host = socket.gethostname()
+    probe = resolve(app, get_energy_meter).probe()
+    uuids = [device.uuid for device in probe.devices] if probe.available else []
+    per_gpu = PerGpuPool(uuids, GpuLocks(settings.gpu_lock_dir)) if uuids else None
+    if per_gpu is not None:
+        _log.info("granting %d GPU(s), locks in %s", per_gpu.total, settings.gpu_lock_dir)
+    else:
+        _log.info("no GPU seen (%s): one experiment at a time", probe.reason or "none")
+
+    def make_executor() -> Executor:
+        return LocalExecutor(
+            resolve(app, get_inference_backend),
+            resolve(app, get_energy_meter),
+            cancel_grace_s=settings.cancel_grace_s,
+            timeout_s=settings.experiment_timeout_s or None,
+            lock_fds=per_gpu.lock_fds if per_gpu else None,
+        )
+
+    admission = Admission(
+        executor="local",
+        unavailable_reason=lambda: None,
+        max_gpus=lambda: per_gpu.total if per_gpu else None,
+        gpu_states=per_gpu.states if per_gpu else lambda: [],
+    )
+    overlaps = OverlapTracker(host, per_gpu.neighbours if per_gpu else None)
+    return make_executor, per_gpu or WholeHostPool(), admission, overlaps
+
+
+def _slurm_scheduling(
+    app: FastAPI, settings: Settings
+) -> tuple[Callable[[], Executor], GpuPool, Admission, OverlapTracker]:
+    """Experiments as Slurm batch jobs: Slurm grants the GPUs; llem hands it at most
+    ``slurm_max_submitted`` jobs at once."""
+    options = options_from_settings(settings)
+    executor = SlurmExecutor(
+        resolve(app, get_slurm_api),
+        options,
+        backend=lambda: resolve(app, get_inference_backend),
+        meter=lambda: resolve(app, get_energy_meter),
+        timeout_s=settings.experiment_timeout_s or None,
+        cancel_grace_s=settings.cancel_grace_s,
+    )
+    _log.info("experiments run as Slurm jobs; job directories in %s", options.shared_dir)
+    partition = f"partition {options.partition!r}" if options.partition else "default partition"
+    admission = Admission(
+        executor="slurm",
+        unavailable_reason=executor.unavailable_reason,
+        max_gpus=executor.max_gpus,
+        where=f"a node of Slurm's {partition}",
+    )
+    pool = SlotPool(settings.slurm_max_submitted)
+    return lambda: executor, pool, admission, OverlapTracker(socket.gethostname())
+
+
+def _backfill_limit(settings: Settings, pool: GpuPool) -> int:
+    if settings.backfill_limit is not None:
+        return settings.backfill_limit
+    return pool.total if isinstance(pool, PerGpuPool) else 0
 
 
 def _idle_poller(app: FastAPI, settings: Settings, telemetry: GpuTelemetry) -> IdlePoller | None:

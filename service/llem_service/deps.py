@@ -18,11 +18,13 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from llem_service.api.admission import Admission
 from llem_service.backends.base import InferenceBackend
 from llem_service.energy.base import EnergyMeter
 from llem_service.energy.null import NullEnergyMeter
 from llem_service.energy.readings import ReadingSource
 from llem_service.errors import CsrfRejected, NotAuthenticated
+from llem_service.executors.slurm_cli import SlurmApi
 from llem_service.experiment.results import ResultFiles
 from llem_service.jobs.events import ChangeFeed
 from llem_service.jobs.scheduler import Scheduler
@@ -69,6 +71,11 @@ def get_feed(request: Request) -> ChangeFeed:
 def get_results(request: Request) -> ResultFiles:
     results: ResultFiles = request.app.state.results
     return results
+
+
+def get_admission(request: Request) -> Admission:
+    admission: Admission = request.app.state.admission
+    return admission
 
 
 def get_inference_backend(settings: SettingsDep) -> InferenceBackend:
@@ -118,6 +125,25 @@ bearer_scheme = HTTPBearer(
     description="The server's LLEM_API_TOKEN (LLEM_TOKEN or --token for llem-client).",
 )
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="llem"'}
+
+
+def get_slurm_api(settings: SettingsDep) -> SlurmApi:
+    """Slurm through its commands, its status through slurmrestd when LLEM_SLURM_RESTD_URL is
+    set (LLEM_EXECUTOR=slurm); tests put a scripted cluster here."""
+    from llem_service.executors.slurm_cli import SlurmCli
+    from llem_service.executors.slurm_rest import SlurmRestd
+
+    if settings.slurm_restd_url:
+        token = settings.slurm_restd_token
+        return SlurmRestd(
+            settings.slurm_restd_url,
+            api=settings.slurm_restd_api,
+            token=token.get_secret_value() if token else None,
+            user=settings.slurm_restd_user,
+            bin_dir=settings.slurm_bin_dir,
+            timeout_s=settings.slurm_command_timeout_s,
+        )
+    return SlurmCli(settings.slurm_bin_dir, timeout_s=settings.slurm_command_timeout_s)
 
 
 def get_reading_source(settings: SettingsDep) -> ReadingSource | None:
@@ -204,3 +230,4 @@ FeedDep = Annotated[ChangeFeed, Depends(get_feed)]
 ResultsDep = Annotated[ResultFiles, Depends(get_results)]
 MeterDep = Annotated[EnergyMeter, Depends(get_energy_meter)]
 CatalogDep = Annotated[ModelCatalog, Depends(get_model_catalog)]
+AdmissionDep = Annotated[Admission, Depends(get_admission)]

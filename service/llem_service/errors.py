@@ -68,6 +68,17 @@ class Failures:
     SCHEDULER_ERROR = Failure("scheduler-error", "Experiment failed")
     INTERRUPTED = Failure("interrupted", "Interrupted")
     RESULT_NOT_SAVED = Failure("result-not-saved", "Result not saved")
+    # Scale-out: a job that can never be granted its GPUs here (the host lost some since it was
+    # accepted), and the ways a Slurm job ends without a result. Slurm's own reason goes in
+    # the detail.
+    NOT_ENOUGH_GPUS = Failure("not-enough-gpus", "Not enough GPUs", 422, user_error=True)
+    SLURM_SUBMIT_FAILED = Failure("slurm-submit-failed", "Slurm refused the job")
+    SLURM_TIME_LIMIT = Failure("slurm-time-limit", "Slurm time limit reached")
+    SLURM_NODE_FAILED = Failure("slurm-node-failed", "Slurm node failed")
+    SLURM_PREEMPTED = Failure("slurm-preempted", "Preempted by Slurm")
+    SLURM_CANCELLED = Failure("slurm-cancelled", "Cancelled in Slurm")
+    SLURM_JOB_FAILED = Failure("slurm-job-failed", "Slurm job failed")
+    SLURM_JOB_VANISHED = Failure("slurm-job-vanished", "Slurm job vanished")
 
     @classmethod
     def all(cls) -> tuple[Failure, ...]:
@@ -184,6 +195,13 @@ class TimeseriesNotRecorded(LlemServiceError):
 
 class ResultUnavailable(LlemServiceError):
     status, title, slug = 500, "Result unavailable", "result-unavailable"
+
+
+class ExecutorUnavailable(LlemServiceError):
+    """The executor cannot take jobs now (sbatch missing, slurmctld unreachable): a submit is
+    refused rather than queued where nothing would run it."""
+
+    status, title, slug = 503, "Executor unavailable", "executor-unavailable"
 
 
 class StudyNotFound(LlemServiceError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -117,6 +117,92 @@ class Settings(BaseSettings):
         from llem_service.energy.sensors import SensorTable
 
         return SensorTable.from_json(self.sensor_accuracy)
+
+    # -- scale-out: where experiments run, and how GPUs are shared ---------------------------
+    executor: Literal["local", "slurm"] = Field(
+        default="local",
+        description="local: experiments run in processes on this host. slurm: each is a Slurm "
+        "batch job (see the slurm_* settings); this service is the front door on a login node.",
+    )
+    gpu_lock_dir: Path = Field(
+        default=Path("/run/lock/llem"),
+        description="One lock file per GPU (flock). Every llem service of the host that must "
+        "not share GPUs with this one uses the same local directory (compose mounts the "
+        "llem-gpu-locks volume there).",
+    )
+    backfill_limit: int | None = Field(
+        default=None,
+        ge=0,
+        description="How many later jobs may start ahead of one waiting for GPUs; 0 keeps "
+        "strict submission order. Default: the number of GPUs.",
+    )
+    # Slurm (executor=slurm); see llem_service.executors.slurm and the README.
+    slurm_shared_dir: Path | None = Field(
+        default=None,
+        description="Job directories, on a filesystem every compute node sees at the same path "
+        "(the experiment goes there, the outcome comes back). Default: <data_dir>/slurm.",
+    )
+    slurm_partition: str | None = Field(default=None, description="sbatch --partition.")
+    slurm_account: str | None = Field(default=None, description="sbatch --account.")
+    slurm_time_limit: str | None = Field(
+        default=None,
+        description="sbatch --time, in Slurm's format (e.g. 2:00:00). Default: the experiment "
+        "timeout plus 15 minutes; none when the experiment timeout is 0.",
+    )
+    slurm_exclusive: bool = Field(
+        default=True, description="sbatch --exclusive: each experiment alone on its node."
+    )
+    slurm_gres: str = Field(
+        default="gpu",
+        description="GPU gres name: --gres=<gres>:<gpus>. Empty for nodes without GPUs.",
+    )
+    slurm_requeue: bool = Field(
+        default=True, description="sbatch --requeue: node failures and preemptions requeue."
+    )
+    slurm_extra_args: str = Field(
+        default="", description="More sbatch options, split as a shell would (e.g. --qos=x)."
+    )
+    slurm_python: str = Field(
+        default="",
+        description="Python with llem installed on the compute nodes. Default: this server's.",
+    )
+    slurm_container_runtime: Literal["none", "apptainer", "pyxis"] = Field(
+        default="none",
+        description="Run the experiment in the image on the node: apptainer (a .sif) or pyxis "
+        "(Enroot, through srun --container-image). none: the installed package.",
+    )
+    slurm_container_image: str | None = Field(default=None, description="The image to run.")
+    slurm_container_args: str = Field(
+        default="", description="More options of apptainer exec or srun (pyxis)."
+    )
+    slurm_poll_s: float = Field(default=5.0, gt=0, description="Slurm status poll interval.")
+    slurm_vanish_grace_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="A job Slurm no longer knows, with no outcome, fails after this long.",
+    )
+    slurm_max_submitted: int = Field(
+        default=256, ge=1, description="Jobs handed to Slurm at once; the rest wait in llem."
+    )
+    slurm_bin_dir: Path | None = Field(
+        default=None, description="Where sbatch, squeue, ... are. Default: the PATH."
+    )
+    slurm_command_timeout_s: float = Field(
+        default=30.0, gt=0, description="Longest wait for any one Slurm command."
+    )
+    slurm_restd_url: str | None = Field(
+        default=None,
+        description="slurmrestd (http(s)://host:port, or unix:/path for rest_auth/local): job "
+        "status and pings from its REST API instead of squeue/scontrol. Submitting and "
+        "cancelling stay with sbatch and scancel.",
+    )
+    slurm_restd_api: str = Field(
+        default="v0.0.38", pattern=r"^v\d+\.\d+\.\d+$", description="slurmrestd API version."
+    )
+    slurm_restd_user: str | None = Field(default=None, description="X-SLURM-USER-NAME.")
+    slurm_restd_token: SecretStr | None = Field(
+        default=None, description="X-SLURM-USER-TOKEN (a JWT from `scontrol token`)."
+    )
 
     @field_validator("api_token")
     @classmethod

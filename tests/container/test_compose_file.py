@@ -37,6 +37,9 @@ def test_the_gpu_service_reserves_every_gpu_in_the_long_form(compose: list[str])
     assert not service.get("privileged", False)
     mounts = str(service.get("volumes", []))
     assert "docker.sock" not in mounts
+    # The GPU locks live on a volume every llem container of the engine shares.
+    assert "/run/lock/llem" in mounts
+    assert yaml.safe_load(done.stdout)["volumes"]["gpu-locks"]["name"] == "llem-gpu-locks"
 
 
 def test_without_a_token_compose_refuses_to_start(compose: list[str]) -> None:

@@ -10,6 +10,7 @@ generated. The rules, as the server applies them:
 - ``batch_size`` <= ``n_prompts``;
 - synthetic ``prompts.input_len`` <= ``max_input_tokens``;
 - with ``warmup.mode = cv``, ``warmup.window`` <= ``warmup.max_batches``;
+- CUDA device indices below ``gpus`` (CUDA counts the granted GPUs only);
 - ``repeats.min`` <= ``repeats.max``; ``baseline.when = before_and_after`` needs
   ``baseline.enabled``;
 - sampling knobs (``decoding.temperature``, ``top_k``, ``top_p``) only with ``mode = sample``;
@@ -120,6 +121,30 @@ def _issued_form(cursor: Any) -> bool:
         return False
 
 
+def _within_granted_gpus(config: dict[str, Any]) -> None:
+    """CUDA device indices the config names (pytorch.device, pytorch.device_map,
+    energy.devices) must be below its ``gpus``: inside an experiment CUDA counts only the
+    granted GPUs."""
+    gpus = config.get("gpus", 1)
+    if not isinstance(gpus, int):
+        return
+    energy = config.get("energy")
+    if isinstance(energy, dict) and any(
+        isinstance(d, int) and d >= gpus for d in energy.get("devices") or []
+    ):
+        energy["devices"] = None
+    pytorch = config.get("pytorch")
+    if not isinstance(pytorch, dict):
+        return
+    device = pytorch.get("device")
+    if isinstance(device, str) and device.startswith("cuda:"):
+        index = device.partition(":")[2]
+        if index.isdigit() and int(index) >= gpus:
+            pytorch["device"] = "cuda"
+    if isinstance(pytorch.get("device_map"), dict):
+        pytorch["device_map"] = None
+
+
 def _issued_study_cursor(cursor: Any) -> bool:
     """Studies' cursors are the server's own ``study:N``, or none."""
     if cursor is None or cursor == "":
@@ -183,6 +208,7 @@ def within_cross_field_rules(config: dict[str, Any]) -> None:
     if isinstance(decoding, dict) and decoding.get("mode", "greedy") == "greedy":
         for knob in ("temperature", "top_k", "top_p"):
             decoding.pop(knob, None)
+    _within_granted_gpus(config)
     pytorch = config.get("pytorch")
     if isinstance(pytorch, dict):
         if pytorch.get("load_in_4bit") and pytorch.get("load_in_8bit"):

@@ -12,8 +12,10 @@ from fastapi.responses import StreamingResponse
 from llem_client import ExperimentConfig, ExperimentResult, Job, JobList, JobStatus
 from pydantic import StringConstraints
 
+from llem_service.api.admission import admit
 from llem_service.api.problems import problem_responses
 from llem_service.deps import (
+    AdmissionDep,
     CatalogDep,
     FeedDep,
     ResultsDep,
@@ -29,8 +31,8 @@ from llem_service.errors import (
     ResultUnavailable,
     TimeseriesNotRecorded,
 )
-from llem_service.jobs.admission import admit
 from llem_service.jobs.store import MIN_ID_PREFIX, JobStore
+from llem_service.jobs.submit_checks import check_config
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
@@ -130,7 +132,7 @@ def _tag_filters(tags: list[str]) -> dict[str, str]:
             },
             "links": _JOB_LINKS,
         },
-        **problem_responses(400, 401, 413, 422),
+        **problem_responses(400, 401, 413, 422, 503),
     },
     summary="Submit an experiment",
 )
@@ -143,6 +145,7 @@ def submit_experiment(
     feed: FeedDep,
     settings: SettingsDep,
     catalog: CatalogDep,
+    admission: AdmissionDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -153,9 +156,11 @@ def submit_experiment(
         ),
     ] = None,
 ) -> Job:
-    """Check the config against this server (its models, limits and the model's context)
-    and queue it. Returns the job at once; jobs run in submission order."""
-    admit(config, settings, catalog)
+    """Check the config against this server (its models, limits and the model's context, and
+    an executor that can run it now) and queue it. Returns the job at once; jobs run in
+    submission order."""
+    check_config(config, settings, catalog)
+    admit(config, admission)
     submission = store.submit(config, idempotency_key)
     if submission.created:
         scheduler.wake()

@@ -6,10 +6,17 @@ import time
 from datetime import datetime, timezone
 
 from fastapi import APIRouter
-from llem_client import SCHEMA_VERSION, BaselineList, CachedBaseline, ServiceInfo, __version__
+from llem_client import (
+    SCHEMA_VERSION,
+    BaselineList,
+    CachedBaseline,
+    GpuSlot,
+    ServiceInfo,
+    __version__,
+)
 
 from llem_service.api.problems import problem_responses
-from llem_service.deps import MeterDep, SchedulerDep, StoreDep
+from llem_service.deps import AdmissionDep, MeterDep, SchedulerDep, StoreDep
 from llem_service.energy.uncertainty import COVERAGE_FACTOR
 
 router = APIRouter(tags=["service"])
@@ -17,9 +24,13 @@ health_router = APIRouter(tags=["service"])
 
 
 @router.get("/info", response_model=ServiceInfo, responses=problem_responses(401))
-def get_info(meter: MeterDep, store: StoreDep, scheduler: SchedulerDep) -> ServiceInfo:
-    """What this service is and has: versions, devices, energy meter, queue."""
+def get_info(
+    meter: MeterDep, store: StoreDep, scheduler: SchedulerDep, admission: AdmissionDep
+) -> ServiceInfo:
+    """What this service is and has: versions, devices, energy meter, queue, executor, GPUs."""
     probe = meter.probe()
+    reason = admission.unavailable_reason()
+    running = list(scheduler.running_job_ids)
     return ServiceInfo(
         service_version=__version__,
         schema_version=SCHEMA_VERSION,
@@ -31,7 +42,20 @@ def get_info(meter: MeterDep, store: StoreDep, scheduler: SchedulerDep) -> Servi
         cuda_device_order=probe.cuda_device_order,
         device_order_note=probe.device_order_note,
         queue_length=store.queue_length(),
-        running_job=next(iter(scheduler.running_job_ids), None),
+        running_job=next(iter(running), None),
+        running_jobs=running,
+        executor=admission.executor,
+        executor_available=reason is None,
+        executor_reason=reason,
+        gpus=[
+            GpuSlot(
+                uuid=state.uuid,
+                job_id=state.job_id,
+                held_by=(state.held_by.owner or "another process") if state.held_by else None,
+            )
+            for state in admission.gpu_states()
+        ],
+        max_gpus_per_experiment=admission.max_gpus(),
     )
 
 

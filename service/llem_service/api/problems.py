@@ -33,6 +33,7 @@ _DESCRIPTIONS = {
     422: "Validation failed, or the config cannot run on this server (a model it does not "
     "have, a size over its limits); `errors` lists each field",
     500: "Server error",
+    503: "The executor cannot run experiments now (the problem says why); retry later",
 }
 
 

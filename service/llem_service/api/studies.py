@@ -22,8 +22,9 @@ from llem_client import (
     StudySummary,
 )
 
+from llem_service.api.admission import admit_all
 from llem_service.api.problems import problem_responses
-from llem_service.deps import FeedDep, SchedulerDep, SettingsDep, StudyStoreDep
+from llem_service.deps import AdmissionDep, FeedDep, SchedulerDep, SettingsDep, StudyStoreDep
 from llem_service.errors import StudyAlreadyFinished, StudyNotFound
 from llem_service.jobs.study_store import NewStudy, PlannedRun, StudyRecord, StudyStore
 from llem_service.studies import views
@@ -64,7 +65,7 @@ def _summary(store: StudyStore, record: StudyRecord) -> StudySummary:
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Study,
-    responses=problem_responses(400, 401, 413, 422),
+    responses=problem_responses(400, 401, 413, 422, 503),
     summary="Submit a study",
 )
 def submit_study(
@@ -75,6 +76,7 @@ def submit_study(
     scheduler: SchedulerDep,
     feed: FeedDep,
     settings: SettingsDep,
+    admission: AdmissionDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -87,6 +89,7 @@ def submit_study(
     cycle in the planned order. Invalid points are listed in ``skipped`` with their reasons;
     a study with no valid point, an unknown field or too many points is refused (422)."""
     expanded = expand(document, max_points=settings.max_study_points)
+    admit_all(expanded.configs, admission)
     design = expanded.design
     runs = [
         PlannedRun(expanded.configs[point], point, cycle, position)

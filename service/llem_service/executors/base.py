@@ -60,7 +60,9 @@ WHOLE_HOST = GpuGrant()
 
 @dataclass(frozen=True)
 class RunOutcome:
-    """How an experiment ended: a result (succeeded), an error (failed), or cancelled."""
+    """How an experiment ended: a result (succeeded), an error (failed), or cancelled; or
+    ``running``: the server is shutting down and the job goes on without it (`RunContext.detach`).
+    """
 
     status: JobStatus
     result: ExperimentResult | None = None
@@ -70,6 +72,10 @@ class RunOutcome:
 
 def _ignore_ref(ref: str) -> None:
     """The default `RunContext.on_executor_ref`: nothing to remember."""
+
+
+def _ignore_placement(host: str, gpus: tuple[str, ...], started_at: float) -> None:
+    """The default `RunContext.on_placement`: nothing to record."""
 
 
 def _ignore_telemetry(readings: Sequence[GpuReading]) -> None:
@@ -90,6 +96,13 @@ class RunContext:
             job started before a restart; None for a new run.
         on_executor_ref: Told the executor's handle as soon as there is one, so that the store
             keeps it and a restarted server can reattach.
+        on_placement: Told where the run really started, when that is not where the scheduler
+            put it: the host (a Slurm node), the GPU UUIDs it got and when it started (seconds
+            since the epoch). A local run never calls it.
+        detach: Set when the server shuts down. A session whose job outlives the server (a
+            Slurm job) then returns at once with status ``running`` and leaves the job to the
+            next server (`Executor.reattach`); one whose job cannot outlive it is also told
+            ``cancel``, and stops.
         on_telemetry: Told the metered GPUs' latest readings (about once a second) while the
             run's meter samples them, for live monitoring; never used for a result. Executors
             that cannot forward them never call it.
@@ -104,6 +117,8 @@ class RunContext:
     baselines: tuple[Baseline, ...] = ()
     executor_ref: str | None = None
     on_executor_ref: Callable[[str], None] = _ignore_ref
+    on_placement: Callable[[str, tuple[str, ...], float], None] = _ignore_placement
+    detach: threading.Event = field(default_factory=threading.Event)
     on_telemetry: TelemetryCallback = _ignore_telemetry
     keep_warm: bool = False
 

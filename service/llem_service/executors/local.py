@@ -2,7 +2,9 @@
 an exception, a CUDA OOM or a kill inside the experiment fails that job and never the server.
 
 The child sees only the GPUs of its grant (``CUDA_VISIBLE_DEVICES``, set in the child before
-anything imports CUDA).
+anything imports CUDA), and inherits the descriptors that hold the grant's GPU locks
+(`llem_service.jobs.gpu_locks`): a GPU stays locked until both the server and the experiment
+are gone, so a server killed mid-run never lets another experiment onto a GPU still in use.
 
 The child speaks to the parent over a one-way pipe: ``("progress", {...})`` and
 ``("telemetry", (GpuReading, ...))`` (the meter's latest readings, about once a second, for
@@ -31,6 +33,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -68,8 +71,13 @@ def _child_main(
     conn: Connection,
     cuda_visible_devices: str | None = None,
     commands: Connection | None = None,
+    held_locks: Sequence[int] = (),
 ) -> None:
-    """Entry point of the child process: one run, then more while ``commands`` sends them."""
+    """Entry point of the child process: one run, then more while ``commands`` sends them.
+    ``held_locks``: inherited descriptors of GPU locks, kept open (and so locked) until this
+    process ends."""
+    for fd in held_locks:
+        os.set_inheritable(fd, False)  # a helper process of torch's must not outlive us holding it
     if cuda_visible_devices is not None:
         # Before the backend imports torch: CUDA reads it once, at initialisation.
         os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices
@@ -205,6 +213,21 @@ def _exit_when_orphaned(poll_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="llem-orphan-watch", daemon=True).start()
 
 
+class _InheritedFd:
+    """A descriptor the spawned child inherits as the same open file (not a copy of its
+    contents): pickled through multiprocessing's `reduction.DupFd`, as a `Connection` is."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __reduce__(self) -> tuple[Callable[[Any], int], tuple[Any]]:
+        return (_detach_fd, (reduction.DupFd(self.fd),))
+
+
+def _detach_fd(dup: Any) -> int:
+    return int(dup.detach())
+
+
 def _describe_exit(exitcode: int | None) -> str:
     if exitcode is None:
         return "the experiment process did not exit"
@@ -228,6 +251,8 @@ class LocalExecutor:
         poll_s: How often to look for cancellation while the child runs.
         timeout_s: Stop the child and fail the job if it has not reported a result after
             this many seconds (load and warm-up included); None: no limit.
+        lock_fds: The descriptors holding a grant's GPU locks (`PerGpuPool.lock_fds`), which
+            the child inherits; None when the pool holds no locks.
     """
 
     name = "local"
@@ -240,12 +265,14 @@ class LocalExecutor:
         cancel_grace_s: float = 5.0,
         poll_s: float = 0.05,
         timeout_s: float | None = None,
+        lock_fds: Callable[[GpuGrant], Sequence[int]] | None = None,
     ) -> None:
         self.backend = backend
         self.meter = meter
         self.cancel_grace_s = cancel_grace_s
         self.poll_s = poll_s
         self.timeout_s = timeout_s
+        self.lock_fds = lock_fds
 
     def unavailable_reason(self) -> str | None:
         return None  # a child process can always be started
@@ -279,6 +306,7 @@ class LocalExecutor:
                 sender,
                 grant.cuda_visible_devices(),
                 commands,
+                [_InheritedFd(fd) for fd in (self.lock_fds(grant) if self.lock_fds else ())],
             ),
             name=f"llem-experiment-{context.job_id[:8]}",
         )

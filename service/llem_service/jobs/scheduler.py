@@ -2,10 +2,16 @@
 
 It owns each job's life cycle around the experiment: claim, run (in the executor's session,
 in a thread), record the outcome, release the GPUs. With `WholeHostPool` (the default) it runs
-one experiment at a time on the whole host, so measurements never overlap.
+one experiment at a time on the whole host, so measurements never overlap; with `PerGpuPool`
+several at once, each on GPUs of its own.
 
-Order: jobs start in submission order. A job the pool cannot grant yet blocks the jobs behind
-it, so no job overtakes another.
+Order: jobs start in submission order. A job the pool cannot grant yet waits; a later job may
+start ahead of it only within the bound of `llem_service.jobs.backfill` (0 by default: it
+blocks the jobs behind it). A job the pool can never grant fails at once (`NeverFits`), and
+while the executor is unavailable (slurmctld unreachable) nothing starts and jobs stay queued.
+
+Overlaps: each run's span is recorded (`OverlapTracker`), and its result's ``placement`` names
+the host, the GPUs and the other experiments that overlapped it.
 
 Reuse: when a job ends, its session may take the next queued job on the same grant, if that
 job comes first in line, belongs to the same reuse group (a study that allows reuse) and the
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -33,6 +40,7 @@ from llem_client import (
     Job,
     JobProgress,
     JobStatus,
+    Placement,
     ProblemDetail,
     ResultWarning,
 )
@@ -48,8 +56,10 @@ from llem_service.executors.base import (
     RunOutcome,
 )
 from llem_service.experiment.results import ResultFiles
+from llem_service.jobs.backfill import BackfillBound
 from llem_service.jobs.events import ChangeFeed
-from llem_service.jobs.gpus import GpuPool, WholeHostPool
+from llem_service.jobs.gpus import GpuPool, NeverFits, WholeHostPool, grant_fits
+from llem_service.jobs.overlaps import OverlapTracker, with_placement
 from llem_service.jobs.store import ClaimedJob, JobStore
 from llem_service.studies.cooldown import (
     CooldownReport,
@@ -63,6 +73,9 @@ _log = logging.getLogger("llem.scheduler")
 
 #: After the store failed (a full disk), wait this long before using it again: never spin.
 STORE_RETRY_S = 1.0
+#: While a job waits for GPUs another service may free, or runs go on beside other services'
+#: runs, look again this often: nothing in this process says when they change.
+POOL_RETRY_S = 1.0
 
 #: Told each job the scheduler ran, once its end is recorded, with its result if it succeeded.
 FinishedListener = Callable[[Job, ExperimentResult | None], None]
@@ -78,6 +91,9 @@ class Scheduler:
         make_executor: Builds the executor of the next session; called per session, so the
             backend and meter it carries are resolved when the job starts.
         pool: Grants GPUs; `WholeHostPool` (one job at a time) by default.
+        backfill_limit: How many later jobs may start ahead of one that waits for GPUs
+            (`llem_service.jobs.backfill`); 0: none, strict submission order.
+        overlaps: Records which runs overlapped; one for this host by default.
         thermometer: Reads GPU temperatures for studies that cool down to a temperature;
             None: such cooldowns are not applied (a warning says so).
     """
@@ -90,6 +106,9 @@ class Scheduler:
         make_executor: Callable[[], Executor],
         pool: GpuPool | None = None,
         thermometer: Thermometer | None = None,
+        *,
+        backfill_limit: int = 0,
+        overlaps: OverlapTracker | None = None,
     ) -> None:
         self.store = store
         self.thermometer = thermometer
@@ -98,9 +117,13 @@ class Scheduler:
         self.make_executor = make_executor
         self.pool: GpuPool = pool if pool is not None else WholeHostPool()
         self.baselines = BaselineCache()
+        self.backfill = BackfillBound(backfill_limit)
+        self.overlaps = overlaps if overlaps is not None else OverlapTracker(socket.gethostname())
+        self.executor_reason: str | None = None  # why nothing starts now, if something says
         self._wake = asyncio.Event()
         self._stopping = False
         self._cancels: dict[str, threading.Event] = {}  # running here, oldest first
+        self._detach = threading.Event()  # set at shutdown: jobs that outlive us go on
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         #: Told each ended run (metrics count outcomes and energy); a failing one is logged.
@@ -133,6 +156,7 @@ class Scheduler:
     async def stop(self) -> None:
         """Stop taking jobs; running experiments are stopped and their jobs marked interrupted."""
         self._stopping = True
+        self._detach.set()
         for cancel in self._cancels.values():
             cancel.set()
         self._wake.set()
@@ -169,27 +193,66 @@ class Scheduler:
     async def _run_forever(self) -> None:
         while not self._stopping:
             try:
-                self._dispatch()
+                waiting = await asyncio.to_thread(self._executor_unavailable) or self._dispatch()
             except Exception:
                 _log.exception("could not start queued jobs")
                 await asyncio.sleep(STORE_RETRY_S)
                 continue
-            await self._wake.wait()
+            if waiting or self._cancels:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), POOL_RETRY_S)
+                except asyncio.TimeoutError:
+                    await asyncio.to_thread(self.overlaps.observe)
+            else:
+                await self._wake.wait()
             self._wake.clear()
 
-    def _dispatch(self) -> None:
-        """Start every queued job the pool grants now, in order, up to the first that waits."""
-        for queued in self.store.queued():
+    def _executor_unavailable(self) -> bool:
+        """Whether the executor cannot take jobs now (it says why; the jobs stay queued)."""
+        reason = self.make_executor().unavailable_reason()
+        if reason != self.executor_reason:
+            if reason is None:
+                _log.info("the executor is available again")
+            else:
+                _log.warning("the executor is unavailable, queued jobs wait: %s", reason)
+        self.executor_reason = reason
+        return reason is not None
+
+    def _dispatch(self) -> bool:
+        """Start the queued jobs the pool grants now, in order, within the backfill bound.
+        True when a job was left waiting (look again later)."""
+        queued = self.store.queued()
+        self.backfill.keep_only({q.id for q in queued})
+        waiting: list[str] = []
+        for job in queued:
             if self._stopping:
-                return
-            grant = self.pool.try_grant(queued)
+                return False
+            if waiting and not self.backfill.may_overtake(waiting):
+                break
+            try:
+                grant = self.pool.try_grant(job)
+            except NeverFits as exc:
+                self._fail_unplaceable(job.id, str(exc))
+                continue
             if grant is None:
-                return
-            claimed = self.store.claim(queued.id, grant)
+                waiting.append(job.id)
+                continue
+            claimed = self.store.claim(job.id, grant)
             if claimed is None:  # cancelled since it was listed
                 self.pool.release(grant)
                 continue
+            if waiting:
+                _log.info("job %s starts ahead of waiting job(s) %s", job.id, waiting)
+                self.backfill.overtook(waiting)
             self._spawn(self._run_session(claimed))
+        return bool(waiting)
+
+    def _fail_unplaceable(self, job_id: str, why: str) -> None:
+        if self.store.claim(job_id) is None:
+            return  # cancelled meanwhile
+        self.store.finish(job_id, JobStatus.FAILED, error=Failures.NOT_ENOUGH_GPUS.problem(why))
+        _log.warning("job %s: %s", job_id, why)
+        self.feed.notify()
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -211,9 +274,9 @@ class Scheduler:
                         outcome = RunOutcome(JobStatus.FAILED, error=_could_not_start(exc))
                         await self._record_safely(job.job.id, outcome, job.job.progress)
                         return
-                _log.info("job %s: starting (%s)", job.job.id, job.config.model)
+                _log.info("job %s: starting (%s) on %s", job.job.id, job.config.model, grant)
                 context = RunContext(job.job.id, job.config, keep_warm=job.reuse_group is not None)
-                await self._execute(session, context, job.job.progress, job)
+                await self._execute(session, context, job.job.progress, grant, job)
                 job = self._next_on(session, grant, job)
         finally:
             if session is not None:
@@ -233,6 +296,7 @@ class Scheduler:
             if (
                 not first
                 or first[0].reuse_group != previous.reuse_group
+                or not grant_fits(grant, first[0].config)
                 or not session.reusable_for(first[0].config)
             ):
                 return None
@@ -247,7 +311,7 @@ class Scheduler:
         progress = job.progress if job is not None else JobProgress(phase="running")
         context = RunContext(running.job_id, running.config, executor_ref=running.executor_ref)
         try:
-            await self._execute(session, context, progress)
+            await self._execute(session, context, progress, running.grant)
         finally:
             await asyncio.to_thread(session.close)
             self.pool.release(running.grant)
@@ -260,6 +324,7 @@ class Scheduler:
         session: ExecutorSession,
         context: RunContext,
         progress: JobProgress,
+        grant: GpuGrant,
         job: ClaimedJob | None = None,
     ) -> None:
         job_id = context.job_id
@@ -276,9 +341,17 @@ class Scheduler:
             self.store.update_progress(job_id, update)
             loop.call_soon_threadsafe(self.feed.notify)
 
+        refs = [context.executor_ref]
+
         def on_executor_ref(ref: str) -> None:  # runs in the session's thread
+            refs[0] = ref
             self.store.set_executor_ref(job_id, ref)
 
+        def on_placement(host: str, gpus: tuple[str, ...], started_at: float) -> None:
+            self.overlaps.place(job_id, host, gpus, started_at)
+
+        executor_name = self.make_executor().name
+        await asyncio.to_thread(self.overlaps.begin, job_id, grant.uuids)
         run = RunContext(
             job_id=job_id,
             config=context.config,
@@ -287,6 +360,8 @@ class Scheduler:
             baselines=self.baselines.all(),
             executor_ref=context.executor_ref,
             on_executor_ref=on_executor_ref,
+            on_placement=on_placement,
+            detach=self._detach,
             keep_warm=context.keep_warm,
         )
         warnings: list[ResultWarning] = []
@@ -303,7 +378,20 @@ class Scheduler:
             outcome = RunOutcome(JobStatus.FAILED, error=_could_not_start(exc))
         finally:
             del self._cancels[job_id]
-        await self._record_safely(job_id, outcome, last[0], warnings)
+        if outcome.status is JobStatus.RUNNING:
+            _log.warning("job %s: left running in the executor; the next server follows it", job_id)
+            return
+        where = self.overlaps.placement(job_id) or (self.overlaps.host, grant.uuids)
+        overlapping = await asyncio.to_thread(self.overlaps.end, job_id)
+        placement = Placement(
+            executor=executor_name,
+            host=where[0],
+            gpus=list(where[1]),
+            exclusive_host=context.config.exclusive_host,
+            executor_ref=refs[0],
+            overlapping_experiments=overlapping,
+        )
+        await self._record_safely(job_id, outcome, last[0], warnings, placement)
 
     def _cool_down(
         self,
@@ -339,9 +427,10 @@ class Scheduler:
         outcome: RunOutcome,
         progress: JobProgress,
         warnings: list[ResultWarning] | None = None,
+        placement: Placement | None = None,
     ) -> None:
         try:
-            await self._record(job_id, outcome, progress, warnings or [])
+            await self._record(job_id, outcome, progress, warnings or [], placement)
         except Exception:  # the scheduler must outlive any one job
             _log.exception("job %s: unexpected error while recording its outcome", job_id)
             try:
@@ -378,6 +467,7 @@ class Scheduler:
         outcome: RunOutcome,
         progress: JobProgress,
         warnings: list[ResultWarning],
+        placement: Placement | None = None,
     ) -> None:
         if outcome.status is JobStatus.CANCELLED and self._stopping:
             self.store.finish(
@@ -395,6 +485,8 @@ class Scheduler:
         result = outcome.result
         if warnings:
             result = result.model_copy(update={"warnings": [*result.warnings, *warnings]})
+        if placement is not None:
+            result = with_placement(result, placement)
         if result.energy is not None:
             self.baselines.update(result.energy.baselines)
         try:

@@ -365,6 +365,8 @@ def test_info(live_server, capsys):
     assert code == 0
     assert re.search(r"^energy meter\s+nvml \(available\)$", out, re.MULTILINE)
     assert re.search(r"^queue length\s+0$", out, re.MULTILINE)
+    assert re.search(r"^executor\s+local \(available\)$", out, re.MULTILINE)
+    assert re.search(r"^GPUs in use\s+0 of 1$", out, re.MULTILINE)
 
     code, out, _ = cli(capsys, "--server", live_server.base_url, "info", "--json")
     assert code == 0

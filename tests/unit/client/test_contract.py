@@ -125,9 +125,9 @@ def test_hash_is_stable_across_releases() -> None:
     config = ExperimentConfig.model_validate({"model": "gpt2"})
 
     assert canonical_config_json(config).startswith('{"backend":"pytorch","baseline":{')
-    # Re-pinned when energy.cross_check_threshold was added, and again for the baseline's
-    # settling and reuse rule, energy.phase_split and repeats (before any release).
-    assert measurement_config_hash(config) == "5426e9ac5fae52fe"
+    # Re-pinned when energy.cross_check_threshold was added, again for the baseline's
+    # settling and reuse rule, energy.phase_split and repeats, then gpus (before any release).
+    assert measurement_config_hash(config) == "53ebbb5380a171b1"
 
 
 def test_result_round_trips_through_json() -> None:

@@ -1,5 +1,7 @@
-"""What a config must satisfy to be queued: checked at submit, so that a config that cannot run
-is refused with a 422 naming its fields instead of failing after it waited its turn.
+"""What a config must satisfy to be queued, as far as the config itself tells: checked at
+submit, so that a config that cannot run is refused with a 422 naming its fields instead of
+failing after it waited its turn. (Whether an executor can run it now is
+`llem_service.api.admission`'s question.)
 
 Three kinds of check, all reported together:
 
@@ -119,7 +121,7 @@ def context_errors(
     ]
 
 
-def admit(config: ExperimentConfig, settings: Settings, catalog: ModelCatalog) -> None:
+def check_config(config: ExperimentConfig, settings: Settings, catalog: ModelCatalog) -> None:
     """Accept ``config`` for the queue, or refuse it naming every offending field.
 
     Raises:
