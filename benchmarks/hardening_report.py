@@ -90,12 +90,15 @@ def main() -> None:
     fuzz = load("fuzz")
     if fuzz:
         statuses = ", ".join(f"{k}: {v}" for k, v in fuzz["statuses"].items())
+        phases = ", ".join(
+            f"{name} {'/'.join(outcomes)}" for name, outcomes in fuzz.get("phases", {}).items()
+        )
         lines += [
             "## Fuzz",
             "",
-            f"schemathesis, positive and negative data: {fuzz['requests']} requests, "
-            f"{fuzz['server_errors']} server errors, every response checked against the "
-            f"OpenAPI document (status, content type, body schema, headers). Statuses: {statuses}.",
+            f"schemathesis, every check, positive and negative data: {fuzz['requests']} "
+            f"requests, {fuzz['server_errors']} server errors. Phases: {phases or 'n/a'}. "
+            f"Statuses: {statuses}.",
             "",
         ]
     names = ["stress_queue", "stress_large_config", "stress_sse", "stress_dataset"]

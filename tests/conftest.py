@@ -35,7 +35,7 @@ from llem_client import (
     measurement_config_hash,
 )
 
-from tests.fakes import FakeInferenceBackend, fake_meter, fake_readings, fake_thermometer
+from tests.fakes import FakeHub, FakeInferenceBackend, fake_meter, fake_readings, fake_thermometer
 from tests.server_process import ServerProcess
 
 
@@ -253,9 +253,10 @@ class LiveServer:
 
 def _serve(app: FastAPI) -> Iterator[str]:
     import uvicorn
+    from llem_service.serve import GracefulServer
 
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
+    server = GracefulServer(config)
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -267,7 +268,7 @@ def _serve(app: FastAPI) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        server.should_exit = True
+        server.exit()  # as SIGTERM does: streams end, a running experiment is interrupted
         thread.join(timeout=30)
 
 
@@ -279,17 +280,19 @@ def build_app(
     readings: Any = None,
     token: str | None = None,
     thermometer: Any = None,
+    hub: Any = None,
     overrides: dict[Callable[..., Any], Callable[..., Any]] | None = None,
     **settings: Any,
 ) -> FastAPI:
-    """The real app on ``data_dir``, with the fake backend, meter and thermometer injected,
-    the idle GPU poll reading ``readings`` (by default the scripted GPU of
-    `tests.fakes.fake_readings`), and any other ``overrides`` of dependency providers (a
-    scripted Slurm for ``get_slurm_api``, say)."""
+    """The real app on ``data_dir``, with the fake backend, meter, thermometer and model hub
+    injected (by default a hub that has every well-formed model id), the idle GPU poll reading
+    ``readings`` (by default the scripted GPU of `tests.fakes.fake_readings`), and any other
+    ``overrides`` of dependency providers (a scripted Slurm for ``get_slurm_api``, say)."""
     from llem_service.app import create_app
     from llem_service.deps import (
         get_energy_meter,
         get_inference_backend,
+        get_model_hub,
         get_reading_source,
         get_thermometer,
     )
@@ -306,13 +309,15 @@ def build_app(
     source = readings if readings is not None else fake_readings()
     app.dependency_overrides[get_reading_source] = lambda: source
     app.dependency_overrides[get_thermometer] = lambda: thermometer
+    model_hub = hub if hub is not None else FakeHub()
+    app.dependency_overrides[get_model_hub] = lambda: model_hub
     app.dependency_overrides.update(overrides or {})
     return app
 
 
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
-    """``start_server(backend=..., meter=..., token=..., data_dir=...)`` -> `LiveServer`.
+    """``start_server(backend=..., meter=..., token=..., hub=..., data_dir=...)`` -> `LiveServer`.
 
     Servers are stopped at the end of the test; one started on an earlier server's
     ``data_dir`` sees its jobs (a restart).

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from llem_client import DeviceInfo, ExperimentConfig
 from llem_service.backends.base import (
     BackendError,
+    ConfigError,
     LoadReport,
     PrefillReport,
     ProgressFn,
@@ -25,6 +26,7 @@ from llem_service.backends.base import (
 from llem_service.energy.meter import NvmlEnergyMeter
 from llem_service.energy.readings import NvmlReadingSource
 from llem_service.energy.sensors import SensorTable
+from llem_service.models.hub import HubAnswer, HubLookup
 from llem_service.studies.cooldown import NvmlThermometer
 
 from tests.fake_nvml import FakeGpu, FakeNvml, PowerProfile
@@ -46,7 +48,8 @@ class FakeInferenceBackend:
     Every request has ``input_tokens_per_request`` prompt tokens and ``max_output_tokens``
     output tokens; the measured window reports ``measured_time_s``. ``sleep_s`` is how long
     `run` really takes, so cancellation and one-at-a-time execution can be observed.
-    ``fail_in`` raises a `BackendError` with ``error_message`` in that phase; ``crash_in``
+    ``fail_in`` raises a `BackendError` with ``error_message`` in that phase (a `ConfigError`,
+    the submitter's doing, with ``fail_as_config_error``); ``crash_in``
     ends the child process abruptly with ``os._exit(crash_exit_code)``, as a segfault or an
     OOM kill would. ``gpu=False`` runs "on the CPU": no device to meter. `prefill` (one
     prefill-only pass) sleeps as long as the run's prefill spans take (a quarter of each
@@ -64,6 +67,7 @@ class FakeInferenceBackend:
     crash_in: Phase | None = None
     crash_exit_code: int = 3
     error_message: str = "the fake backend failed on purpose"
+    fail_as_config_error: bool = False
     marker_dir: str | None = None
     gpu: bool = True
     prefill_calls: int = 0
@@ -82,7 +86,7 @@ class FakeInferenceBackend:
         if self.crash_in == phase:
             os._exit(self.crash_exit_code)
         if self.fail_in == phase:
-            raise BackendError(self.error_message)
+            raise (ConfigError if self.fail_as_config_error else BackendError)(self.error_message)
 
     def load(self, config: ExperimentConfig) -> LoadReport:
         self._maybe_fail("load")
@@ -283,6 +287,41 @@ class ScriptedBackend(FakeInferenceBackend):
                 hog.append(bytearray(16 * 2**20))
         finally:
             hog.clear()  # as a real workload's frames would, when MemoryError unwinds them
+
+
+@dataclass
+class FakeHub:
+    """A model hub and hub cache whose contents the test states.
+
+    ``online=True`` and ``models=None``: the hub has every well-formed id (most tests submit
+    made-up ids such as ``tiny-test-model``). ``models``: the ids the hub has; any other is
+    missing. ``cached``: id -> its cached config.json. ``offline``: the reason the server may
+    not contact the hub (as ``HF_HUB_OFFLINE`` gives). ``unreachable``: contacting it fails
+    so. ``lookups`` records each question put to the hub, so a test can see it was (not) asked.
+    """
+
+    models: set[str] | None = None
+    cached: dict[str, dict[str, Any]] = field(default_factory=dict)
+    offline: str | None = None
+    unreachable: str | None = None
+    lookups: list[str] = field(default_factory=list)
+
+    def offline_reason(self) -> str | None:
+        return self.offline
+
+    def cached_models(self) -> list[str]:
+        return sorted(self.cached)
+
+    def cached_config(self, repo_id: str, revision: str | None) -> dict[str, Any] | None:
+        return self.cached.get(repo_id)
+
+    def lookup(self, repo_id: str, revision: str | None) -> HubLookup:
+        self.lookups.append(repo_id)
+        if self.unreachable is not None:
+            return HubLookup(HubAnswer.UNREACHABLE, self.unreachable)
+        if self.models is None or repo_id in self.models:
+            return HubLookup(HubAnswer.EXISTS)
+        return HubLookup(HubAnswer.MISSING)
 
 
 # -- multi-GPU mode ---------------------------------------------------------------------------

@@ -113,12 +113,18 @@ class ServerProcess:
 
 
 def main() -> None:
-    import uvicorn
     from llem_service.app import create_app
-    from llem_service.deps import get_energy_meter, get_inference_backend, get_reading_source
+    from llem_service.deps import (
+        get_energy_meter,
+        get_inference_backend,
+        get_model_hub,
+        get_reading_source,
+    )
+    from llem_service.serve import make_server
     from llem_service.settings import Settings
 
     from tests.fakes import (
+        FakeHub,
         MultiGpuBackend,
         ScriptedBackend,
         fake_gpus_meter,
@@ -150,14 +156,9 @@ def main() -> None:
     app.dependency_overrides[get_energy_meter] = lambda: meter
     readings = fake_readings()
     app.dependency_overrides[get_reading_source] = lambda: readings
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=5,
-    )
+    hub = FakeHub()
+    app.dependency_overrides[get_model_hub] = lambda: hub
+    make_server(app, settings, access_log=False).run()
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
         ThrottleCause,
         Throttling,
     )
-    from llem_client._client import AsyncClient, Client
+    from llem_client._async_client import AsyncClient
+    from llem_client._client import Client
     from llem_client._config import (
         BaselineConfig,
         DecodingConfig,
@@ -71,6 +72,7 @@ if TYPE_CHECKING:
         RateLimitError,
         ResponseFormatError,
         ServerError,
+        ServerShutdownError,
         UnprocessableEntityError,
     )
     from llem_client._hashing import canonical_config_json, measurement_config_hash
@@ -81,8 +83,11 @@ if TYPE_CHECKING:
         GpuSlot,
         Job,
         JobList,
+        JobMetrics,
         JobProgress,
         JobStatus,
+        ModelInfo,
+        ModelList,
         ProblemDetail,
         ServiceInfo,
     )
@@ -115,6 +120,7 @@ if TYPE_CHECKING:
         StudyStatus,
         StudySummary,
     )
+    from llem_client._text import escape_controls
 
 _LAZY: dict[str, str] = {
     **dict.fromkeys(
@@ -132,7 +138,8 @@ _LAZY: dict[str, str] = {
         ],
         "_acquisition",
     ),
-    **dict.fromkeys(["AsyncClient", "Client"], "_client"),
+    "AsyncClient": "_async_client",
+    "Client": "_client",
     **dict.fromkeys(
         [
             "BaselineConfig",
@@ -165,11 +172,13 @@ _LAZY: dict[str, str] = {
             "RateLimitError",
             "ResponseFormatError",
             "ServerError",
+            "ServerShutdownError",
             "UnprocessableEntityError",
         ],
         "_exceptions",
     ),
     **dict.fromkeys(["canonical_config_json", "measurement_config_hash"], "_hashing"),
+    "escape_controls": "_text",
     **dict.fromkeys(
         [
             "BaselineList",
@@ -178,8 +187,11 @@ _LAZY: dict[str, str] = {
             "GpuSlot",
             "Job",
             "JobList",
+            "JobMetrics",
             "JobProgress",
             "JobStatus",
+            "ModelInfo",
+            "ModelList",
             "ProblemDetail",
             "ServiceInfo",
         ],
@@ -282,11 +294,14 @@ __all__ = [
     "Interval",
     "Job",
     "JobList",
+    "JobMetrics",
     "JobProgress",
     "JobStatus",
     "JsonlPrompts",
     "LatencyStats",
     "LlemError",
+    "ModelInfo",
+    "ModelList",
     "NotFoundError",
     "OverlappingExperiment",
     "ParetoTargets",
@@ -313,6 +328,7 @@ __all__ = [
     "SamplerReport",
     "SensorAccuracy",
     "ServerError",
+    "ServerShutdownError",
     "ServiceInfo",
     "SkippedPoint",
     "SteadyStateRequests",
@@ -336,6 +352,7 @@ __all__ = [
     "WarmupConfig",
     "__version__",
     "canonical_config_json",
+    "escape_controls",
     "measurement_config_hash",
 ]
 

@@ -164,12 +164,18 @@ def validate_config(data: dict[str, Any]) -> ExperimentConfig:
     """
     from pydantic import ValidationError
 
-    from llem_client._config import ExperimentConfig
+    from llem_client._config import ExperimentConfig, unknown_field_hint
 
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:
         fields = format_field_errors(
-            (error["loc"], error["msg"]) for error in exc.errors(include_url=False)
+            (
+                error["loc"],
+                unknown_field_hint(list(error["loc"]))
+                if error["type"] == "extra_forbidden"
+                else error["msg"],
+            )
+            for error in exc.errors(include_url=False)
         )
         raise CliError(f"invalid config: {one_line(fields)}") from exc

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from llem_client._exceptions import LlemError
+    from llem_client._exceptions import APIStatusError, LlemError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -36,12 +36,16 @@ class CliError(Exception):
 
 
 def one_line(text: str) -> str:
-    """``text`` with every run of whitespace (newlines included) collapsed to one space.
+    """``text`` with every run of whitespace (newlines included) collapsed to one space, and
+    any other control character escaped (`llem_client.escape_controls`).
 
     Error texts come from httpx, YAML and the server, any of which may span lines; the CLI's
-    promise is one line per error so that logs and ``2>`` redirects stay greppable.
+    promise is one line per error so that logs and ``2>`` redirects stay greppable, and that
+    nothing a server sends acts on the terminal.
     """
-    return " ".join(text.split())
+    from llem_client._text import escape_controls
+
+    return escape_controls(" ".join(text.split()))
 
 
 def format_field_errors(errors: Iterable[tuple[Sequence[str | int], str]]) -> str:
@@ -61,8 +65,19 @@ def format_field_errors(errors: Iterable[tuple[Sequence[str | int], str]]) -> st
 
 def describe_api_error(exc: LlemError) -> tuple[str, int]:
     """The line to print and the exit code for an error raised by the client."""
-    from llem_client._exceptions import APIStatusError, UnprocessableEntityError
+    from llem_client._exceptions import (
+        APIStatusError,
+        AuthenticationError,
+        NotFoundError,
+        UnprocessableEntityError,
+    )
 
+    if isinstance(exc, AuthenticationError):
+        return _authentication(exc), EXIT_FAILURE
+    if isinstance(exc, NotFoundError):
+        foreign = _not_llem(exc)
+        if foreign is not None:
+            return foreign, EXIT_FAILURE
     if isinstance(exc, UnprocessableEntityError):
         problem = exc.problem
         if problem.errors:
@@ -81,3 +96,39 @@ def describe_api_error(exc: LlemError) -> tuple[str, int]:
 
 def _strip_body(loc: Sequence[str | int]) -> Sequence[str | int]:
     return loc[1:] if loc and loc[0] == "body" else loc
+
+
+PROBLEM_URN = "urn:llem:problem:"
+
+
+def _server_of(exc: APIStatusError) -> str:
+    url = exc.response.request.url
+    return f"{url.scheme}://{url.netloc.decode()}"
+
+
+def _authentication(exc: APIStatusError) -> str:
+    server = _server_of(exc)
+    if exc.response.request.headers.get("Authorization"):
+        return (
+            f"the server at {server} refused the token (from --token or LLEM_TOKEN): it is not "
+            "the server's LLEM_API_TOKEN"
+        )
+    return f"the server at {server} requires a token: set LLEM_TOKEN (or pass --token)"
+
+
+def _not_llem(exc: APIStatusError) -> str | None:
+    """The message for a 404 that no llem job route gave, or None for an llem one."""
+    request = exc.response.request
+    where = f"{request.method} {request.url.path}"
+    base_hint = (
+        "; give the server's address without /v1" if request.url.path.startswith("/v1/v1/") else ""
+    )
+    kind = exc.problem.type
+    if kind == f"{PROBLEM_URN}no-such-route":
+        return f"the llem server at {_server_of(exc)} has no route {where}{base_hint}"
+    if not kind.startswith(PROBLEM_URN):
+        return (
+            f"{_server_of(exc)} does not look like an llem server: {where} answered "
+            f"{exc.status_code} without an llem problem{base_hint}"
+        )
+    return None

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, TextIO
 
 from llem_client._cli_render import format_progress
+from llem_client._text import escape_controls
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -28,9 +29,10 @@ class ProgressReporter(Protocol):
 
 
 def describe(job: Job) -> str:
-    """The status for jobs that are not running, else the phase and counts."""
+    """The status for jobs that are not running, else the phase and counts (as the server
+    sent them, control characters escaped)."""
     if job.status.value == "running":
-        return format_progress(job.progress)
+        return escape_controls(format_progress(job.progress))
     return job.status.value
 
 
@@ -120,8 +122,14 @@ class LiveProgress:
 
     def __call__(self, job: Job) -> None:
         progress = job.progress
-        unit = f" ({progress.unit})" if progress.unit and progress.total is not None else ""
-        phase = progress.phase if job.status.value == "running" else job.status.value
+        running = job.status.value == "running"
+        # The unit names what the bar counts, while it counts: not on "succeeded".
+        unit = (
+            f" ({progress.unit})"
+            if running and progress.unit and progress.total is not None
+            else ""
+        )
+        phase = escape_controls(progress.phase) if running else job.status.value
         self._progress.update(
             self._task,
             description=f"job {self._job_id}: {phase}{unit}",
@@ -138,7 +146,8 @@ class LiveProgress:
 
 
 def make_reporter(job_id: str) -> ProgressReporter:
-    """`LiveProgress` when stderr is a terminal, else `PlainProgress`."""
+    """`LiveProgress` when stderr is a terminal, else `PlainProgress`; both name the job by
+    the 8 characters every command accepts, so a progress line fits 80 columns."""
     if sys.stderr.isatty():
-        return LiveProgress(job_id)
-    return PlainProgress(job_id)
+        return LiveProgress(job_id[:8])
+    return PlainProgress(job_id[:8])

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING
+
+from llem_client._text import escape_controls
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from llem_client._energy import Estimate
-    from llem_client._jobs import Job, JobProgress, ProblemDetail, ServiceInfo
-    from llem_client._results import ExperimentResult
+    from llem_client._jobs import Job, JobProgress, ModelInfo, ProblemDetail, ServiceInfo
+    from llem_client._results import ExperimentResult, LatencyStats
 
 NO_METER = "n/a (no meter)"
 #: A figure the run measured but could not bound (null, with a warning saying why).
@@ -59,8 +61,28 @@ def format_progress(progress: JobProgress) -> str:
 
 
 def format_problem(problem: ProblemDetail) -> str:
-    """The problem's title and, when it has one, its detail."""
-    return f"{problem.title}: {problem.detail}" if problem.detail else problem.title
+    """The problem's title and, when it has one, its detail (once: a detail that already
+    starts with the title is not prefixed with it again). Control characters escaped."""
+    title, detail = problem.title, problem.detail
+    if not detail or detail.lower().startswith(title.lower()):
+        return escape_controls(detail or title)
+    return escape_controls(f"{title}: {detail}")
+
+
+def job_reason(job: Job) -> str:
+    """Why a job failed, in one line; whose doing it was when the server says so."""
+    if job.error is None:
+        return "the server gave no reason"
+    return format_problem(job.error)
+
+
+def format_age(moment: datetime, now: datetime | None = None) -> str:
+    """How long ago, in the largest whole unit: ``45s``, ``12m``, ``5h``, ``3d``."""
+    seconds = max(0.0, ((now or datetime.now(timezone.utc)) - moment).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
 
 
 def model_slug(model: str) -> str:
@@ -147,7 +169,7 @@ def result_rows(result: ExperimentResult) -> list[tuple[str, str]]:
     model = config.model if config.name is None else f"{config.model} ({config.name})"
     rows = [
         ("experiment", result.experiment_id),
-        ("model", model),
+        ("model", escape_controls(model)),
         ("config hash", result.measurement_config_hash),
         ("requests", f"{result.n_requests:,}"),
         ("input tokens", f"{result.input_tokens:,}"),
@@ -167,7 +189,20 @@ def result_rows(result: ExperimentResult) -> list[tuple[str, str]]:
         rows.append(("repeats stopped", f"{reason} after {len(result.repeats.per_repeat)}"))
     rows += _energy_rows(result)
     rows.append(("measured duration", f"{result.total_inference_time_sec:,.3f} s"))
+    rows += _latency_rows("TTFT", result.time_to_first_token_sec)
+    if result.inter_token_latency_sec is not None:
+        rows += _latency_rows("ITL", result.inter_token_latency_sec)
+    rows += [
+        ("prefill time", f"{result.prefill_time_sec:,.3f} s"),
+        ("decode time", f"{result.decode_time_sec:,.3f} s"),
+        ("model load time", f"{result.model_load_time_sec:,.3f} s"),
+        ("FLOPs", f"{result.total_flops:.3e}"),
+    ]
     return rows
+
+
+def _latency_rows(label: str, stats: LatencyStats) -> list[tuple[str, str]]:
+    return [(f"{label} p50 / p90", f"{stats.p50 * 1000:,.2f} / {stats.p90 * 1000:,.2f} ms")]
 
 
 def print_result_summary(result: ExperimentResult, console: Console) -> None:
@@ -184,7 +219,7 @@ def print_result_summary(result: ExperimentResult, console: Console) -> None:
     if result.warnings:
         console.print("warnings:")
         for warning in result.warnings:
-            console.print(f"  - {warning.code}: {warning.message}")
+            console.print(f"  - {warning.code}: {escape_controls(warning.message)}")
 
 
 def _print_pairs(console: Console, pairs: Sequence[tuple[str, str]]) -> None:
@@ -194,41 +229,117 @@ def _print_pairs(console: Console, pairs: Sequence[tuple[str, str]]) -> None:
 
 
 def print_job(job: Job, console: Console) -> None:
-    """A job as aligned ``label  value`` lines, its error last."""
+    """A job as aligned ``label  value`` lines, why it failed last."""
     pairs = [
         ("job", job.id),
         ("status", job.status.value),
-        ("model", job.model if job.name is None else f"{job.model} ({job.name})"),
-        ("progress", format_progress(job.progress)),
+        ("name", escape_controls(job.name) if job.name is not None else "-"),
+        ("model", escape_controls(job.model)),
+    ]
+    if job.tags:
+        tags = ", ".join(f"{k}={v}" for k, v in sorted(job.tags.items()))
+        pairs.append(("tags", escape_controls(tags)))
+    if not job.status.terminal:
+        pairs.append(("progress", format_progress(job.progress)))
+    pairs += [
         ("created", format_time(job.created_at)),
         ("started", format_time(job.started_at)),
         ("finished", format_time(job.finished_at)),
         ("config hash", job.config_hash),
     ]
-    if job.error is not None:
-        pairs.append(("error", format_problem(job.error)))
+    if job.metrics is not None:
+        pairs.append(("tokens/s (output)", f"{job.metrics.tokens_per_second:,.1f}"))
+        jpt = job.metrics.energy_per_output_token_j
+        pairs.append(("J/token (raw)", NO_METER if jpt is None else f"{jpt:.4g} J/token"))
+    if job.status.value == "failed":
+        pairs.append(("reason", job_reason(job)))
     _print_pairs(console, pairs)
 
 
-def print_job_list(jobs: Sequence[Job], console: Console) -> None:
-    """A table of jobs in the order given (the server's: newest first)."""
-    from rich import box
-    from rich.table import Table
+def _status_cell(job: Job) -> str:
+    """The status; for a running job its phase (``loading``, ``measuring``...), which says
+    more and says running as well."""
+    if job.status.value == "running":
+        return job.progress.phase
+    return job.status.value
 
+
+def _fit(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, the cut marked with an ellipsis."""
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+#: (header, width, right-aligned) of the job list's fixed columns after name and model.
+_FIXED = (("status", 10, False), ("age", 4, True), ("tok/s", 9, True), ("J/tok", 7, True))
+_ID_WIDTH = 8
+_GAP = "  "
+
+
+def print_job_list(jobs: Sequence[Job], console: Console, now: datetime | None = None) -> None:
+    """A table of jobs in the order given (the server's: newest first), fitting the console:
+    ids are cut to the 8 characters every command accepts, names and models are shortened
+    with an ellipsis, never wrapped. Failed jobs' reasons follow the table."""
     if not jobs:
         console.print("no jobs")
         return
-    table = Table(box=box.SIMPLE_HEAD)
-    for column in ("id", "status", "model", "created", "progress"):
-        table.add_column(column, overflow="fold")
+    rows = []
     for job in jobs:
-        table.add_row(
-            job.id,
-            job.status.value,
-            job.model,
-            format_time(job.created_at),
-            format_progress(job.progress),
+        metrics = job.metrics
+        jpt = metrics.energy_per_output_token_j if metrics is not None else None
+        rows.append(
+            (
+                job.id[:_ID_WIDTH],
+                escape_controls(job.name) if job.name else "-",
+                escape_controls(job.model),
+                _status_cell(job),
+                format_age(job.created_at, now),
+                f"{metrics.tokens_per_second:,.1f}" if metrics is not None else "-",
+                f"{jpt:.3g}" if jpt is not None else ("n/a" if metrics is not None else "-"),
+            )
         )
+    fixed = _ID_WIDTH + sum(width for _, width, _ in _FIXED) + len(_GAP) * 6
+    flexible = max(console.width - fixed, 20)
+    name_w = max(len("name"), *(len(r[1]) for r in rows))
+    model_w = max(len("model"), *(len(r[2]) for r in rows))
+    if name_w + model_w > flexible:  # share what is left, 2:3, neither below its fair part
+        name_w = min(name_w, max(flexible * 2 // 5, flexible - model_w))
+        model_w = flexible - name_w
+    widths = [_ID_WIDTH, name_w, model_w, *(width for _, width, _ in _FIXED)]
+    right = [False, False, False, *(r for _, _, r in _FIXED)]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            _fit(cell, w).rjust(w) if r else _fit(cell, w).ljust(w)
+            for cell, w, r in zip(cells, widths, right, strict=True)
+        ]
+        return _GAP.join(parts).rstrip()
+
+    headers = ["id", "name", "model", *(h for h, _, _ in _FIXED)]
+    console.print(line(headers), soft_wrap=True)
+    console.print("-" * len(line(["-" * w for w in widths])), soft_wrap=True)
+    for row in rows:
+        console.print(line(row), soft_wrap=True)
+    for job in jobs:
+        if job.status.value == "failed":
+            reason = f"{job.id[:_ID_WIDTH]} failed: {job_reason(job)}"
+            console.print(_fit(reason, console.width), soft_wrap=True)
+
+
+def print_models(models: Sequence[ModelInfo], console: Console) -> None:
+    """The server's models: name, where it lives, context length."""
+    from rich import box
+    from rich.table import Table
+
+    if not models:
+        console.print("no models under LLEM_MODEL_ROOTS or in the hub cache")
+        return
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column("model", overflow="fold")
+    table.add_column("source", no_wrap=True)
+    table.add_column("context", justify="right", no_wrap=True)
+    for model in models:
+        context = f"{model.context_tokens:,}" if model.context_tokens else "?"
+        table.add_row(escape_controls(model.name), model.source, context)
     console.print(table)
 
 
@@ -256,7 +367,7 @@ def print_info(info: ServiceInfo, server: str, client_schema: str, console: Cons
         ("executor", _executor(info)),
         ("GPUs in use", _gpus_in_use(info)),
     ]
-    _print_pairs(console, pairs)
+    _print_pairs(console, [(label, escape_controls(value)) for label, value in pairs])
 
 
 def _executor(info: ServiceInfo) -> str:

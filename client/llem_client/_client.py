@@ -7,28 +7,29 @@ retried with exponential backoff, honouring ``Retry-After``.
 
 from __future__ import annotations
 
-import asyncio
+import json
 import os
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from llem_client._client_studies import AsyncStudyMethods, StudyMethods
+from llem_client._client_studies import StudyMethods
 from llem_client._config import ExperimentConfig
 from llem_client._exceptions import (
     APIConnectionError,
     APITimeoutError,
     ResponseFormatError,
+    ServerShutdownError,
     error_for_status,
 )
-from llem_client._jobs import Job, JobList, JobStatus, ProblemDetail, ServiceInfo
+from llem_client._jobs import Job, JobList, JobStatus, ModelList, ProblemDetail, ServiceInfo
 from llem_client._results import ExperimentResult
-from llem_client._sse import SSEDecoder
+from llem_client._sse import ServerSentEvent, SSEDecoder
 from llem_client._version import __version__
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
@@ -115,6 +116,64 @@ class _Policy:
             return Job.model_validate_json(data)
         except ValidationError as exc:
             raise ResponseFormatError(f"an event is not a valid Job: {exc}") from exc
+
+    def event_job(self, event: ServerSentEvent) -> Job | None:
+        """The Job of a ``job`` event; None for other events.
+
+        Raises:
+            ServerShutdownError: The server said it is shutting down (its last event).
+        """
+        if event.event == "job":
+            return self.job_from_event(event.data)
+        if event.event == "shutdown":
+            try:
+                detail = str(json.loads(event.data).get("detail", "shutting down"))
+            except (ValueError, AttributeError):
+                detail = "shutting down"
+            raise ServerShutdownError(f"the server at {self.base_url} said: {detail}")
+        return None
+
+    @staticmethod
+    def list_params(
+        status: JobStatus | str | None,
+        limit: int,
+        cursor: str | None,
+        tags: Mapping[str, str] | None,
+        name: str | None,
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit}
+        if status is not None:
+            params["status"] = JobStatus(status).value
+        if cursor:
+            params["cursor"] = cursor
+        if tags:
+            params["tag"] = [f"{key}={value}" for key, value in tags.items()]
+        if name:
+            params["name"] = name
+        return params
+
+    def after_stream(
+        self, job_id: str, why: str, polled: Job | None, error: Exception | None
+    ) -> Job:
+        """What `wait` does once the event stream ended before the job did, having polled
+        the job once: return it if it ended, else raise an error that says what is known.
+
+        Args:
+            why: Why the stream ended, as it was told ("the server ... said: shutting down").
+            polled: The job as the one poll found it; None if the poll failed with ``error``.
+        """
+        if polled is not None and polled.status.terminal:
+            return polled
+        if polled is not None:
+            raise ServerShutdownError(
+                f"{why}; job {polled.id} is {polled.status.value} there and carries on when "
+                "the server is back",
+                polled,
+            )
+        raise APIConnectionError(
+            f"{why}, and the job could not be read after it ({error}); job {job_id} may "
+            "have ended or may run when the server is back"
+        )
 
 
 def _transport_error(exc: httpx.TransportError, base_url: str) -> APIConnectionError:
@@ -217,21 +276,33 @@ class Client(StudyMethods):
         return response.content
 
     def list(
-        self, *, status: JobStatus | str | None = None, limit: int = 50, cursor: str | None = None
+        self,
+        *,
+        status: JobStatus | str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        name: str | None = None,
     ) -> JobList:
-        params: dict[str, Any] = {"limit": limit}
-        if status is not None:
-            params["status"] = JobStatus(status).value
-        if cursor is not None:
-            params["cursor"] = cursor
+        """A page of jobs, newest first; ``tags`` (all of them) and ``name`` (a substring,
+        any case) filter them."""
+        params = self._policy.list_params(status, limit, cursor, tags, name)
         return self._policy.parse(self._request("GET", "/v1/experiments", params=params), JobList)
 
     def cancel(self, job_id: str) -> Job:
         response = self._request("POST", f"/v1/experiments/{job_id}/cancel")
         return self._policy.parse(response, Job)
 
+    def delete(self, job_id: str) -> None:
+        """Remove a finished job and its files (`ConflictError` while it is active)."""
+        self._policy.raise_for_status(self._request("DELETE", f"/v1/experiments/{job_id}"))
+
     def info(self) -> ServiceInfo:
         return self._policy.parse(self._request("GET", "/v1/info"), ServiceInfo)
+
+    def models(self) -> ModelList:
+        """The models the server has: under its LLEM_MODEL_ROOTS and in its hub cache."""
+        return self._policy.parse(self._request("GET", "/v1/models"), ModelList)
 
     def events(self, job_id: str, *, read_timeout_s: float | None = 60.0) -> Iterator[Job]:
         """The job's state at each change, from the SSE stream, until a terminal state."""
@@ -245,8 +316,9 @@ class Client(StudyMethods):
                 decoder = SSEDecoder()
                 for line in response.iter_lines():
                     event = decoder.feed(line)
-                    if event is not None and event.event == "job":
-                        yield self._policy.job_from_event(event.data)
+                    job = self._policy.event_job(event) if event is not None else None
+                    if job is not None:
+                        yield job
         except httpx.TransportError as exc:
             raise _transport_error(exc, self.base_url) from exc
 
@@ -262,7 +334,9 @@ class Client(StudyMethods):
     ) -> Job:
         """Block until the job is terminal; return it. Raises `APITimeoutError` past ``timeout``.
 
-        Follows the SSE stream; if the stream breaks or ends early, polls with backoff.
+        Follows the SSE stream; if the stream breaks or ends early, polls with backoff. If the
+        server says it is shutting down, the job is polled once: returned if it ended, else
+        `ServerShutdownError` says its state (or `APIConnectionError`, if it cannot be read).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         if use_events:
@@ -272,6 +346,15 @@ class Client(StudyMethods):
                         on_update(job)
                     if job.status.terminal:
                         return job
+            except ServerShutdownError as exc:
+                try:
+                    polled: Job | None = self.get(job_id)
+                    error: Exception | None = None
+                except APIConnectionError as poll_error:
+                    polled, error = None, poll_error
+                if polled is not None and on_update is not None:
+                    on_update(polled)
+                return self._policy.after_stream(job_id, str(exc), polled, error)
             except APITimeoutError:
                 if _expired(deadline):
                     raise APITimeoutError(f"job {job_id} not finished after {timeout} s") from None
@@ -287,160 +370,6 @@ class Client(StudyMethods):
             if _expired(deadline):
                 raise APITimeoutError(f"job {job_id} not finished after {timeout} s")
             time.sleep(min(interval, _remaining(deadline, cap=interval) or interval))
-            interval = min(interval * 1.5, max_poll_interval_s)
-
-
-class AsyncClient(AsyncStudyMethods):
-    """The asynchronous twin of `Client`; same arguments, same methods, awaitable."""
-
-    def __init__(
-        self,
-        base_url: str | None = None,
-        token: str | None = None,
-        *,
-        timeout: float = DEFAULT_TIMEOUT_S,
-        max_retries: int = 2,
-        retry_backoff_s: float = 0.5,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self._policy = _Policy(base_url, token, max_retries, retry_backoff_s)
-        self.base_url = self._policy.base_url
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=self._policy.headers,
-            timeout=timeout,
-            transport=transport,
-        )
-
-    async def __aenter__(self) -> AsyncClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json_body: Any = None,
-        params: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> httpx.Response:
-        safe = self._policy.retry_safe(method, headers)
-        attempt = 0
-        while True:
-            try:
-                response = await self._http.request(
-                    method, path, json=json_body, params=params, headers=headers
-                )
-            except httpx.TransportError as exc:
-                if not safe or attempt >= self._policy.max_retries or _permanent(exc):
-                    raise _transport_error(exc, self.base_url) from exc
-                await asyncio.sleep(self._policy.delay_s(attempt, None))
-            else:
-                if not (
-                    safe
-                    and response.status_code in RETRY_STATUSES
-                    and attempt < self._policy.max_retries
-                ):
-                    return response
-                await asyncio.sleep(self._policy.delay_s(attempt, response))
-            attempt += 1
-
-    async def submit(self, config: ConfigLike, *, idempotency_key: str | None = None) -> Job:
-        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
-        body = self._policy.submit_body(config)
-        response = await self._request("POST", "/v1/experiments", json_body=body, headers=headers)
-        return self._policy.parse(response, Job)
-
-    async def get(self, job_id: str) -> Job:
-        return self._policy.parse(await self._request("GET", f"/v1/experiments/{job_id}"), Job)
-
-    async def result(self, job_id: str) -> ExperimentResult:
-        response = await self._request("GET", f"/v1/experiments/{job_id}/result")
-        return self._policy.parse(response, ExperimentResult)
-
-    async def timeseries(self, job_id: str, *, format: TimeseriesFormat = "parquet") -> bytes:
-        """The power timeline of a succeeded job: Parquet (default) or CSV bytes."""
-        response = await self._request(
-            "GET", f"/v1/experiments/{job_id}/timeseries", params={"format": format}
-        )
-        self._policy.raise_for_status(response)
-        return response.content
-
-    async def list(
-        self, *, status: JobStatus | str | None = None, limit: int = 50, cursor: str | None = None
-    ) -> JobList:
-        params: dict[str, Any] = {"limit": limit}
-        if status is not None:
-            params["status"] = JobStatus(status).value
-        if cursor is not None:
-            params["cursor"] = cursor
-        response = await self._request("GET", "/v1/experiments", params=params)
-        return self._policy.parse(response, JobList)
-
-    async def cancel(self, job_id: str) -> Job:
-        response = await self._request("POST", f"/v1/experiments/{job_id}/cancel")
-        return self._policy.parse(response, Job)
-
-    async def info(self) -> ServiceInfo:
-        return self._policy.parse(await self._request("GET", "/v1/info"), ServiceInfo)
-
-    async def events(
-        self, job_id: str, *, read_timeout_s: float | None = 60.0
-    ) -> AsyncIterator[Job]:
-        timeout = httpx.Timeout(self._http.timeout.connect, read=read_timeout_s)
-        path = f"/v1/experiments/{job_id}/events"
-        try:
-            async with self._http.stream("GET", path, timeout=timeout) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    self._policy.raise_for_status(response)
-                decoder = SSEDecoder()
-                async for line in response.aiter_lines():
-                    event = decoder.feed(line)
-                    if event is not None and event.event == "job":
-                        yield self._policy.job_from_event(event.data)
-        except httpx.TransportError as exc:
-            raise _transport_error(exc, self.base_url) from exc
-
-    async def wait(
-        self,
-        job_id: str,
-        *,
-        timeout: float | None = None,
-        on_update: JobCallback | None = None,
-        use_events: bool = True,
-        poll_interval_s: float = 0.5,
-        max_poll_interval_s: float = 5.0,
-    ) -> Job:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if use_events:
-            try:
-                async for job in self.events(job_id, read_timeout_s=_remaining(deadline, cap=60.0)):
-                    if on_update is not None:
-                        on_update(job)
-                    if job.status.terminal:
-                        return job
-            except APITimeoutError:
-                if _expired(deadline):
-                    raise APITimeoutError(f"job {job_id} not finished after {timeout} s") from None
-            except (APIConnectionError, ResponseFormatError):
-                pass
-        interval = poll_interval_s
-        while True:
-            job = await self.get(job_id)
-            if on_update is not None:
-                on_update(job)
-            if job.status.terminal:
-                return job
-            if _expired(deadline):
-                raise APITimeoutError(f"job {job_id} not finished after {timeout} s")
-            await asyncio.sleep(min(interval, _remaining(deadline, cap=interval) or interval))
             interval = min(interval * 1.5, max_poll_interval_s)
 
 

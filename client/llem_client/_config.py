@@ -8,13 +8,44 @@ default. Cross-field rules name the fields they involve.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import re
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    model_validator,
+)
 
 from llem_client._version import SCHEMA_VERSION
 
 PositiveInt = Annotated[int, Field(gt=0)]
+
+#: C0 and C1 control characters (and DEL). Labels and model names are printed by every client
+#: and logged by the server: an escape sequence in one user's job name must not reach another
+#: user's terminal, nor a newline split the service's log.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _no_control_characters(text: str) -> str:
+    found = CONTROL_CHARACTERS.search(text)
+    if found is not None:
+        raise ValueError(
+            f"control character {found.group()!r} at position {found.start()} is not allowed"
+        )
+    return text
+
+
+#: A string without control characters; the pattern tells generated clients the same.
+PlainText = Annotated[
+    str,
+    AfterValidator(_no_control_characters),
+    Field(json_schema_extra={"pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]*$"}),
+]
 
 
 class _Section(BaseModel):
@@ -67,6 +98,54 @@ PromptSource = Annotated[
 ]
 
 
+def _prompt_sources() -> dict[str, set[str]]:
+    """Each prompt source's name and its fields, read from `PromptSource`: a new source added
+    to the union is inferred from its fields with no other change."""
+    union = get_args(PromptSource)[0]
+    sources = {}
+    for model in get_args(union):
+        name = get_args(model.model_fields["source"].annotation)[0]
+        sources[name] = set(model.model_fields) - {"source"}
+    return sources
+
+
+def infer_prompt_source(prompts: dict[str, Any]) -> str:
+    """The ``source`` that ``prompts`` (without one) means, from the fields it has.
+
+    No field: synthetic. Fields that only one source has: that source. Fields that several
+    have: synthetic if it is one of them (the default), else the error asks for ``source``.
+
+    Raises:
+        ValueError: No source has all these fields, or several do; the message says which
+            source to add.
+    """
+    sources = _prompt_sources()
+    keys = set(prompts)
+    fitting = [name for name, fields in sources.items() if keys <= fields]
+    if len(fitting) == 1 or (fitting and "synthetic" in fitting):
+        return fitting[0] if len(fitting) == 1 else "synthetic"
+    if fitting:
+        choices = " or ".join(f"source: {name}" for name in fitting)
+        raise ValueError(f"prompts has no source and its fields fit several; add {choices}")
+    owners = {
+        key: sorted(name for name, fields in sources.items() if key in fields)
+        for key in sorted(keys)
+    }
+    unknown = [key for key, names in owners.items() if not names]
+    if unknown:
+        described = "; ".join(
+            f"{name} has {', '.join(sorted(fields))}" for name, fields in sources.items()
+        )
+        raise ValueError(
+            f"prompts.{unknown[0]} belongs to no prompt source of this version ({described})"
+        )
+    parts = ", ".join(f"{key} ({' or '.join(names)})" for key, names in owners.items())
+    raise ValueError(
+        f"prompts has no source and mixes fields of different sources: {parts}; add source: "
+        "to say which"
+    )
+
+
 class DecodingConfig(_Section):
     """Greedy or sampled decoding. Sampling knobs are only accepted with ``mode='sample'``."""
 
@@ -87,7 +166,8 @@ class DecodingConfig(_Section):
             ]
             if given:
                 fields = ", ".join(f"decoding.{name}" for name in given)
-                raise ValueError(f"{fields} require decoding.mode='sample' (mode is 'greedy')")
+                verb = "requires" if len(given) == 1 else "require"
+                raise ValueError(f"{fields} {verb} decoding.mode='sample' (mode is 'greedy')")
         return self
 
 
@@ -274,12 +354,42 @@ def implied_gpus(pytorch: PytorchOptions, energy: EnergyConfig) -> int:
 class ExperimentConfig(_Section):
     """One experiment: a model, a workload and how to measure it."""
 
-    schema_version: Literal["1"] = SCHEMA_VERSION
-    name: str | None = Field(default=None, max_length=200, description="Free label.")
-    tags: dict[str, str] = Field(default_factory=dict, description="Free labels.")
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "gpt2",
+                    "name": "gpt2-bs4",
+                    "tags": {"sweep": "batch-size"},
+                    "precision": "fp32",
+                    "prompts": {"source": "synthetic", "input_len": 32},
+                    "n_prompts": 8,
+                    "batch_size": 4,
+                    "max_output_tokens": 16,
+                }
+            ]
+        },
+    )
 
-    model: str = Field(min_length=1, description="Hub id or a local directory on the server.")
-    revision: str | None = Field(default=None, description="Hub revision (branch, tag, commit).")
+    schema_version: Literal["1"] = SCHEMA_VERSION
+    name: PlainText | None = Field(default=None, max_length=200, description="Free label.")
+    tags: dict[PlainText, PlainText] = Field(
+        default_factory=dict,
+        description="Free labels.",
+        json_schema_extra={"propertyNames": {"pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]*$"}},
+    )
+
+    model: PlainText = Field(
+        min_length=1,
+        max_length=1024,
+        description="Hub id, or a model directory under the server's LLEM_MODEL_ROOTS "
+        "(GET /v1/models lists them).",
+    )
+    revision: PlainText | None = Field(
+        default=None, min_length=1, description="Hub revision (branch, tag, commit)."
+    )
     backend: Literal["pytorch"] = "pytorch"
     precision: Literal["fp32", "fp16", "bf16"] = "fp16"
 
@@ -335,13 +445,13 @@ class ExperimentConfig(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _prompts_default_to_synthetic(cls, data: Any) -> Any:
-        # {"prompts": {"input_len": 64}} means synthetic prompts: the tag is only needed to
-        # choose another source.
+    def _prompts_source_from_fields(cls, data: Any) -> Any:
+        # {"prompts": {"input_len": 64}} means synthetic prompts and {"path": ...} a JSONL
+        # file: the tag is needed only where the fields do not tell.
         if isinstance(data, dict):
             prompts = data.get("prompts")
             if isinstance(prompts, dict) and "source" not in prompts:
-                data = {**data, "prompts": {"source": "synthetic", **prompts}}
+                data = {**data, "prompts": {"source": infer_prompt_source(prompts), **prompts}}
         return data
 
     @model_validator(mode="after")
@@ -370,3 +480,54 @@ class ExperimentConfig(_Section):
     def max_repeats(self) -> int:
         """Most repeats this config can run."""
         return self.repeats if isinstance(self.repeats, int) else self.repeats.max
+
+
+def _section_fields(model: type[BaseModel], loc: list[str | int]) -> list[str] | None:
+    """The field names of the section at ``loc`` (a field error's location without its last
+    part), or None where the location leaves the config's sections (a list, a free mapping)."""
+    current: Any = model
+    for part in loc:
+        is_section = isinstance(current, type) and issubclass(current, BaseModel)
+        if not is_section and not isinstance(current, list):
+            return None
+        if is_section and isinstance(part, str) and part in current.model_fields:
+            annotation = current.model_fields[part].annotation
+            sections = [
+                arg
+                for arg in (get_args(annotation) or (annotation,))
+                if isinstance(arg, type) and issubclass(arg, BaseModel)
+            ]
+            nested = [a for arg in get_args(annotation) for a in get_args(arg)]
+            sections += [a for a in nested if isinstance(a, type) and issubclass(a, BaseModel)]
+            current = sections[0] if len(sections) == 1 else sections
+            continue
+        # A discriminated union's tag ("synthetic" in prompts.synthetic.path) picks the member.
+        members: list[Any] = current if isinstance(current, list) else []
+        chosen = [
+            m
+            for m in members
+            if "source" in m.model_fields
+            and get_args(m.model_fields["source"].annotation) == (part,)
+        ]
+        if len(chosen) != 1:
+            return None
+        current = chosen[0]
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return None
+
+
+def unknown_field_hint(loc: list[str | int]) -> str:
+    """``unknown field (did you mean 'batch_size'?)`` for the unknown key at ``loc``, or
+    ``unknown field; the fields here are ...`` when none is close."""
+    import difflib
+
+    if not loc or not isinstance(loc[-1], str):
+        return "unknown field"
+    fields = _section_fields(ExperimentConfig, list(loc[:-1]))
+    if not fields:
+        return "unknown field"
+    close = difflib.get_close_matches(loc[-1], fields, n=1, cutoff=0.6)
+    if close:
+        return f"unknown field (did you mean {close[0]!r}?)"
+    return f"unknown field; the fields here are {', '.join(sorted(fields))}"

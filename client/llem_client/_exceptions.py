@@ -2,7 +2,8 @@
 
 LlemError
 ├── APIConnectionError          the server could not be reached
-│   └── APITimeoutError         the request (or a wait) took too long
+│   ├── APITimeoutError         the request (or a wait) took too long
+│   └── ServerShutdownError     the server said it is shutting down before the job ended
 ├── ResponseFormatError         the server answered something that is not the contract
 └── APIStatusError              the server answered 4xx/5xx; carries .problem and .response
     ├── ClientRequestError      any 4xx
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import httpx
 
-    from llem_client._jobs import ProblemDetail
+    from llem_client._jobs import Job, ProblemDetail
 
 
 class LlemError(Exception):
@@ -37,6 +38,15 @@ class APIConnectionError(LlemError):
 
 class APITimeoutError(APIConnectionError):
     """The request, or a wait for a job, ran out of time."""
+
+
+class ServerShutdownError(APIConnectionError):
+    """The server is shutting down and the job has not ended; ``job`` is its last known state
+    (None if it could not be read)."""
+
+    def __init__(self, message: str, job: Job | None = None) -> None:
+        super().__init__(message)
+        self.job = job
 
 
 class ResponseFormatError(LlemError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -66,6 +67,17 @@ class JobProgress(BaseModel):
     unit: str | None = Field(default=None, description="What completed and total count.")
 
 
+class JobMetrics(BaseModel):
+    """Headline figures of a succeeded job, for listings; the result has the rest."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokens_per_second: float = Field(ge=0, description="Output tokens per second.")
+    energy_per_output_token_j: float | None = Field(
+        default=None, ge=0, description="Raw J per output token; null without an energy meter."
+    )
+
+
 class Job(BaseModel):
     """An experiment submitted to the service."""
 
@@ -75,12 +87,16 @@ class Job(BaseModel):
     status: JobStatus
     model: str = Field(description="The config's model, for listings.")
     name: str | None = Field(default=None, description="The config's name, if any.")
+    tags: dict[str, str] = Field(default_factory=dict, description="The config's tags.")
     config_hash: str = Field(pattern=r"^[0-9a-f]{16}$")
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
     progress: JobProgress
     error: ProblemDetail | None = None
+    metrics: JobMetrics | None = Field(
+        default=None, description="Headline figures, once the job has succeeded."
+    )
 
 
 class JobList(BaseModel):
@@ -90,6 +106,28 @@ class JobList(BaseModel):
 
     items: list[Job]
     next_cursor: str | None = None
+
+
+class ModelInfo(BaseModel):
+    """A model the server can run without the network."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="What a config's `model` says to run it.")
+    source: Literal["local", "hub-cache"] = Field(
+        description="local: a directory under LLEM_MODEL_ROOTS; hub-cache: in the hub cache."
+    )
+    context_tokens: int | None = Field(
+        default=None, ge=1, description="The model's context length, from its config.json."
+    )
+
+
+class ModelList(BaseModel):
+    """The models a server has."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[ModelInfo]
 
 
 class GpuSlot(BaseModel):

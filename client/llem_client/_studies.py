@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llem_client._config import PlainText
 from llem_client._jobs import FieldError, JobProgress, JobStatus, ProblemDetail
 
 if TYPE_CHECKING:
@@ -79,13 +80,14 @@ class StudyDocument(_Section):
             ``process``: a fresh process for every point.
     """
 
-    name: str = Field(min_length=1, max_length=200)
+    name: PlainText = Field(min_length=1, max_length=200)
     base: dict[str, Any] = Field(default_factory=dict)
     sweep: dict[Annotated[str, Field(min_length=1)], SweepValues] = Field(default_factory=dict)
     variants: list[dict[str, Any]] = Field(default_factory=list)
     cycles: int = Field(default=1, ge=1, le=100)
     order: StudyOrder = "interleaved"
-    seed: int | None = Field(default=None, ge=0, lt=2**63)
+    # At most 2**53 - 1: the largest integer every JSON parser reads exactly (JavaScript's too).
+    seed: int | None = Field(default=None, ge=0, le=2**53 - 1)
     cooldown: CooldownConfig = Field(default_factory=CooldownConfig)
     on_invalid: Literal["skip", "fail"] = "skip"
     isolation: Literal["reuse", "process"] = "reuse"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.config
 import sys
 
 
@@ -37,20 +38,12 @@ def main(argv: list[str] | None = None) -> None:
     if problem is not None:
         sys.exit(f"llem-service: {problem}")
 
-    import uvicorn
-
     from llem_service.app import create_app
+    from llem_service.logs import log_config
+    from llem_service.serve import make_server
 
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=10,
-    )
+    logging.config.dictConfig(log_config(settings.log_level))
+    make_server(create_app(settings), settings).run()
 
 
 if __name__ == "__main__":

@@ -9,16 +9,17 @@ import os
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import Depends, FastAPI
-from fastapi.openapi.utils import get_openapi
 from llem_client import __version__
 
-from llem_service.api import experiments, info, metrics, studies
+from llem_service.api import experiments, info, metrics, models, studies
 from llem_service.api.admission import Admission
+from llem_service.api.docs import install_docs
 from llem_service.api.limits import BodySizeLimit
-from llem_service.api.problems import PROBLEM_MEDIA_TYPE, install_error_handlers
+from llem_service.api.methods import AllowHeader
+from llem_service.api.openapi import build_openapi, operation_id
+from llem_service.api.problems import install_error_handlers
 from llem_service.deps import (
     get_energy_meter,
     get_inference_backend,
@@ -37,6 +38,7 @@ from llem_service.jobs.gpu_locks import GpuLocks
 from llem_service.jobs.gpus import GpuPool, PerGpuPool, SlotPool, WholeHostPool
 from llem_service.jobs.overlaps import OverlapTracker
 from llem_service.jobs.scheduler import Scheduler
+from llem_service.jobs.shutdown import Shutdown
 from llem_service.jobs.store import SqliteJobStore
 from llem_service.monitoring.executor import MonitoredExecutor
 from llem_service.monitoring.gpus import GpuTelemetry, IdlePoller
@@ -46,6 +48,12 @@ from llem_service.settings import Settings
 from llem_service.ui import routes as ui
 
 _log = logging.getLogger("llem.service")
+
+DESCRIPTION = """Measures the energy and speed of LLM inference on this host's GPUs.
+
+Every `/v1` route needs `Authorization: Bearer <token>` when the server has `LLEM_API_TOKEN`.
+Errors are `application/problem+json` (RFC 9457). Job routes take a job id or a unique prefix
+of one."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -81,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.admission = admission
         app.state.results = scheduler.results
         app.state.poller = poller
+        app.state.shutdown = Shutdown(scheduler, feed)
         service_metrics.watch_jobs(store, lambda: scheduler.running_job_ids)
         scheduler.finished_listeners.append(service_metrics.job_finished)
         scheduler.start()
@@ -89,8 +98,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            feed.close()
-            await scheduler.stop()
+            # Begun already if the server was signalled (llem_service.serve); else now.
+            await app.state.shutdown.wait()
             if poller is not None:
                 poller.stop()
             service_metrics.unwatch_jobs()
@@ -100,7 +109,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="llem",
         version=__version__,
         summary="Energy and speed of LLM inference, measured on this host's GPUs.",
+        description=DESCRIPTION,
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
+        docs_url=None,  # served with local assets by install_docs
+        redoc_url=None,
     )
     app.state.settings = settings
     # Live GPU readings outlive the lifespan's parts: /metrics may be scraped before start-up.
@@ -111,15 +124,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     v1 = [Depends(require_token)]
     app.include_router(experiments.router, prefix="/v1", dependencies=v1)
     app.include_router(studies.router, prefix="/v1", dependencies=v1)
+    app.include_router(models.router, prefix="/v1", dependencies=v1)
     app.include_router(info.router, prefix="/v1", dependencies=v1)
     app.include_router(metrics.router)
     app.mount("/ui/static", ui.static_files(), name="ui-static")
     app.include_router(ui.router)
+    install_docs(app)
 
+    app.add_middleware(AllowHeader, routes=app.router.routes)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=service_metrics)
 
-    app.openapi = lambda: _openapi_with_problems(app)  # type: ignore[method-assign]
+    app.openapi = lambda: build_openapi(app, settings)  # type: ignore[method-assign]
     return app
 
 
@@ -198,30 +214,12 @@ def _idle_poller(app: FastAPI, settings: Settings, telemetry: GpuTelemetry) -> I
     return IdlePoller(source, telemetry, settings.metrics_poll_s)
 
 
-def _openapi_with_problems(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's document, with error responses declared as application/problem+json."""
-    if app.openapi_schema is None:
-        schema = get_openapi(
-            title=app.title,
-            version=app.version,
-            summary=app.summary,
-            routes=app.routes,
-        )
-        for path in schema.get("paths", {}).values():
-            for operation in path.values():
-                for code, response in operation.get("responses", {}).items():
-                    content = response.get("content", {})
-                    if code[0] in "45" and "application/json" in content:
-                        content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
-        app.openapi_schema = schema
-    return app.openapi_schema
-
-
 def create_app_from_env() -> FastAPI:
     """For ``uvicorn --factory llem_service.app:create_app_from_env``.
 
     uvicorn binds the address given to it, not ``LLEM_HOST``; this refuses what it can see
-    (``LLEM_HOST`` non-loopback without a token). ``llem-service`` is the checked entry point.
+    (``LLEM_HOST`` non-loopback without a token). ``llem-service`` is the checked entry point,
+    and the one that ends event streams and stops the experiment at once on SIGTERM.
     """
     settings = Settings()
     problem = settings.exposure_problem()

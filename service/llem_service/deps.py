@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from llem_service.api.admission import Admission
 from llem_service.backends.base import InferenceBackend
@@ -29,6 +30,8 @@ from llem_service.jobs.events import ChangeFeed
 from llem_service.jobs.scheduler import Scheduler
 from llem_service.jobs.store import JobStore
 from llem_service.jobs.study_store import StudyStore
+from llem_service.models.catalog import ModelCatalog
+from llem_service.models.hub import HuggingFaceHub, ModelHub
 from llem_service.settings import Settings
 from llem_service.studies.cooldown import Thermometer
 from llem_service.ui.session import COOKIE_NAME, CSRF_HEADER, SAFE_METHODS, SessionKeys
@@ -99,6 +102,31 @@ def get_energy_meter(settings: SettingsDep) -> EnergyMeter:
     )
 
 
+def get_model_hub(request: Request) -> ModelHub:
+    """The hub as the server sees it; one per app, so its answers are remembered."""
+    hub: ModelHub | None = getattr(request.app.state, "hub", None)
+    if hub is None:
+        settings: Settings = request.app.state.settings
+        hub = request.app.state.hub = HuggingFaceHub(settings.hub_probe_timeout_s)
+    return hub
+
+
+def get_model_catalog(
+    settings: SettingsDep, hub: Annotated[ModelHub, Depends(get_model_hub)]
+) -> ModelCatalog:
+    return ModelCatalog(settings.model_root_paths, hub)
+
+
+#: The bearer scheme in the OpenAPI document; the check itself is `require_token`'s, so that
+#: a missing and a wrong token get answers of their own.
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="The server's LLEM_API_TOKEN (LLEM_TOKEN or --token for llem-client).",
+)
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="llem"'}
+
+
 def get_slurm_api(settings: SettingsDep) -> SlurmApi:
     """Slurm through its commands, its status through slurmrestd when LLEM_SLURM_RESTD_URL is
     set (LLEM_EXECUTOR=slurm); tests put a scripted cluster here."""
@@ -139,12 +167,19 @@ def get_thermometer(settings: SettingsDep) -> Thermometer:
     return NvmlThermometer()
 
 
-def require_token(request: Request, settings: SettingsDep) -> None:
+def require_token(
+    request: Request,
+    settings: SettingsDep,
+    # Declares the bearer scheme in the OpenAPI document; the header is read below, so that a
+    # dashboard session, a missing token and a wrong one each get their own answer.
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)] = None,
+) -> None:
     """The token check of /v1 routes when ``LLEM_API_TOKEN`` is set (constant-time).
 
     A request passes with ``Authorization: Bearer <token>``, or, without that header, with a
     dashboard session cookie (`llem_service.ui.session`); on a session, a state-changing
-    request must also carry the session's CSRF token.
+    request must also carry the session's CSRF token. A missing and a wrong token get answers
+    of their own.
     """
     if settings.api_token is None:
         return
@@ -156,7 +191,7 @@ def require_token(request: Request, settings: SettingsDep) -> None:
         if not keys.valid(session, time.time()):
             raise NotAuthenticated(
                 "the dashboard session has expired or was made with another token; sign in again",
-                headers={"WWW-Authenticate": 'Bearer realm="llem"'},
+                headers=_CHALLENGE,
             )
         if request.method not in SAFE_METHODS and not keys.csrf_ok(
             session, request.headers.get(CSRF_HEADER)
@@ -166,13 +201,17 @@ def require_token(request: Request, settings: SettingsDep) -> None:
                 "header; reload the page"
             )
         return
-    scheme, _, given = (header or "").partition(" ")
+    if not header:
+        raise NotAuthenticated(
+            "this server requires a bearer token (Authorization: Bearer <token>); none was sent",
+            headers=_CHALLENGE,
+        )
+    scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         given.strip().encode(), token.encode()
     ):
         raise NotAuthenticated(
-            "a valid bearer token is required (Authorization: Bearer <LLEM_API_TOKEN>)",
-            headers={"WWW-Authenticate": 'Bearer realm="llem"'},
+            "the bearer token sent is not this server's token", headers=_CHALLENGE
         )
 
 
@@ -190,4 +229,5 @@ SchedulerDep = Annotated[Scheduler, Depends(get_scheduler)]
 FeedDep = Annotated[ChangeFeed, Depends(get_feed)]
 ResultsDep = Annotated[ResultFiles, Depends(get_results)]
 MeterDep = Annotated[EnergyMeter, Depends(get_energy_meter)]
+CatalogDep = Annotated[ModelCatalog, Depends(get_model_catalog)]
 AdmissionDep = Annotated[Admission, Depends(get_admission)]

@@ -14,7 +14,7 @@ This module imports no web framework: the experiment's child process names failu
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +54,8 @@ class Failure:
 class Failures:
     """The catalogue. Add a kind here, never a slug elsewhere."""
 
-    # The submitter's doing: the config cannot run as written.
+    # The submitter's doing: the config cannot run as written (a model that is not there, a
+    # prompt longer than the model's context, a prompt file that is not JSONL...).
     CONFIG_ERROR = Failure("config-error", "Experiment config cannot run", 422, user_error=True)
     # Ours, or the hardware's.
     BACKEND_ERROR = Failure("backend-error", "Experiment failed")
@@ -92,16 +93,29 @@ class Failures:
 
 
 class LlemServiceError(Exception):
-    """An error with an HTTP meaning. Subclasses set the status, title and problem type."""
+    """An error with an HTTP meaning. Subclasses set the status, title and problem type.
+
+    Args:
+        detail: What happened this time, for the problem's ``detail``.
+        headers: Response headers to send with the problem (``WWW-Authenticate``...).
+        extra: Extension members of the problem (RFC 9457 section 3.2), e.g. ``candidates``.
+    """
 
     status = 500
     title = "Internal Server Error"
     slug = "internal-error"
 
-    def __init__(self, detail: str, *, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
 
     def problem(self, instance: str | None = None) -> ProblemDetail:
         return ProblemDetail(
@@ -110,6 +124,7 @@ class LlemServiceError(Exception):
             status=self.status,
             detail=self.detail,
             instance=instance,
+            **self.extra,
         )
 
 
@@ -123,6 +138,16 @@ class JobNotFinished(LlemServiceError):
 
 class JobHasNoResult(LlemServiceError):
     status, title, slug = 409, "Job has no result", "job-has-no-result"
+
+
+class JobStillActive(LlemServiceError):
+    status, title, slug = 409, "Job not finished", "job-still-active"
+
+
+class AmbiguousJobId(LlemServiceError):
+    """A job id prefix that matches more than one job; ``candidates`` lists some of them."""
+
+    status, title, slug = 400, "Ambiguous job id", "ambiguous-job-id"
 
 
 class JobAlreadyFinished(LlemServiceError):
@@ -139,6 +164,19 @@ class InvalidCursor(LlemServiceError):
 
 class NotAuthenticated(LlemServiceError):
     status, title, slug = 401, "Not authenticated", "not-authenticated"
+
+
+class ConfigRefused(LlemServiceError):
+    """A config that is well formed but that this server can tell, at submit, it cannot run:
+    a model that is not there, a size over the server's limits, a prompt longer than the
+    model's context. ``errors`` lists each offending field, as a validation problem does."""
+
+    status, title, slug = 422, "Config refused", "config-refused"
+
+    def __init__(self, errors: Sequence[FieldError]) -> None:
+        detail = "; ".join(f"{'.'.join(str(p) for p in e.loc)}: {e.msg}" for e in errors)
+        super().__init__(detail, extra={"errors": [e.model_dump() for e in errors]})
+        self.errors = list(errors)
 
 
 class CsrfRejected(LlemServiceError):

@@ -62,6 +62,24 @@ class Settings(BaseSettings):
     allow_remote_code: bool = Field(
         default=False, description="Allow configs that set pytorch.trust_remote_code."
     )
+    # Size bounds, checked at submit: a config over them is refused with a 422 that names the
+    # setting, rather than queued to fail (or to hold the GPUs for a day) when it runs.
+    max_n_prompts: int = Field(default=100_000, gt=0, description="Most requests per repeat.")
+    max_output_tokens: int = Field(
+        default=32_768, gt=0, description="Largest max_output_tokens per request."
+    )
+    max_batch_size: int = Field(default=4_096, gt=0, description="Largest batch_size.")
+    max_input_tokens: int = Field(
+        default=131_072,
+        gt=0,
+        description="Longest prompt, tokens (synthetic input_len and max_input_tokens).",
+    )
+    hub_probe_timeout_s: float = Field(
+        default=3.0,
+        gt=0,
+        description="At submit, how long to wait for the model hub to say whether a model "
+        "exists before treating the hub as unreachable.",
+    )
     metrics_public: bool = Field(
         default=False,
         description="Serve /metrics without the token (for a Prometheus on a trusted network); "

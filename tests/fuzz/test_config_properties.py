@@ -18,10 +18,11 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from llem_client import ExperimentConfig, measurement_config_hash
+from llem_service.models.catalog import ModelCatalog, ModelRefused
 from pydantic import ValidationError
 
 from tests.conftest import build_app
-from tests.fakes import FakeInferenceBackend
+from tests.fakes import FakeHub, FakeInferenceBackend
 
 pytestmark = pytest.mark.fuzz
 JSON = {"content-type": "application/json"}
@@ -129,5 +130,18 @@ def test_the_server_agrees_with_the_client(http: TestClient, document: Any) -> N
         assert response.status_code == 422, response.text
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["errors"]
+    elif _model_refused(outcome.model):
+        # Valid, but this server has no such model (no roots here; the fake hub has every
+        # well-formed hub id): refused at submit, naming the model alone.
+        assert response.status_code == 422, response.text
+        assert [e["loc"] for e in response.json()["errors"]] == [["model"]]
     else:
         assert response.status_code == 202, response.text
+
+
+def _model_refused(model: str) -> bool:
+    try:
+        ModelCatalog((), FakeHub()).check(model, None)
+    except ModelRefused:
+        return True
+    return False

@@ -110,6 +110,8 @@ def service(models_root: Path, tmp_path: Path) -> Iterator[str]:
         "LLEM_PORT": str(port),
         "LLEM_DATA_DIR": str(tmp_path / "data"),
         "LLEM_MODEL_ROOTS": str(models_root),
+        # No hub here: a hub id is refused at submit at once, without a probe to time out.
+        "HF_HUB_OFFLINE": "1",
     }
     log = (tmp_path / "service.log").open("w")
     process = subprocess.Popen(

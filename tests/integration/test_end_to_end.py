@@ -73,12 +73,52 @@ def test_a_malformed_config_exits_2_with_one_line(service: str, tmp_path: Path) 
     assert "batch_size" in done.stderr
 
 
-def test_a_model_outside_the_roots_fails_with_its_reason(service: str, tmp_path: Path) -> None:
+def test_a_model_outside_the_roots_is_refused_at_submit(service: str, tmp_path: Path) -> None:
     done = client("--server", service, "run", "--model", "/etc", "-n", "1", "--json", cwd=tmp_path)
 
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert "outside the allowed roots" in done.stderr
+    assert json.loads(done.stdout)["error"]["problem"]["status"] == 422
     assert "Traceback" not in done.stderr
+    listed = client("--server", service, "list", "--json", cwd=tmp_path)
+    assert json.loads(listed.stdout)["items"] == []  # no job was made
+
+
+def test_a_typo_is_refused_with_a_suggestion(service: str, tmp_path: Path) -> None:
+    done = client("--server", service, "run", "--model", "tiny-gpt3", cwd=tmp_path)
+
+    assert done.returncode == 2
+    assert "did you mean 'tiny-gpt2'" in done.stderr
+    assert "HF_HUB_OFFLINE is set on the server" in done.stderr
+
+
+def test_a_prompt_longer_than_the_context_is_refused_then_caught_at_run_time(
+    service: str, tmp_path: Path
+) -> None:
+    too_long = client(
+        "--server", service, "run", "--model", "tiny-gpt2", "--input-len", "5000", cwd=tmp_path
+    )
+    config = tmp_path / "inline.json"
+    config.write_text(
+        json.dumps(
+            {
+                "model": "tiny-gpt2",
+                "prompts": {"prompts": ["hello " * 400]},
+                "n_prompts": 1,
+                "max_output_tokens": 8,
+                "precision": "fp32",
+            }
+        )
+    )
+    at_run = client("--server", service, "run", str(config), "--json", cwd=tmp_path)
+
+    assert too_long.returncode == 2
+    assert "longer than the model's context of 256 (n_positions in its config.json)" in (
+        too_long.stderr
+    )
+    assert at_run.returncode == 1
+    assert "Experiment config cannot run: the longest prompt (" in at_run.stderr
+    assert "IndexError" not in at_run.stderr
 
 
 def test_info_answers(service: str, tmp_path: Path) -> None:

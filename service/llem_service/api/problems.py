@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from llem_client import FieldError, ProblemDetail
+from llem_client._config import unknown_field_hint
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llem_service.errors import PROBLEM_URN, LlemServiceError
@@ -23,12 +24,14 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 _log = logging.getLogger("llem.service")
 
 _DESCRIPTIONS = {
-    400: "Bad request (a cursor this server did not issue; a body that is not UTF-8 text)",
+    400: "Bad request: a body that is not UTF-8 JSON, an ambiguous job id prefix (`candidates` "
+    "lists the jobs it matches), or a cursor this server did not issue",
     401: "Missing or wrong bearer token",
     404: "No such job or study (or, for a timeseries, none was recorded)",
     409: "The job or study is not in a state that allows this",
     413: "Request body too large",
-    422: "Validation failed; `errors` lists each field",
+    422: "Validation failed, or the config cannot run on this server (a model it does not "
+    "have, a size over its limits); `errors` lists each field",
     500: "Server error",
     503: "The executor cannot run experiments now (the problem says why); retry later",
 }
@@ -61,6 +64,8 @@ def field_errors(errors: Sequence[Any]) -> list[FieldError]:
         for prefix in ("Value error, ", "Assertion failed, "):
             msg = msg.removeprefix(prefix)
         loc = [part for part in error.get("loc", ()) if isinstance(part, str | int)]
+        if error.get("type") == "extra_forbidden" and loc[:1] == ["body"]:
+            msg = unknown_field_hint(loc[1:])
         out.append(FieldError(loc=loc, msg=msg, type=str(error.get("type", "value_error"))))
     return out
 
@@ -91,10 +96,21 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        detail = str(exc.detail)
+        kind = "about:blank"
+        if exc.status_code == 404 and detail == "Not Found":
+            # Routing found nothing: say so, so a client given a wrong URL (a base URL ending
+            # in /v1, say) can tell "no such route" from "no such job".
+            kind = f"{PROBLEM_URN}no-such-route"
+            detail = f"this llem server has no route {request.url.path}"
+        elif exc.status_code == 405:
+            kind = f"{PROBLEM_URN}method-not-allowed"
+            detail = f"{request.method} is not a method of {request.url.path}"
         problem = ProblemDetail(
+            type=kind,
             title=_reason(exc.status_code),
             status=exc.status_code,
-            detail=str(exc.detail),
+            detail=detail,
             instance=request.url.path,
         )
         return problem_response(problem, exc.headers)

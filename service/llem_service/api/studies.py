@@ -121,7 +121,10 @@ def submit_study(
 def list_studies(
     store: StudyStoreDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    cursor: Annotated[
+        str | None,
+        Query(description="next_cursor of the previous page; absent or empty: the first page"),
+    ] = None,
 ) -> StudyList:
     """Studies, newest first, a page at a time, each with its runs counted by status."""
     records, next_cursor = store.list_studies(limit=limit, cursor=cursor)
@@ -164,17 +167,35 @@ def cancel_study(
     return _summary(store, _record_or_404(store, study_id))
 
 
+#: One Server-Sent Event (OpenAPI 3.1 describes an event stream by the schema of each event).
+_SSE_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["run", "study", "shutdown"]},
+        "id": {"type": "string", "description": "Increases by one per event of the stream."},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": "run: a StudyRun; study: the StudySummary; shutdown: "
+            '{"detail": "..."}, the last event when the server stops before the study ends.',
+        },
+    },
+}
+
+
 @router.get(
     "/{study_id}/events",
     response_class=StreamingResponse,
     responses={
-        **problem_responses(401, 404),
         200: {
             "description": "A stream of `study` events (data: the StudySummary) and `run` "
             "events (data: a StudyRun) at each change, until the study ends; comments keep "
-            "the connection alive.",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "the connection alive; if the server stops first, a last `shutdown` event (data: "
+            '`{"detail": "..."}`).',
+            "content": {"text/event-stream": {"schema": _SSE_EVENT}},
         },
+        **problem_responses(401, 404),
     },
 )
 async def stream_study_events(
@@ -207,7 +228,12 @@ async def stream_study_events(
                 event_id += 1
                 yield f"event: study\nid: {event_id}\ndata: {text}\n\n"
                 last = text
-            if head.status.terminal or feed.closed:
+            if head.status.terminal:
+                return
+            if feed.closed:
+                event_id += 1
+                notice = json.dumps({"detail": "the server is shutting down"})
+                yield f"event: shutdown\nid: {event_id}\ndata: {notice}\n\n"
                 return
             try:
                 await asyncio.wait_for(waiter.wait(), timeout=settings.sse_keepalive_s)

@@ -41,7 +41,13 @@ def loading_key(config: ExperimentConfig) -> str:
 
 
 class BackendError(Exception):
-    """A failure the user can act on (bad model path, unsupported option); shown as-is."""
+    """A failure the backend can explain (a missing library, no CUDA); shown as-is."""
+
+
+class ConfigError(BackendError):
+    """A failure the submitter caused and can fix in the config (a model that is not there, a
+    prompt longer than the model's context, a prompt file that is not JSONL): the job fails as
+    a config error, not as a failure of the service."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 from llem_client import ExperimentConfig, HfPrompts, InlinePrompts, JsonlPrompts, SyntheticPrompts
 
-from llem_service.backends.base import BackendError
+from llem_service.backends.base import BackendError, ConfigError
 from llem_service.backends.datasets import read_hf_prompts
 from llem_service.backends.sources import resolve_local
 
@@ -39,20 +39,20 @@ def read_jsonl(path: Path, field: str, max_bytes: int = MAX_JSONL_BYTES) -> list
     never end.
     """
     if not path.is_file():
-        raise BackendError(f"prompt file {path} is not a regular file")
+        raise ConfigError(f"prompt file {path} is not a regular file")
     if path.stat().st_size > max_bytes:
-        raise BackendError(
+        raise ConfigError(
             f"prompt file {path} is larger than the server's limit of {max_bytes} bytes "
             "(LLEM_MAX_DATASET_BYTES)"
         )
     with path.open("rb") as f:
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise BackendError(f"prompt file {path} grew past {max_bytes} bytes while being read")
+        raise ConfigError(f"prompt file {path} grew past {max_bytes} bytes while being read")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise BackendError(f"prompt file {path} is not UTF-8 (byte {exc.start})") from exc
+        raise ConfigError(f"prompt file {path} is not UTF-8 (byte {exc.start})") from exc
     prompts = []
     # Split on "\n" only: str.splitlines would also split on U+2028, legal inside JSON strings.
     for number, line in enumerate(text.split("\n"), start=1):
@@ -61,13 +61,13 @@ def read_jsonl(path: Path, field: str, max_bytes: int = MAX_JSONL_BYTES) -> list
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise BackendError(f"{path}:{number}: not JSON ({exc.msg})") from exc
+            raise ConfigError(f"{path}:{number}: not JSON ({exc.msg})") from exc
         value = record.get(field) if isinstance(record, dict) else None
         if not isinstance(value, str) or not value:
-            raise BackendError(f"{path}:{number}: no non-empty string field {field!r}")
+            raise ConfigError(f"{path}:{number}: no non-empty string field {field!r}")
         prompts.append(value)
     if not prompts:
-        raise BackendError(f"{path} holds no prompts")
+        raise ConfigError(f"{path} holds no prompts")
     return prompts
 
 
@@ -100,5 +100,5 @@ def prompt_ids(
     )
     ids: list[list[int]] = encoded["input_ids"]
     if any(len(row) == 0 for row in ids):
-        raise BackendError("a prompt encodes to zero tokens")
+        raise ConfigError("a prompt encodes to zero tokens")
     return ids

@@ -26,6 +26,7 @@ from llem_client import ExperimentConfig
 
 from llem_service.backends.base import (
     BackendError,
+    ConfigError,
     LoadReport,
     PrefillReport,
     ProgressFn,
@@ -36,9 +37,44 @@ from llem_service.backends.flops import METHOD as FLOPS_METHOD
 from llem_service.backends.flops import TransformerShape, request_flops
 from llem_service.backends.prompts import MAX_JSONL_BYTES, prompt_ids
 from llem_service.backends.sources import resolve_model
+from llem_service.models.context import context_limit
 from llem_service.settings import Settings
 
 _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def _names_a_missing_model(exc: BaseException) -> bool:
+    """huggingface_hub's errors for a repo or revision that does not exist, or an id it cannot
+    take (by name: they subclass OSError and ValueError, and the hub library is optional)."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return bool(
+        names & {"RepositoryNotFoundError", "RevisionNotFoundError", "HFValidationError"}
+    ) or "is not a valid model identifier" in str(exc)
+
+
+def check_context(
+    config: ExperimentConfig, prompts: list[list[int]], model_config: dict[str, Any]
+) -> None:
+    """Refuse a workload whose longest prompt plus its output exceeds the model's context,
+    before generation would fail deep inside the model (an IndexError from the position
+    embeddings, or silently wrong positions).
+
+    Raises:
+        ConfigError: Too long; the message says by how much and which fields to change.
+    """
+    limit = context_limit(model_config)
+    if limit is None or not prompts:
+        return
+    context, key = limit
+    longest = max(len(p) for p in prompts)
+    needed = longest + config.max_output_tokens
+    if needed > context:
+        raise ConfigError(
+            f"the longest prompt ({longest:,} tokens) + max_output_tokens "
+            f"({config.max_output_tokens:,}) = {needed:,} tokens, longer than the model's "
+            f"context of {context:,} ({key} in its config); shorten the prompts "
+            "(prompts.input_len or max_input_tokens) or max_output_tokens"
+        )
 
 
 class StepTimer:
@@ -132,7 +168,7 @@ class PytorchBackend:
         indices = config.energy.devices or self._planned_indices(config, device, count)
         for index in indices:
             if index >= count:
-                raise BackendError(
+                raise ConfigError(
                     f"energy.devices names CUDA device {index}, but this process sees {count} "
                     "(CUDA_VISIBLE_DEVICES renumbers them from 0)"
                 )
@@ -189,7 +225,7 @@ class PytorchBackend:
     def load(self, config: ExperimentConfig) -> LoadReport:
         options = config.pytorch
         if options.trust_remote_code and not self.allow_remote_code:
-            raise BackendError(
+            raise ConfigError(
                 "pytorch.trust_remote_code is refused: this server does not run model code "
                 "from the hub (an operator can allow it with LLEM_ALLOW_REMOTE_CODE=true)"
             )
@@ -224,7 +260,8 @@ class PytorchBackend:
             )
             model: Any = transformers.AutoModelForCausalLM.from_pretrained(source, **kwargs)
         except (OSError, ValueError) as exc:
-            raise BackendError(f"could not load model {config.model!r}: {exc}") from exc
+            error = ConfigError if _names_a_missing_model(exc) else BackendError
+            raise error(f"could not load model {config.model!r}: {exc}") from exc
         if "device_map" not in kwargs:
             model.to(device)
         model.eval()
@@ -283,6 +320,7 @@ class PytorchBackend:
         tokenizer = self._state["tokenizer"]
         roots = [Path(r) for r in self.model_roots]
         prompts = prompt_ids(config, tokenizer, roots, self.max_dataset_bytes)
+        check_context(config, prompts, self._state["model"].config.to_dict())
         device = self._state["model"].device
         self._state["batches"] = self._batches(torch, tokenizer, prompts, config.batch_size, device)
 
@@ -291,7 +329,7 @@ class PytorchBackend:
         if wanted == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
         if wanted.startswith("cuda") and not torch.cuda.is_available():
-            raise BackendError(f"pytorch.device is {wanted!r} but CUDA is not available here")
+            raise ConfigError(f"pytorch.device is {wanted!r} but CUDA is not available here")
         return wanted
 
     @staticmethod

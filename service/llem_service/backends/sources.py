@@ -10,7 +10,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from llem_service.backends.base import BackendError
+from llem_service.backends.base import ConfigError
 
 _LOCAL_PREFIXES = ("/", "./", "../", "~")
 
@@ -25,10 +25,13 @@ def _inside(path: Path, roots: Sequence[Path]) -> bool:
 
 
 def resolve_local(path_text: str, roots: Sequence[Path], what: str) -> Path:
-    """A local path that must lie inside ``roots``; `BackendError` otherwise."""
-    path = Path(path_text).expanduser()
+    """A local path that must lie inside ``roots``; `ConfigError` otherwise."""
+    try:
+        path = Path(path_text).expanduser()
+    except RuntimeError:  # "~someone/..." for a user this server does not have
+        raise ConfigError(f"{what} {path_text!r} names no home directory on the server") from None
     if not roots:
-        raise BackendError(
+        raise ConfigError(
             f"{what} {path_text!r} is a local path, and this server allows none: set "
             "LLEM_MODEL_ROOTS to the directories it may read"
         )
@@ -36,9 +39,9 @@ def resolve_local(path_text: str, roots: Sequence[Path], what: str) -> Path:
         path = Path(roots[0]) / path
     if not _inside(path, roots):
         allowed = ", ".join(str(r) for r in roots)
-        raise BackendError(f"{what} {path_text!r} is outside the allowed roots ({allowed})")
+        raise ConfigError(f"{what} {path_text!r} is outside the allowed roots ({allowed})")
     if not path.exists():
-        raise BackendError(f"{what} {path_text!r} does not exist on the server")
+        raise ConfigError(f"{what} {path_text!r} does not exist on the server")
     return path
 
 
@@ -52,7 +55,7 @@ def resolve_model(model: str, roots: Sequence[Path]) -> str:
     if model.startswith(_LOCAL_PREFIXES):
         return str(resolve_local(model, roots, "model"))
     if ".." in Path(model).parts:
-        raise BackendError(f"model {model!r}: '..' is not allowed in a model name")
+        raise ConfigError(f"model {model!r}: '..' is not allowed in a model name")
     for root in roots:
         candidate = Path(root) / model
         if candidate.is_dir() and _inside(candidate, roots):
@@ -60,7 +63,7 @@ def resolve_model(model: str, roots: Sequence[Path]) -> str:
     if os.path.exists(model):
         # transformers would load a hub id that exists relative to the server's working
         # directory from there: a local path outside the roots under another name.
-        raise BackendError(
+        raise ConfigError(
             f"model {model!r} is not under the allowed roots but names a path on the server; "
             "give a hub id, or a directory under LLEM_MODEL_ROOTS"
         )

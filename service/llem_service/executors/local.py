@@ -39,7 +39,7 @@ from typing import Any
 
 from llem_client import ExperimentConfig, ExperimentResult, JobProgress, JobStatus
 
-from llem_service.backends.base import BackendError, InferenceBackend, loading_key
+from llem_service.backends.base import BackendError, ConfigError, InferenceBackend, loading_key
 from llem_service.energy.base import Baseline, EnergyMeter, MeterError
 from llem_service.errors import Failures
 from llem_service.executors.base import (
@@ -160,6 +160,9 @@ def _run_one(
         finished.set()
         send(("result", (output.result.model_dump_json(), output.timeseries)))
         return commands is not None
+    except ConfigError as exc:
+        finished.set()
+        send(("error", (Failures.CONFIG_ERROR.slug, str(exc), None)))
     except BackendError as exc:
         finished.set()
         send(("error", (Failures.BACKEND_ERROR.slug, str(exc), None)))

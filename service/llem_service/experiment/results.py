@@ -70,6 +70,14 @@ class ResultFiles:
     def read_bytes(path: str | Path) -> bytes:
         return Path(path).read_bytes()
 
+    def delete(self, experiment_id: str, result_path: str | None) -> None:
+        """Remove an experiment's files (the result at ``result_path`` and its timeline);
+        files already gone are no error."""
+        if result_path is not None:
+            Path(result_path).unlink(missing_ok=True)
+        (self.directory / f"{experiment_id}.json").unlink(missing_ok=True)
+        self.timeseries_path(experiment_id).unlink(missing_ok=True)
+
     @staticmethod
     def as_csv(parquet: bytes) -> bytes:
         """A stored timeline (Parquet bytes) as CSV."""

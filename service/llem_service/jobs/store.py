@@ -22,13 +22,20 @@ from llem_client import (
     CooldownConfig,
     ExperimentConfig,
     Job,
+    JobMetrics,
     JobProgress,
     JobStatus,
     ProblemDetail,
     measurement_config_hash,
 )
 
-from llem_service.errors import Failures, IdempotencyKeyReused, InvalidCursor
+from llem_service.errors import (
+    AmbiguousJobId,
+    Failures,
+    IdempotencyKeyReused,
+    InvalidCursor,
+    JobStillActive,
+)
 from llem_service.executors.base import WHOLE_HOST, GpuGrant, RunningJob
 from llem_service.jobs.study_store import SqliteStudyQueries
 
@@ -90,9 +97,15 @@ _MIGRATIONS: tuple[str, ...] = (
 )
 
 _JOB_COLUMNS = (
-    "seq, id, status, model, name, config_hash, created_at, started_at, finished_at, "
-    "progress_json, error_json"
+    "jobs.seq, jobs.id, jobs.status, jobs.model, jobs.name, jobs.config_hash, jobs.created_at,"
+    " jobs.started_at, jobs.finished_at, jobs.progress_json, jobs.error_json,"
+    " json_extract(jobs.config_json, '$.tags') AS tags_json, jobs.metrics_json"
 )
+_JOBS = "jobs"
+#: Shortest job id prefix looked up as a prefix: shorter ones match too much to be meant.
+MIN_ID_PREFIX = 4
+#: Candidates an ambiguous prefix lists.
+MAX_CANDIDATES = 10
 
 
 @dataclass(frozen=True)
@@ -159,8 +172,18 @@ class JobStore(Protocol):
     def get(self, job_id: str) -> Job | None: ...
 
     def list_jobs(
-        self, status: JobStatus | None = None, limit: int = 50, cursor: str | None = None
+        self,
+        status: JobStatus | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        *,
+        tags: Mapping[str, str] | None = None,
+        name: str | None = None,
     ) -> tuple[list[Job], str | None]: ...
+
+    def find(self, id_or_prefix: str) -> Job | None: ...
+
+    def delete_finished(self, job_id: str) -> Job | None: ...
 
     def queued(self, limit: int = 64) -> list[QueuedJob]:
         """The first ``limit`` queued jobs, oldest first (the order they are meant to run)."""
@@ -243,6 +266,13 @@ def _encode_cursor(seq: int) -> str:
     return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
 
 
+TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
+
+
 def _decode_cursor(cursor: str) -> int:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
@@ -282,11 +312,21 @@ class SqliteJobStore(SqliteStudyQueries):
 
     @staticmethod
     def _job(row: sqlite3.Row) -> Job:
+        # A succeeded job's figures, as the scheduler stored them (studies' run_metrics).
+        figures = json.loads(row["metrics_json"]) if row["metrics_json"] else None
+        metrics = None
+        if figures is not None and figures.get("tokens_per_s") is not None:
+            metrics = JobMetrics(
+                tokens_per_second=figures["tokens_per_s"],
+                energy_per_output_token_j=figures.get("energy_per_output_token_j"),
+            )
         return Job(
             id=row["id"],
             status=JobStatus(row["status"]),
             model=row["model"],
             name=row["name"],
+            tags=json.loads(row["tags_json"]) if row["tags_json"] else {},
+            metrics=metrics,
             config_hash=row["config_hash"],
             created_at=row["created_at"],
             started_at=row["started_at"],
@@ -299,7 +339,7 @@ class SqliteJobStore(SqliteStudyQueries):
 
     def _fetch(self, job_id: str) -> Job | None:
         row = self._db.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)
+            f"SELECT {_JOB_COLUMNS} FROM {_JOBS} WHERE jobs.id = ?", (job_id,)
         ).fetchone()
         return self._job(row) if row else None
 
@@ -347,24 +387,101 @@ class SqliteJobStore(SqliteStudyQueries):
             return self._fetch(job_id)
 
     def list_jobs(
-        self, status: JobStatus | None = None, limit: int = 50, cursor: str | None = None
+        self,
+        status: JobStatus | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        *,
+        tags: Mapping[str, str] | None = None,
+        name: str | None = None,
     ) -> tuple[list[Job], str | None]:
-        where, args = [], []
+        """A page of jobs, newest first.
+
+        Args:
+            tags: Only jobs whose config has every one of these tags with that value.
+            name: Only jobs whose name contains this text (case-insensitive).
+        """
+        where: list[str] = []
+        args: list[str | int] = []
         if status is not None:
-            where.append("status = ?")
+            where.append("jobs.status = ?")
             args.append(status.value)
-        if cursor is not None:
-            where.append("seq < ?")
-            args.append(str(_decode_cursor(cursor)))
-        sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
+        if cursor:  # an empty cursor is the first page
+            where.append("jobs.seq < ?")
+            args.append(_decode_cursor(cursor))
+        for key, value in (tags or {}).items():
+            where.append(
+                "EXISTS (SELECT 1 FROM json_each(jobs.config_json, '$.tags')"
+                " WHERE json_each.key = ? AND json_each.value = ?)"
+            )
+            args += [key, value]
+        if name:
+            where.append("instr(lower(jobs.name), lower(?)) > 0")
+            args.append(name)
+        sql = f"SELECT {_JOB_COLUMNS} FROM {_JOBS}"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY seq DESC LIMIT ?"
+        sql += " ORDER BY jobs.seq DESC LIMIT ?"
         with self._lock:
             rows = self._db.execute(sql, (*args, limit + 1)).fetchall()
         jobs = [self._job(row) for row in rows[:limit]]
         next_cursor = _encode_cursor(rows[limit - 1]["seq"]) if len(rows) > limit else None
         return jobs, next_cursor
+
+    def find(self, id_or_prefix: str) -> Job | None:
+        """The job with this id, or the one job whose id starts with it (at least
+        `MIN_ID_PREFIX` characters); None if there is none.
+
+        Raises:
+            AmbiguousJobId: The prefix starts several jobs' ids; it lists some.
+        """
+        with self._lock:
+            job = self._fetch(id_or_prefix)
+            prefix = id_or_prefix.lower()
+            if job is not None or len(prefix) < MIN_ID_PREFIX or not _is_hex(prefix):
+                return job
+            # A range, not LIKE, so the UNIQUE index on id serves it.
+            rows = self._db.execute(
+                "SELECT id FROM jobs WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+                (prefix, prefix + "g", MAX_CANDIDATES + 1),
+            ).fetchall()
+            if len(rows) == 1:
+                return self._fetch(rows[0]["id"])
+        if not rows:
+            return None
+        ids = [row["id"] for row in rows]
+        more = " and more" if len(ids) > MAX_CANDIDATES else ""
+        shown = ids[:MAX_CANDIDATES]
+        raise AmbiguousJobId(
+            f"job id prefix {id_or_prefix!r} matches {', '.join(shown)}{more}; give more of the id",
+            extra={"candidates": shown},
+        )
+
+    def delete_finished(self, job_id: str) -> Job | None:
+        """Remove a finished job; return it, or None if unknown.
+
+        Raises:
+            JobStillActive: The job is queued or running (cancel it first), or it is a run of
+                a study, whose table it belongs to.
+        """
+        with self._lock:
+            job = self._fetch(job_id)
+            if job is None:
+                return None
+            if not job.status.terminal:
+                raise JobStillActive(
+                    f"job {job_id} is {job.status.value}; cancel it before deleting it"
+                )
+            row = self._db.execute("SELECT study_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row["study_id"] is not None:
+                raise JobStillActive(
+                    f"job {job_id} is a run of study {row['study_id']}; it stays with its study"
+                )
+            self._db.execute(
+                "DELETE FROM jobs WHERE id = ? AND status IN (?, ?, ?)",
+                (job_id, *(s.value for s in TERMINAL)),
+            )
+        return job
 
     def queued(self, limit: int = 64) -> list[QueuedJob]:
         with self._lock:

@@ -259,7 +259,7 @@ class SqliteStudyQueries:
             "SELECT seq, id, name, design_hash, created_at, cancelled_at, design_json FROM studies"
         )
         args: list[object] = []
-        if cursor is not None:
+        if cursor:  # an empty cursor is the first page, as for jobs
             sql += " WHERE seq < ?"
             args.append(_seq_of(cursor))
         sql += " ORDER BY seq DESC LIMIT ?"

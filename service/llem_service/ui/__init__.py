@@ -1,1 +1,2 @@
-"""The dashboard served at /ui."""
+"""The dashboard served at /ui, and the browser pages of the API (/docs, /redoc); every
+asset is served by the service itself."""

@@ -142,7 +142,7 @@ def test_run_applies_flag_and_set_overrides_and_writes_the_result(
     assert result.output_tokens == 8
     assert "Experiment result" in out
     assert f"wrote {written[0]}" in out
-    assert f"job {result.experiment_id}: succeeded" in err
+    assert f"job {result.experiment_id[:8]}: succeeded" in err
 
 
 def test_run_json_prints_only_the_result_and_writes_no_file(
@@ -256,8 +256,8 @@ def test_ctrl_c_while_waiting_exits_130_and_says_how_to_follow(capsys):
     assert code == 130
     assert out == ""
     last = err.splitlines()[-1]
-    assert last.startswith("llem-client: interrupted; job job-1 is still running on the server.")
-    assert "'llem-client --server http://gpu:8000 status job-1'" in last
+    assert last.startswith("llem-client: interrupted; job job-1 goes on running on the server.")
+    assert "'llem-client --server http://gpu:8000 watch job-1'" in last
     assert "'llem-client --server http://gpu:8000 result job-1'" in last
 
 
@@ -289,7 +289,7 @@ def test_sigint_to_a_waiting_run_exits_130_without_traceback(start_server, tmp_p
     assert out == ""
     assert "Traceback" not in err
     job_id = lines[0].split()[2]
-    assert f"'llem-client --server {server.base_url} status {job_id}'" in err
+    assert f"'llem-client --server {server.base_url} watch {job_id}'" in err
     with Client(server.base_url) as client:
         assert client.cancel(job_id).id == job_id  # still there, still running: stop it
 
@@ -323,7 +323,7 @@ def test_status_result_and_list_of_a_finished_job(live_server, tmp_path, capsys)
 
     code, out, _ = cli(capsys, "--server", live_server.base_url, "list")
     assert code == 0
-    assert re.search(rf"{job_id}\s+succeeded\s+tiny-test-model", out)
+    assert re.search(rf"{job_id[:8]}\s+listed\s+tiny-test-model\s+succeeded", out)
 
     code, out, _ = cli(
         capsys, "--server", live_server.base_url, "list", "--status", "succeeded", "--json"
@@ -339,7 +339,11 @@ def test_result_of_a_running_job_exits_1_and_cancel_stops_it(start_server, capsy
     code, out, err = cli(capsys, "--server", server.base_url, "result", job_id)
     assert code == 1
     assert out == ""
-    assert err.startswith(f"llem-client: job {job_id} has no result: ")
+    assert re.match(
+        rf"llem-client: job {job_id} is (starting|loading|warmup|measuring \S+ requests); wait "
+        rf"for its result with '.* result {job_id[:8]} --wait'",
+        err,
+    )
     assert err.count("\n") == 1
 
     code, out, _ = cli(capsys, "--server", server.base_url, "cancel", job_id)
@@ -388,7 +392,7 @@ def test_server_and_token_come_from_the_environment(start_server, capsys, monkey
 
     code, _, err = cli(capsys, "list")
     assert code == 1
-    assert "401" in err
+    assert "requires a token: set LLEM_TOKEN (or pass --token)" in err
 
     monkeypatch.setenv("LLEM_TOKEN", "s3cret")
     assert cli(capsys, "list")[0] == 0

@@ -99,7 +99,7 @@ def test_job_shows_its_error_on_one_line():
 
     text = render(job)
 
-    assert "error        Backend failed: CUDA OOM" in text
+    assert "reason       Backend failed: CUDA OOM" in text
     assert "status       failed" in text
 
 

@@ -224,3 +224,33 @@ def test_prompts_without_a_source_are_synthetic() -> None:
 
     assert config.prompts.source == "synthetic"
     assert config.prompts.input_len == 64
+
+
+def test_prompts_without_a_source_say_which_source_to_add() -> None:
+    from llem_client import ExperimentConfig, HfPrompts, InlinePrompts, JsonlPrompts
+
+    def prompts(value: dict[str, object]) -> object:
+        return ExperimentConfig.model_validate({"model": "m", "prompts": value}).prompts
+
+    assert prompts({"path": "x.jsonl", "field": "text"}) == JsonlPrompts(
+        path="x.jsonl", field="text"
+    )
+    assert prompts({"prompts": ["hi"]}) == InlinePrompts(prompts=["hi"])
+    assert prompts({"dataset": "org/prompts"}) == HfPrompts(dataset="org/prompts")
+    with pytest.raises(ValueError, match=r"fit several; add source: jsonl or source: hf"):
+        prompts({"field": "text"})
+    with pytest.raises(
+        ValueError, match=r"mixes fields of different sources: path \(jsonl\), prompts \(inline\)"
+    ):
+        prompts({"path": "x.jsonl", "prompts": ["hi"]})
+    with pytest.raises(ValueError, match=r"prompts.colour belongs to no prompt source"):
+        prompts({"colour": "red"})
+
+
+def test_one_sampling_knob_requires_sampling() -> None:
+    from llem_client import DecodingConfig
+
+    with pytest.raises(ValueError, match=r"decoding.temperature requires decoding.mode='sample'"):
+        DecodingConfig(temperature=0.5)
+    with pytest.raises(ValueError, match=r"decoding.temperature, decoding.top_p require"):
+        DecodingConfig(temperature=0.5, top_p=0.9)

@@ -287,6 +287,7 @@ def test_openapi_describes_every_route_and_its_problems(http: TestClient) -> Non
         "/v1/experiments/{job_id}/cancel",
         "/v1/experiments/{job_id}/events",
         "/v1/experiments/{job_id}/timeseries",
+        "/v1/models",
         "/v1/studies",
         "/v1/studies/{study_id}",
         "/v1/studies/{study_id}/cancel",

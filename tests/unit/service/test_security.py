@@ -32,7 +32,7 @@ OPEN_ROUTES = {
     "/healthz",
     "/openapi.json",
     "/docs",
-    "/docs/oauth2-redirect",
+    "/docs/assets",
     "/redoc",
     "/",
     "/favicon.ico",

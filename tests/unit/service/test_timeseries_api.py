@@ -99,7 +99,7 @@ def test_no_meter_means_no_timeseries_and_a_404_that_says_so(
     err = capsys.readouterr().err
     assert code == 1
     assert err.count("\n") == 1
-    assert "has no timeseries" in err
+    assert "not written: no power timeseries was recorded" in err
     assert not (tmp_path / "x.pq").exists()
 
 
