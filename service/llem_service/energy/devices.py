@@ -13,9 +13,8 @@ is measured and what is not, and why.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 from llem_service.energy.base import DeviceNotMetered
 from llem_service.energy.nvml import (
@@ -24,21 +23,11 @@ from llem_service.energy.nvml import (
     GpuDevice,
     Nvml,
     NvmlError,
-    NvmlGpuLost,
+    optional,
 )
 
-T = TypeVar("T")
 PCI_BUS_ID = "PCI_BUS_ID"
 FASTEST_FIRST = "FASTEST_FIRST"
-
-
-def _optional(read: Callable[[], T]) -> T | None:
-    try:
-        return read()
-    except NvmlGpuLost:
-        raise
-    except NvmlError:
-        return None
 
 
 def cuda_order(devices: Sequence[GpuDevice], order: str | None) -> tuple[list[GpuDevice], bool]:
@@ -47,8 +36,8 @@ def cuda_order(devices: Sequence[GpuDevice], order: str | None) -> tuple[list[Gp
         return list(devices), True
 
     def speed(device: GpuDevice) -> tuple[int, int, int]:
-        major, minor = _optional(device.compute_capability) or (0, 0)
-        return (-major, -minor, -(_optional(device.max_sm_clock_mhz) or 0))
+        major, minor = optional(device.compute_capability) or (0, 0)
+        return (-major, -minor, -(optional(device.max_sm_clock_mhz) or 0))
 
     keys = [speed(d) for d in devices]
     ordered = [d for _, _, d in sorted(zip(keys, range(len(keys)), devices, strict=True))]
@@ -81,7 +70,7 @@ def visible_devices(devices: Sequence[GpuDevice], cuda_visible: str | None) -> l
 
 def mig_mode(device: GpuDevice) -> str:
     """``enabled``, ``disabled``, or ``unsupported`` (GPUs before Ampere, old drivers)."""
-    enabled = _optional(device.mig_enabled)
+    enabled = optional(device.mig_enabled)
     if enabled is None:
         return "unsupported"
     return "enabled" if enabled else "disabled"
@@ -101,7 +90,7 @@ def resolve_metered(nvml: Nvml, uuid: str) -> GpuDevice:
             except NvmlError as again:
                 if again.code != NVML_ERROR_NOT_FOUND:
                     raise
-    if device is not None and _optional(device.is_mig_instance):
+    if device is not None and optional(device.is_mig_instance):
         parent = device.parent()
         raise DeviceNotMetered(
             f"the model runs on MIG instance {device.uuid} of GPU {parent.uuid} "
@@ -111,7 +100,7 @@ def resolve_metered(nvml: Nvml, uuid: str) -> GpuDevice:
             "GPU with MIG disabled (`nvidia-smi -i <gpu> -mig 0`)"
         )
     if device is None:
-        with_mig = [d.uuid for d in nvml.devices() if _optional(d.mig_enabled)]
+        with_mig = [d.uuid for d in nvml.devices() if optional(d.mig_enabled)]
         hint = (
             f"; GPU(s) {', '.join(with_mig)} have MIG enabled, and NVML meters only whole GPUs"
             if with_mig
@@ -136,8 +125,8 @@ class DeviceKind:
 
 def describe(device: GpuDevice) -> DeviceKind:
     return DeviceKind(
-        virtualization_mode=_optional(device.virtualization_mode),
-        compute_capability=_optional(device.compute_capability),
+        virtualization_mode=optional(device.virtualization_mode),
+        compute_capability=optional(device.compute_capability),
         mig_mode=mig_mode(device),
     )
 

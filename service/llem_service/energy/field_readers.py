@@ -21,12 +21,11 @@ import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Literal
 
-from llem_service.energy.nvml import GpuDevice, NvmlError, NvmlGpuLost, PowerReading
+from llem_service.energy.nvml import GpuDevice, NvmlError, NvmlGpuLost, PowerReading, optional
 from llem_service.energy.samples import FAILED, FRESH, NO_FIELD, NONPOSITIVE, REPEAT
 
-T = TypeVar("T")
 Clock = Callable[[], float]
 PowerField = Literal["instant", "average"]
 
@@ -131,7 +130,7 @@ class _Watch:
         self.has_counter = has_counter
         self.instant = chosen == "instant"
         self.counter_changes: list[float] = []
-        self.last_counter = _read_or_none(device.energy_mj) if has_counter else None
+        self.last_counter = optional(device.energy_mj) if has_counter else None
         self.instant_changes: list[float] = []
         self.stamps: list[int] = []
         self.ages: list[float] = []
@@ -145,7 +144,7 @@ class _Watch:
 
     def poll(self, now: float, wall: Clock) -> None:
         if self.has_counter:
-            value = _read_or_none(self.device.energy_mj)
+            value = optional(self.device.energy_mj)
             if value is None:
                 self.failures += 1
             elif value != self.last_counter:
@@ -153,7 +152,7 @@ class _Watch:
                 self.last_counter = value
         if not self.instant:
             return
-        reading = _read_or_none(self.device.power_instant)
+        reading = optional(self.device.power_instant)
         if reading is None:
             self.failures += 1
             return
@@ -234,15 +233,6 @@ def probe_sensors(
         )
         for watch, (field_name, why, failures) in zip(watches, chosen, strict=True)
     ]
-
-
-def _read_or_none(read: Callable[[], T]) -> T | None:
-    try:
-        return read()
-    except NvmlGpuLost:
-        raise
-    except NvmlError:
-        return None
 
 
 @dataclass

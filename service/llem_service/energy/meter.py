@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 from llem_client import DeviceInfo, EnergyConfig
 
@@ -44,9 +43,9 @@ from llem_service.energy.nvml import (
     GpuProcess,
     Nvml,
     NvmlError,
-    NvmlGpuLost,
     NvmlLibrary,
     load_pynvml,
+    optional,
 )
 from llem_service.energy.readings import GpuReading, readings_from_rows
 from llem_service.energy.sampler import PowerSampler, SamplerMode, SamplerSpec, make_directory
@@ -55,23 +54,12 @@ from llem_service.energy.throttle import read_violations
 
 __all__ = ["DeviceNotMetered", "NvmlEnergyMeter", "NvmlSession", "visible_devices"]
 
-T = TypeVar("T")
 
 #: Sampling interval bounds when it is derived from the counter's update period, seconds.
 MIN_INTERVAL_S = 0.010
 MAX_INTERVAL_S = 0.100
 #: Used when no GPU has an energy counter to probe.
 DEFAULT_INTERVAL_S = 0.050
-
-
-def _optional(read: Callable[[], T]) -> T | None:
-    """A descriptive query that may fail (not supported, no permission) without harm."""
-    try:
-        return read()
-    except NvmlGpuLost:
-        raise
-    except NvmlError:
-        return None
 
 
 @dataclass
@@ -200,7 +188,7 @@ class NvmlSession:
         self.devices = [resolve_metered(nvml, uuid) for uuid in device_uuids]
         self._own_pid = os.getpid()
         kinds = {d.uuid: describe(d) for d in self.devices}
-        counters = [_optional(d.energy_mj) is not None for d in self.devices]
+        counters = [optional(d.energy_mj) is not None for d in self.devices]
         probes = probe_sensors(self.devices, counters, clock, options.wall, sleep)
         for device, has_counter, probe in zip(self.devices, counters, probes, strict=True):
             if not has_counter and probe.power_field is None:
@@ -246,24 +234,24 @@ class NvmlSession:
         )
         self.marks: list[CounterMark] = []
         self._versions = (
-            _optional(nvml.driver_version),
-            _optional(nvml.nvml_version),
-            _optional(nvml.cuda_driver_version),
+            optional(nvml.driver_version),
+            optional(nvml.nvml_version),
+            optional(nvml.cuda_driver_version),
         )
         self._closed: MeterRecord | None = None
 
     def _describe(
         self, device: GpuDevice, has_counter: bool, probe: SensorProbe, kind: DeviceKind
     ) -> DeviceMeta:
-        processes: list[GpuProcess] = _optional(device.compute_processes) or []
+        processes: list[GpuProcess] = optional(device.compute_processes) or []
         name = device.name()
         return DeviceMeta(
             uuid=device.uuid,
             name=name,
             nvml_index=device.index(),
             memory_total_bytes=device.memory_total_bytes(),
-            power_limit_w=_optional(device.power_limit_w),
-            persistence_mode=_optional(device.persistence_mode),
+            power_limit_w=optional(device.power_limit_w),
+            persistence_mode=optional(device.persistence_mode),
             has_energy_counter=has_counter,
             counter_update_period_s=probe.counter_period_s,
             power_field=probe.power_field,
@@ -307,7 +295,7 @@ class NvmlSession:
     def _foreign_pids(self, device: GpuDevice) -> tuple[int, ...]:
         """Processes on the GPU other than this one. In a container NVML may report host PIDs,
         so when this process's PID is not among them, one of them is assumed to be ours."""
-        pids = sorted(p.pid for p in _optional(device.compute_processes) or [])
+        pids = sorted(p.pid for p in optional(device.compute_processes) or [])
         if self._own_pid in pids:
             pids.remove(self._own_pid)
             return tuple(pids)
@@ -334,7 +322,7 @@ class NvmlSession:
     def device_state(self) -> dict[str, DeviceState]:
         return {
             d.uuid: DeviceState(
-                temperature_c=_optional(d.temperature_c), power_limit_w=_optional(d.power_limit_w)
+                temperature_c=optional(d.temperature_c), power_limit_w=optional(d.power_limit_w)
             )
             for d in self.devices
         }

@@ -360,6 +360,17 @@ class GpuDevice:
         ]
 
 
+def optional(read: Callable[[], T]) -> T | None:
+    """A descriptive query that may fail (not supported, no permission) without harm: its value,
+    or None. A lost GPU is never harmless and still raises."""
+    try:
+        return read()
+    except NvmlGpuLost:
+        raise
+    except NvmlError:
+        return None
+
+
 def typed_error(exc: Exception, what: str, subject: str = "") -> NvmlError:
     """The typed error for an NVML failure (``exc.value`` is NVML's return code)."""
     code: int | None = getattr(exc, "value", None)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from llem_service.energy.nvml import GpuDevice, Nvml, NvmlError, NvmlGpuLost, NvmlLibrary
+from llem_service.energy.nvml import GpuDevice, Nvml, NvmlLibrary, optional
 
 ReadingSourceName = Literal["experiment", "idle_poll"]
 
@@ -56,15 +56,6 @@ class ReadingSource(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def _or_none(read: Callable[[], int]) -> int | None:
-    try:
-        return read()
-    except NvmlGpuLost:
-        raise
-    except NvmlError:
-        return None
 
 
 class NvmlReadingSource:
@@ -115,19 +106,19 @@ class NvmlReadingSource:
 
 
 def _read(device: GpuDevice, name: str, clock: Callable[[], float]) -> GpuReading:
-    power_mw = _or_none(device.power_instant_mw)
+    power_mw = optional(device.power_instant_mw)
     if power_mw is None:
-        power_mw = _or_none(device.power_average_mw)
+        power_mw = optional(device.power_average_mw)
     return GpuReading(
         uuid=device.uuid,
         name=name,
         read_at_s=clock(),
         power_w=power_mw / 1e3 if power_mw is not None else None,
-        energy_mj=_or_none(device.energy_mj),
-        temperature_c=_or_none(device.temperature_c),
-        sm_clock_mhz=_or_none(device.sm_clock_mhz),
-        utilization_pct=_or_none(device.utilization_pct),
-        memory_used_bytes=_or_none(device.memory_used_bytes),
+        energy_mj=optional(device.energy_mj),
+        temperature_c=optional(device.temperature_c),
+        sm_clock_mhz=optional(device.sm_clock_mhz),
+        utilization_pct=optional(device.utilization_pct),
+        memory_used_bytes=optional(device.memory_used_bytes),
     )
 
 
