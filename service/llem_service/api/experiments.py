@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
@@ -14,6 +12,7 @@ from pydantic import StringConstraints
 
 from llem_service.api.admission import admit
 from llem_service.api.problems import problem_responses
+from llem_service.api.sse import KEEP_ALIVE, EventIds, changed, event_stream
 from llem_service.deps import (
     AdmissionDep,
     CatalogDep,
@@ -357,7 +356,7 @@ async def stream_events(
 
     async def stream() -> AsyncIterator[str]:
         last = ""
-        event_id = 0
+        ids = EventIds()
         while True:
             waiter = feed.waiter()
             job = store.get(job_id)
@@ -365,24 +364,14 @@ async def stream_events(
                 return  # deleted
             text = job.model_dump_json()
             if text != last:
-                event_id += 1
-                yield f"event: job\nid: {event_id}\ndata: {text}\n\n"
+                yield ids.event("job", text)
                 last = text
             if job.status.terminal:
                 return
             if feed.closed:
-                # The server is going down: say so, so a client knows the job did not end.
-                event_id += 1
-                notice = json.dumps({"detail": "the server is shutting down"})
-                yield f"event: shutdown\nid: {event_id}\ndata: {notice}\n\n"
+                yield ids.shutdown()
                 return
-            try:
-                await asyncio.wait_for(waiter.wait(), timeout=settings.sse_keepalive_s)
-            except asyncio.TimeoutError:
-                yield ": keep-alive\n\n"
+            if not await changed(waiter, settings.sse_keepalive_s):
+                yield KEEP_ALIVE
 
-    return StreamingResponse(
-        stream(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return event_stream(stream())

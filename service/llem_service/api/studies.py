@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import json
@@ -24,6 +23,7 @@ from llem_client import (
 
 from llem_service.api.admission import admit_all
 from llem_service.api.problems import problem_responses
+from llem_service.api.sse import KEEP_ALIVE, EventIds, changed, event_stream
 from llem_service.deps import AdmissionDep, FeedDep, SchedulerDep, SettingsDep, StudyStoreDep
 from llem_service.errors import StudyAlreadyFinished, StudyNotFound
 from llem_service.jobs.study_store import NewStudy, PlannedRun, StudyRecord, StudyStore
@@ -207,7 +207,7 @@ async def stream_study_events(
     async def stream() -> AsyncIterator[str]:
         sent: dict[str, str] = {}
         last = ""
-        event_id = 0
+        ids = EventIds()
         while True:
             waiter = feed.waiter()
             record = store.get_study(study_id)
@@ -220,31 +220,21 @@ async def stream_study_events(
                 text = found.run.model_dump_json()
                 if sent.get(found.run.job_id) != text:
                     sent[found.run.job_id] = text
-                    event_id += 1
-                    yield f"event: run\nid: {event_id}\ndata: {text}\n\n"
+                    yield ids.event("run", text)
             head = _summary(store, record)
             text = head.model_dump_json()
             if text != last:
-                event_id += 1
-                yield f"event: study\nid: {event_id}\ndata: {text}\n\n"
+                yield ids.event("study", text)
                 last = text
             if head.status.terminal:
                 return
             if feed.closed:
-                event_id += 1
-                notice = json.dumps({"detail": "the server is shutting down"})
-                yield f"event: shutdown\nid: {event_id}\ndata: {notice}\n\n"
+                yield ids.shutdown()
                 return
-            try:
-                await asyncio.wait_for(waiter.wait(), timeout=settings.sse_keepalive_s)
-            except asyncio.TimeoutError:
-                yield ": keep-alive\n\n"
+            if not await changed(waiter, settings.sse_keepalive_s):
+                yield KEEP_ALIVE
 
-    return StreamingResponse(
-        stream(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return event_stream(stream())
 
 
 @router.get(
