@@ -15,12 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +28,8 @@ from llem_service.monitoring.gpus import GpuTelemetry
 from llem_service.monitoring.http import RequestMetrics
 from llem_service.monitoring.registry import ServiceMetrics
 from prometheus_client import generate_latest
+
+from tests.machine import machine
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -112,13 +111,7 @@ def main() -> None:
         "gpus": args.gpus,
         "requests": args.requests,
         "repeats": args.repeats,
-        "machine": {
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "load_average_1m": round(os.getloadavg()[0], 2),
-        },
+        "machine": machine(),
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "metrics_cost.json").write_text(json.dumps(figures, indent=2) + "\n")

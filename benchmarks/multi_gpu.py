@@ -18,11 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llem_client import Client, StudyStatus
 
+from tests.machine import machine
 from tests.server_process import ServerProcess
 
 RESULTS = Path(__file__).parent / "results"
@@ -110,13 +109,7 @@ def main() -> None:
         "one_gpu": one,
         "speedup": round(speedup, 2),
         "goal_speedup": 3.5,
-        "machine": {
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "load_average_1m": round(os.getloadavg()[0], 2),
-        },
+        "machine": machine(),
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "multi_gpu.json").write_text(json.dumps(figures, indent=2) + "\n")

@@ -24,12 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llem_client import Client, JobStatus
 
+from tests.machine import machine
 from tests.server_process import ROOT, ServerProcess
 from tests.slurm.cluster import SlurmCluster
 
@@ -119,13 +118,7 @@ def main() -> None:
             "min": round(min(values), 3),
             "max": round(max(values), 3),
         }
-    figures["machine"] = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "load_average_1m": round(os.getloadavg()[0], 2),
-    }
+    figures["machine"] = machine()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "slurm_latency.json").write_text(json.dumps(figures, indent=2) + "\n")
     rows = "\n".join(

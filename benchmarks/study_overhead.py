@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -26,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,7 @@ import httpx
 from llem_client import Client
 
 from tests.integration.conftest import build_gpt2
+from tests.machine import machine
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -122,13 +121,7 @@ def main() -> None:
         "goal": "under 0.5 s with reuse",
         "with_reuse": by_mode["reuse"],
         "without_reuse": by_mode["process"],
-        "machine": {
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "load_average_1m": round(os.getloadavg()[0], 2),
-        },
+        "machine": machine(),
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "study_overhead.json").write_text(json.dumps(record, indent=2) + "\n")

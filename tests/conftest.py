@@ -15,8 +15,6 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +34,7 @@ from llem_client import (
 )
 
 from tests.fakes import FakeHub, FakeInferenceBackend, fake_meter, fake_readings, fake_thermometer
+from tests.machine import machine
 from tests.server_process import ServerProcess
 
 
@@ -399,17 +398,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="re-record benchmarks/results/perf_baseline.json instead of checking against it",
     )
-
-
-def machine() -> dict[str, Any]:
-    """Where figures were measured."""
-    return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "load_average_1m": round(os.getloadavg()[0], 2),
-    }
 
 
 @pytest.fixture

@@ -24,7 +24,8 @@ import httpx
 import pytest
 
 from tests.chaos.conftest import body, submit, wait_job
-from tests.conftest import RESULTS_DIR, machine
+from tests.conftest import RESULTS_DIR
+from tests.machine import machine
 from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.perf
