@@ -26,9 +26,9 @@ from llem_service.energy.readings import ReadingSource
 from llem_service.errors import CsrfRejected, NotAuthenticated
 from llem_service.executors.slurm_cli import SlurmApi
 from llem_service.experiment.results import ResultFiles
+from llem_service.jobs.base import JobStore
 from llem_service.jobs.events import ChangeFeed
 from llem_service.jobs.scheduler import Scheduler
-from llem_service.jobs.store import JobStore
 from llem_service.jobs.study_store import StudyStore
 from llem_service.models.catalog import ModelCatalog
 from llem_service.models.hub import HuggingFaceHub, ModelHub

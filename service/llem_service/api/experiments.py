@@ -30,7 +30,8 @@ from llem_service.errors import (
     ResultUnavailable,
     TimeseriesNotRecorded,
 )
-from llem_service.jobs.store import MIN_ID_PREFIX, JobStore
+from llem_service.jobs.base import JobStore
+from llem_service.jobs.store import MIN_ID_PREFIX
 from llem_service.jobs.submit_checks import check_config
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])

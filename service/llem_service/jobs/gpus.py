@@ -26,8 +26,8 @@ from typing import Protocol
 from llem_client import ExperimentConfig
 
 from llem_service.executors.base import WHOLE_HOST, GpuGrant
+from llem_service.jobs.base import QueuedJob
 from llem_service.jobs.gpu_locks import GpuLocks, LockHolder
-from llem_service.jobs.store import QueuedJob
 
 _log = logging.getLogger("llem.scheduler")
 

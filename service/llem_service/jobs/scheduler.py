@@ -57,10 +57,10 @@ from llem_service.executors.base import (
 )
 from llem_service.experiment.results import ResultFiles
 from llem_service.jobs.backfill import BackfillBound
+from llem_service.jobs.base import ClaimedJob, JobStore
 from llem_service.jobs.events import ChangeFeed
 from llem_service.jobs.gpus import GpuPool, NeverFits, WholeHostPool, grant_fits
 from llem_service.jobs.overlaps import OverlapTracker, with_placement
-from llem_service.jobs.store import ClaimedJob, JobStore
 from llem_service.studies.cooldown import (
     CooldownReport,
     Thermometer,

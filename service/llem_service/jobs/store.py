@@ -1,4 +1,5 @@
-"""The job store: the `JobStore` seam and its SQLite implementation (WAL mode).
+"""The job store: `SqliteJobStore`, the `JobStore` seam (`llem_service.jobs.base`) on one
+SQLite file in WAL mode (`llem_service.jobs.schema`).
 
 Every state change is one SQL statement or one immediate transaction, so a crash never leaves
 a job half-updated, and a restarted server finds queued jobs still queued.
@@ -13,10 +14,8 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
 
 from llem_client import (
     CooldownConfig,
@@ -37,215 +36,15 @@ from llem_service.errors import (
     JobStillActive,
 )
 from llem_service.executors.base import WHOLE_HOST, GpuGrant, RunningJob
+from llem_service.jobs.base import ClaimedJob, QueuedJob, StudyLink, Submission
+from llem_service.jobs.schema import JOB_COLUMNS, open_database
 from llem_service.jobs.study_store import SqliteStudyQueries
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    status TEXT NOT NULL,
-    model TEXT NOT NULL,
-    name TEXT,
-    config_json TEXT NOT NULL,
-    config_hash TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    started_at TEXT,
-    finished_at TEXT,
-    progress_json TEXT NOT NULL,
-    error_json TEXT,
-    result_path TEXT,
-    idempotency_key TEXT UNIQUE,
-    request_fingerprint TEXT
-);
-CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
-"""
-
-#: Schema changes since the table above, in order; ``PRAGMA user_version`` counts those applied,
-#: so a store written by an older server gains its columns when a newer one opens it.
-_MIGRATIONS: tuple[str, ...] = (
-    # The GPUs the scheduler granted (JSON list of UUIDs; [] = the whole host), and the
-    # executor's own handle of the job (a Slurm job id), so a restarted server can reattach.
-    "ALTER TABLE jobs ADD COLUMN granted_gpus TEXT; ALTER TABLE jobs ADD COLUMN executor_ref TEXT;",
-    # Studies (#12): a studies table, and each study run an ordinary job linked to its study,
-    # point, cycle and place in the planned order. ``attempt`` counts tries (2: retried after
-    # a restart); ``reuse_group`` lets consecutive jobs of one group share an experiment
-    # process; ``metrics_json`` keeps a succeeded job's headline figures for study tables.
-    """
-    CREATE TABLE IF NOT EXISTS studies (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
-        name TEXT NOT NULL,
-        design_hash TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        cancelled_at TEXT,
-        design_json TEXT NOT NULL,
-        temperatures_json TEXT,
-        idempotency_key TEXT UNIQUE,
-        request_fingerprint TEXT
-    );
-    ALTER TABLE jobs ADD COLUMN study_id TEXT;
-    ALTER TABLE jobs ADD COLUMN study_point INTEGER;
-    ALTER TABLE jobs ADD COLUMN study_cycle INTEGER;
-    ALTER TABLE jobs ADD COLUMN study_position INTEGER;
-    ALTER TABLE jobs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
-    ALTER TABLE jobs ADD COLUMN reuse_group TEXT;
-    ALTER TABLE jobs ADD COLUMN cooldown_json TEXT;
-    ALTER TABLE jobs ADD COLUMN metrics_json TEXT;
-    ALTER TABLE jobs ADD COLUMN retried_error_json TEXT;
-    CREATE INDEX IF NOT EXISTS jobs_by_study ON jobs (study_id, study_position);
-    """,
-)
-
-_JOB_COLUMNS = (
-    "jobs.seq, jobs.id, jobs.status, jobs.model, jobs.name, jobs.config_hash, jobs.created_at,"
-    " jobs.started_at, jobs.finished_at, jobs.progress_json, jobs.error_json,"
-    " json_extract(jobs.config_json, '$.tags') AS tags_json, jobs.metrics_json"
-)
 _JOBS = "jobs"
 #: Shortest job id prefix looked up as a prefix: shorter ones match too much to be meant.
 MIN_ID_PREFIX = 4
 #: Candidates an ambiguous prefix lists.
 MAX_CANDIDATES = 10
-
-
-@dataclass(frozen=True)
-class Submission:
-    """A submitted job, and whether this call created it (False: an idempotent replay)."""
-
-    job: Job
-    created: bool
-
-
-@dataclass(frozen=True)
-class QueuedJob:
-    """A job waiting to run, as the scheduler sees it: its place in line and its config.
-
-    ``reuse_group``: jobs of one group (a study that allows it) may run one after another in
-    one executor session that keeps what it loaded; None: never run in another job's session.
-    """
-
-    id: str
-    seq: int
-    config: ExperimentConfig
-    reuse_group: str | None = None
-
-
-@dataclass(frozen=True)
-class StudyLink:
-    """Where a job stands in its study.
-
-    Attributes:
-        study_id: The study.
-        point: The point of the design.
-        cycle: The cycle, from 0.
-        position: Place in the study's planned order, from 0.
-        attempt: 1, or 2 for a retry after a restart.
-        cooldown: The pause the study asks for between its runs; None for none.
-    """
-
-    study_id: str
-    point: int
-    cycle: int
-    position: int
-    attempt: int = 1
-    cooldown: CooldownConfig | None = None
-
-
-@dataclass(frozen=True)
-class ClaimedJob:
-    """A job the scheduler has started, on the GPUs it granted."""
-
-    job: Job
-    config: ExperimentConfig
-    grant: GpuGrant = WHOLE_HOST
-    reuse_group: str | None = None
-    study: StudyLink | None = None
-
-
-class JobStore(Protocol):
-    """Where jobs live. The scheduler claims, updates and finishes; the API submits and reads."""
-
-    def submit(
-        self, config: ExperimentConfig, idempotency_key: str | None = None
-    ) -> Submission: ...
-
-    def get(self, job_id: str) -> Job | None: ...
-
-    def list_jobs(
-        self,
-        status: JobStatus | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-        *,
-        tags: Mapping[str, str] | None = None,
-        name: str | None = None,
-    ) -> tuple[list[Job], str | None]: ...
-
-    def find(self, id_or_prefix: str) -> Job | None: ...
-
-    def delete_finished(self, job_id: str) -> Job | None: ...
-
-    def queued(self, limit: int = 64) -> list[QueuedJob]:
-        """The first ``limit`` queued jobs, oldest first (the order they are meant to run)."""
-        ...
-
-    def claim(self, job_id: str, grant: GpuGrant = WHOLE_HOST) -> ClaimedJob | None:
-        """Mark the job running on ``grant``, if it is still queued (None otherwise)."""
-        ...
-
-    def running(self) -> list[RunningJob]:
-        """Jobs marked running, oldest first, with their grants and executor handles."""
-        ...
-
-    def set_executor_ref(self, job_id: str, ref: str) -> None:
-        """Remember the executor's handle of a running job (for reattaching after a restart)."""
-        ...
-
-    def fail_interrupted(self, job_ids: Sequence[str]) -> None:
-        """Fail these running jobs as interrupted by a restart."""
-        ...
-
-    def retry_interrupted(self, job_ids: Sequence[str]) -> list[str]:
-        """Queue again, in their place, those of these running jobs that are study runs on
-        their first attempt (marked attempt 2); return them. The rest stay running."""
-        ...
-
-    def update_progress(self, job_id: str, progress: JobProgress) -> None: ...
-
-    def set_study_temperatures(self, study_id: str, temperatures: Mapping[str, float]) -> None:
-        """Keep each GPU's temperature before the study's first run (the cooldown's target)."""
-        ...
-
-    def study_temperatures(self, study_id: str) -> dict[str, float] | None: ...
-
-    def finish(
-        self,
-        job_id: str,
-        status: JobStatus,
-        *,
-        error: ProblemDetail | None = None,
-        result_path: str | None = None,
-        metrics: Mapping[str, float | None] | None = None,
-    ) -> Job:
-        """End a running job. ``metrics``: a succeeded job's headline figures, kept for study
-        tables (`llem_service.studies.table.run_metrics`)."""
-        ...
-
-    def cancel_queued(self, job_id: str) -> Job | None: ...
-
-    def result_path(self, job_id: str) -> str | None: ...
-
-    def queue_length(self) -> int: ...
-
-    def status_counts(self) -> dict[JobStatus, int]:
-        """How many jobs are in each status (statuses with none are absent)."""
-        ...
-
-    def config(self, job_id: str) -> ExperimentConfig | None:
-        """The config the job was submitted with (None for an unknown job)."""
-        ...
-
-    def close(self) -> None: ...
 
 
 def _now() -> str:
@@ -288,23 +87,8 @@ class SqliteJobStore(SqliteStudyQueries):
     """`JobStore` on one SQLite file in WAL mode; safe to share between threads."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
-        self._migrate()
-
-    def _migrate(self) -> None:
-        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
-        for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
-            # One transaction a step: a crash leaves the store at a step, never inside one.
-            self._db.executescript(
-                f"BEGIN IMMEDIATE; {script} PRAGMA user_version = {number}; COMMIT;"
-            )
+        self._db = open_database(path)
 
     def close(self) -> None:
         with self._lock:
@@ -339,7 +123,7 @@ class SqliteJobStore(SqliteStudyQueries):
 
     def _fetch(self, job_id: str) -> Job | None:
         row = self._db.execute(
-            f"SELECT {_JOB_COLUMNS} FROM {_JOBS} WHERE jobs.id = ?", (job_id,)
+            f"SELECT {JOB_COLUMNS} FROM {_JOBS} WHERE jobs.id = ?", (job_id,)
         ).fetchone()
         return self._job(row) if row else None
 
@@ -418,7 +202,7 @@ class SqliteJobStore(SqliteStudyQueries):
         if name:
             where.append("instr(lower(jobs.name), lower(?)) > 0")
             args.append(name)
-        sql = f"SELECT {_JOB_COLUMNS} FROM {_JOBS}"
+        sql = f"SELECT {JOB_COLUMNS} FROM {_JOBS}"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY jobs.seq DESC LIMIT ?"

@@ -27,7 +27,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from llem_service.errors import PROBLEM_URN
-from llem_service.jobs.store import JobStore
+from llem_service.jobs.base import JobStore
 from llem_service.monitoring.gpus import GpuTelemetry
 
 #: Request latency buckets, seconds: the API answers in milliseconds, a result file in more.

@@ -12,10 +12,11 @@ import pytest
 from llem_client import ExperimentConfig, JobStatus
 from llem_service.executors.base import GpuGrant
 from llem_service.jobs.backfill import BackfillBound
+from llem_service.jobs.base import QueuedJob
 from llem_service.jobs.gpu_locks import GpuLocks, LockHolder
 from llem_service.jobs.gpus import NeverFits, PerGpuPool, SlotPool, grant_fits
 from llem_service.jobs.overlaps import OverlapTracker
-from llem_service.jobs.store import QueuedJob, SqliteJobStore
+from llem_service.jobs.store import SqliteJobStore
 
 from tests.conftest import make_config
 from tests.fake_nvml import ManualClock

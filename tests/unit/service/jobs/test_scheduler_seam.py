@@ -13,9 +13,10 @@ from pathlib import Path
 from llem_client import ExperimentConfig, JobStatus
 from llem_service.executors.base import GpuGrant, RunContext, RunningJob, RunOutcome
 from llem_service.experiment.results import ResultFiles
+from llem_service.jobs.base import QueuedJob
 from llem_service.jobs.events import ChangeFeed
 from llem_service.jobs.scheduler import Scheduler
-from llem_service.jobs.store import QueuedJob, SqliteJobStore
+from llem_service.jobs.store import SqliteJobStore
 from llem_service.jobs.study_store import NewStudy, PlannedRun
 
 from tests.conftest import make_config

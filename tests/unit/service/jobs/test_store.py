@@ -11,7 +11,9 @@ import pytest
 from llem_client import JobProgress, JobStatus, ProblemDetail
 from llem_service.errors import IdempotencyKeyReused, InvalidCursor
 from llem_service.executors.base import WHOLE_HOST, GpuGrant, RunningJob
-from llem_service.jobs.store import _MIGRATIONS, _SCHEMA, ClaimedJob, SqliteJobStore
+from llem_service.jobs.base import ClaimedJob
+from llem_service.jobs.schema import MIGRATIONS, SCHEMA
+from llem_service.jobs.store import SqliteJobStore
 
 from tests.conftest import make_config
 
@@ -115,7 +117,7 @@ def test_a_running_job_keeps_its_grant_and_executor_handle(store: SqliteJobStore
 def test_a_store_written_before_the_migrations_gains_their_columns(tmp_path: Path) -> None:
     path = tmp_path / "jobs.sqlite3"
     old = sqlite3.connect(path)
-    old.executescript(_SCHEMA)  # what the first release wrote, user_version 0
+    old.executescript(SCHEMA)  # what the first release wrote, user_version 0
     old.execute(
         "INSERT INTO jobs (id, status, model, config_json, config_hash, created_at,"
         " progress_json) VALUES ('old', 'queued', 'm', ?, '0123456789abcdef', '2026-01-01', ?)",
@@ -130,7 +132,7 @@ def test_a_store_written_before_the_migrations_gains_their_columns(tmp_path: Pat
     assert claimed is not None
     assert store.running()[0].grant == GpuGrant(("GPU-aaaa",))
     version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
-    assert version == len(_MIGRATIONS)
+    assert version == len(MIGRATIONS)
     store.close()
     SqliteJobStore(path).close()  # reopening applies nothing twice
 
