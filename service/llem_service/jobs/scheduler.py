@@ -32,7 +32,7 @@ import asyncio
 import logging
 import socket
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from llem_client import (
@@ -62,10 +62,8 @@ from llem_service.jobs.events import ChangeFeed
 from llem_service.jobs.gpus import GpuPool, NeverFits, WholeHostPool, grant_fits
 from llem_service.jobs.overlaps import OverlapTracker, with_placement
 from llem_service.studies.cooldown import (
-    CooldownReport,
     Thermometer,
-    ThermometerError,
-    cool_down,
+    before_study_run,
 )
 from llem_service.studies.table import run_metrics
 
@@ -367,7 +365,9 @@ class Scheduler:
         warnings: list[ResultWarning] = []
         try:
             if job is not None and job.study is not None and job.study.cooldown is not None:
-                cooled = await asyncio.to_thread(self._cool_down, job, cancel, on_progress)
+                cooled = await asyncio.to_thread(
+                    before_study_run, job, self.store, self.thermometer, cancel, on_progress
+                )
                 if cooled.warning is not None:
                     warnings.append(
                         ResultWarning(code=cooled.warning[0], message=cooled.warning[1])
@@ -392,34 +392,6 @@ class Scheduler:
             overlapping_experiments=overlapping,
         )
         await self._record_safely(job_id, outcome, last[0], warnings, placement)
-
-    def _cool_down(
-        self,
-        job: ClaimedJob,
-        cancel: threading.Event,
-        on_progress: Callable[[JobProgress], None],
-    ) -> CooldownReport:
-        """The study's pause before this run; before its first, the GPUs' temperature is
-        taken as the target of later ones (in the session's thread: it blocks)."""
-        study = job.study
-        assert study is not None
-        assert study.cooldown is not None
-        plan = study.cooldown
-        devices = job.grant.uuids
-        if study.position == 0:
-            if plan.until_temperature_within_c is not None and self.thermometer is not None:
-                try:
-                    if self.store.study_temperatures(study.study_id) is None:
-                        temperatures = self.thermometer.temperatures_c(devices)
-                        self.store.set_study_temperatures(study.study_id, temperatures)
-                except ThermometerError as exc:
-                    _log.warning(
-                        "study %s: no temperature to cool down to: %s", study.study_id, exc
-                    )
-            return CooldownReport(0.0)
-        on_progress(JobProgress(phase="cooldown"))
-        baseline = self.store.study_temperatures(study.study_id)
-        return cool_down(plan, devices, baseline, self.thermometer or _NO_THERMOMETER, cancel)
 
     async def _record_safely(
         self,
@@ -510,14 +482,6 @@ class Scheduler:
             job_id, JobStatus.SUCCEEDED, result_path=str(path), metrics=run_metrics(result)
         )
         _log.info("job %s: succeeded", job_id)
-
-
-class _NoThermometer:
-    def temperatures_c(self, device_uuids: Sequence[str]) -> dict[str, float]:
-        raise ThermometerError("this server reads no GPU temperatures")
-
-
-_NO_THERMOMETER = _NoThermometer()
 
 
 def _could_not_start(exc: Exception) -> ProblemDetail:

@@ -7,15 +7,19 @@ holds the GPUs' attention), behind the `Thermometer` seam so tests script them.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from llem_client import CooldownConfig
+from llem_client import CooldownConfig, JobProgress
 
 from llem_service.energy.nvml import Nvml, NvmlError, NvmlLibrary, load_pynvml
+from llem_service.jobs.base import ClaimedJob, JobStore
+
+_log = logging.getLogger("llem.scheduler")
 
 
 class ThermometerError(Exception):
@@ -116,3 +120,38 @@ def cool_down(
             "point started warm; raise cooldown.max_s or order the study 'shuffled'.",
         )
     return CooldownReport(clock() - started, warning)
+
+
+class _NoThermometer:
+    def temperatures_c(self, device_uuids: Sequence[str]) -> dict[str, float]:
+        raise ThermometerError("this server reads no GPU temperatures")
+
+
+def before_study_run(
+    job: ClaimedJob,
+    store: JobStore,
+    thermometer: Thermometer | None,
+    cancel: threading.Event,
+    on_progress: Callable[[JobProgress], None],
+) -> CooldownReport:
+    """The study's pause before this run of it (blocking: the scheduler calls it in the run's
+    thread, inside the run's cancellable window). Before a study's first run nothing is
+    waited: the GPUs' temperatures are kept as the target of the later runs' cooldowns."""
+    study = job.study
+    assert study is not None
+    assert study.cooldown is not None
+    plan = study.cooldown
+    devices = job.grant.uuids
+    if study.position == 0:
+        if plan.until_temperature_within_c is not None and thermometer is not None:
+            try:
+                if store.study_temperatures(study.study_id) is None:
+                    store.set_study_temperatures(
+                        study.study_id, thermometer.temperatures_c(devices)
+                    )
+            except ThermometerError as exc:
+                _log.warning("study %s: no temperature to cool down to: %s", study.study_id, exc)
+        return CooldownReport(0.0)
+    on_progress(JobProgress(phase="cooldown"))
+    baseline = store.study_temperatures(study.study_id)
+    return cool_down(plan, devices, baseline, thermometer or _NoThermometer(), cancel)
