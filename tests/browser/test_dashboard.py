@@ -527,6 +527,30 @@ def test_a_figure_the_run_could_not_bound_is_not_published_and_says_why(
     p.screenshot("experiment-not-published")
 
 
+def test_an_experiment_without_energy_says_not_measured_on_every_view(
+    start_server: Callable[..., LiveServer], page: Callable[[str], Page]
+) -> None:
+    # On the CPU there is no GPU to meter: the result's energy is null, with a warning.
+    server = start_server(backend=FakeInferenceBackend(gpu=False))
+    first, second = submit(server, name="cpu 1"), submit(server, name="cpu 2")
+    assert wait_done(server, first) == wait_done(server, second) == "succeeded"
+    result = httpx.get(f"{server.base_url}/v1/experiments/{first}/result").json()
+    assert result["energy"] is None
+    p = page(server.base_url)
+
+    p.open(f"/ui/experiments/{first}")
+
+    why = next(w["message"] for w in result["warnings"] if w["code"] == "energy_unavailable")
+    assert f"Energy\nnot measured\n{why}" in p.driver.find_element(By.ID, "summary").text
+    assert why in p.driver.find_element(By.ID, "energy").text
+    sections = p.js("return [...document.querySelectorAll('main section')].map(s => s.id)")
+    assert "requests" not in sections
+    assert "acquisition" not in sections
+    p.open(f"/ui/compare?ids={first},{second}")
+    row = p.driver.find_element(By.CSS_SELECTOR, "#compare-figures tr[data-metric='Energy (J)']")
+    assert row.text == "Energy (J) not measured not measured"
+
+
 def test_every_view_is_usable_from_the_keyboard(
     start_server: Callable[..., LiveServer], page: Callable[[str], Page]
 ) -> None:

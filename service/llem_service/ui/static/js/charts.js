@@ -2,8 +2,6 @@
 // registered in window.llem.charts under a name, so that its data can be read back (the
 // browser tests check what a chart holds, not only that a canvas exists).
 
-import { h } from "./dom.js";
-
 window.llem = window.llem || { charts: {} };
 
 export const PHASE_COLORS = {
@@ -140,18 +138,6 @@ export function powerChart(container, name, rows, extras = []) {
   );
   chart.llem = { runs, measuredWindow: window_ };
   return register(name, chart);
-}
-
-/** A legend of the phase colours, as a list people and screen readers can read. */
-export function phaseLegend(phasesSeen) {
-  return h(
-    "ul",
-    { class: "legend", "aria-label": "Phases" },
-    [...phasesSeen].map((phase) =>
-      h("li", {}, h("span", { class: "swatch", style: null, dataset: { phase } }), phase.replace("_", " ")),
-    ),
-    h("li", {}, h("span", { class: "swatch window" }), "measured window"),
-  );
 }
 
 /** Vertical error bars (value ± total) for ``series`` of a chart, drawn over its plot. */

@@ -83,3 +83,9 @@ export function whyAdjustedNull(result, labels) {
   const fallback = e && e.baselines.length === 0 ? "no idle baseline was taken (baseline.enabled is false), so only raw energy is published" : null;
   return whyNull(result, labels, fallback);
 }
+
+/** Why a result has no energy at all: its ``energy_unavailable`` warning, or a pointer. */
+export function whyNotMeasured(result) {
+  const warning = result.warnings.find((w) => w.code === "energy_unavailable");
+  return warning ? warning.message : "the warnings say why";
+}

@@ -4,7 +4,7 @@
 
 import { facts, h, message, section, table } from "../dom.js";
 import { num, percent, seconds, unit, when } from "../format.js";
-import { estimate, unpublished, whyAdjustedNull, whyNull } from "../figures.js";
+import { estimate, unpublished, whyAdjustedNull, whyNotMeasured, whyNull } from "../figures.js";
 
 const PHASE_METHODS = {
   counter: "energy counter read at the phase's edges",
@@ -154,7 +154,7 @@ export function energySection(result) {
   const e = result.energy;
   const box = section("Energy", "energy");
   if (!e) {
-    box.append(message("Energy was not measured on this run; the warnings below say why."));
+    box.append(message(`Energy was not measured on this run. ${whyNotMeasured(result)}`));
     return box;
   }
   box.append(

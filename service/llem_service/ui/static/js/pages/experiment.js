@@ -3,7 +3,7 @@
 import { api, follow, TERMINAL } from "../api.js";
 import { forget, powerChart, MEASURED } from "../charts.js";
 import { clear, facts, h, message, section, table } from "../dom.js";
-import { estimate, whyAdjustedNull, whyNull } from "../figures.js";
+import { estimate, whyAdjustedNull, whyNotMeasured, whyNull } from "../figures.js";
 import { bytes, num, percent, seconds, shortId, unit, when } from "../format.js";
 import { parseTimeline } from "../timeseries.js";
 import { acquisitionSection, placementSection } from "./acquisition.js";
@@ -20,7 +20,7 @@ const EXTRAS = [
 
 function energyFacts(result) {
   const e = result.energy;
-  if (!e) return [["Energy", "not measured (the warnings say why)"]];
+  if (!e) return [["Energy", h("span", { class: "unpublished" }, "not measured", h("span", { class: "why" }, whyNotMeasured(result)))]];
   const h_ = e.host;
   const hostText = h_ && h_.available ? (h_.energy_uncertainty_j === null ? unit(h_.energy_j, "J") : `${num(h_.energy_j)} ± ${num(h_.energy_uncertainty_j, 2)} J`) : null;
   const host = hostText ? ["Host CPU + DRAM", `${hostText} (RAPL, over the same window)`] : null;
