@@ -12,6 +12,8 @@ platform. Counters are microjoules and wrap at ``max_energy_range_uj``, as RAPL'
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 #: A common Intel value: 2^32 energy units of 61 uJ.
@@ -67,7 +69,11 @@ class ScriptedPowercap:
         return int((self.zones[key] / "energy_uj").read_text())
 
     def set_uj(self, key: str, value: int) -> None:
-        (self.zones[key] / "energy_uj").write_text(f"{value}\n")
+        # Whole at once (write, then rename): a reader in another process never sees the file
+        # truncated and half written, as it never does in sysfs.
+        staged = self.zones[key] / ".energy_uj"
+        staged.write_text(f"{value}\n")
+        os.replace(staged, self.zones[key] / "energy_uj")
 
     def add_j(self, key: str, joules: float) -> None:
         """The zone drew ``joules``: its counter advances, wrapping as RAPL's does."""
@@ -76,3 +82,38 @@ class ScriptedPowercap:
 
     def energy_files(self) -> list[Path]:
         return [path / "energy_uj" for path in self.zones.values()]
+
+
+class SteadyDraw:
+    """A host drawing steady power while a live experiment runs: a thread advances the
+    counters every ``period_s`` (RAPL's own update is about 1 ms; the reader only sees the
+    counter at its reads, so a coarser step changes nothing but the quantisation).
+
+    Use as a context manager; ``watts`` maps zone keys (``intel-rapl:0``, ``intel-rapl:0:2``)
+    to the power each draws.
+    """
+
+    def __init__(
+        self, tree: ScriptedPowercap, watts: dict[str, float], period_s: float = 0.005
+    ) -> None:
+        self.tree = tree
+        self.watts = watts
+        self.period_s = period_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="steady-rapl", daemon=True)
+
+    def _run(self) -> None:
+        last = time.monotonic()
+        while not self._stop.wait(self.period_s):
+            now = time.monotonic()
+            for key, watts in self.watts.items():
+                self.tree.add_j(key, watts * (now - last))
+            last = now
+
+    def __enter__(self) -> SteadyDraw:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -47,7 +47,9 @@ class FakeInferenceBackend:
 
     Every request has ``input_tokens_per_request`` prompt tokens and ``max_output_tokens``
     output tokens; the measured window reports ``measured_time_s``. ``sleep_s`` is how long
-    `run` really takes, so cancellation and one-at-a-time execution can be observed.
+    `run` really takes, so cancellation and one-at-a-time execution can be observed;
+    ``load_sleep_s`` is how long `load` really takes (a scripted GPU's power can then ramp up
+    while the model loads, between the idle baseline and the measured window).
     ``fail_in`` raises a `BackendError` with ``error_message`` in that phase (a `ConfigError`,
     the submitter's doing, with ``fail_as_config_error``); ``crash_in``
     ends the child process abruptly with ``os._exit(crash_exit_code)``, as a segfault or an
@@ -61,6 +63,7 @@ class FakeInferenceBackend:
     warmup_time_s: float = 0.125
     measured_time_s: float = 0.5
     sleep_s: float = 0.0
+    load_sleep_s: float = 0.0
     input_tokens_per_request: int = 8
     flops_per_token: int = 1000
     fail_in: Phase | None = None
@@ -90,6 +93,7 @@ class FakeInferenceBackend:
 
     def load(self, config: ExperimentConfig) -> LoadReport:
         self._maybe_fail("load")
+        time.sleep(self.load_sleep_s)
         return LoadReport(
             load_time_s=self.load_time_s,
             device_uuids=(FAKE_DEVICE.uuid,) if self.gpu else (),

@@ -12,7 +12,7 @@ from selenium.webdriver.common.by import By
 
 from tests.browser.conftest import Page
 from tests.conftest import LiveServer
-from tests.fakes import FakeInferenceBackend
+from tests.fakes import FakeInferenceBackend, fake_meter
 
 BASE: dict[str, Any] = {
     "model": "tiny-test-model",
@@ -44,8 +44,12 @@ def test_a_studys_frontier_charts_mark_the_points_no_other_beats(
     start_server: Callable[..., LiveServer], page: Callable[[str], Page]
 ) -> None:
     # The fake backend reports a fixed measured time, so output length moves tokens/s and
-    # J/token, and batch size moves the time to first token: a real trade-off to chart.
-    server = start_server(backend=FakeInferenceBackend(sleep_s=0.3))
+    # J/token, and batch size moves the time to first token: a real trade-off to chart. Its
+    # runs take real time on a counter updating every millisecond, so every point's J/token
+    # is published.
+    server = start_server(
+        backend=FakeInferenceBackend(sleep_s=0.3), meter=fake_meter(counter_period_s=0.001)
+    )
     document = {
         "name": "frontier",
         "base": BASE,

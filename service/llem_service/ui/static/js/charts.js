@@ -2,8 +2,6 @@
 // registered in window.llem.charts under a name, so that its data can be read back (the
 // browser tests check what a chart holds, not only that a canvas exists).
 
-import { h } from "./dom.js";
-
 window.llem = window.llem || { charts: {} };
 
 export const PHASE_COLORS = {
@@ -14,6 +12,8 @@ export const PHASE_COLORS = {
   prefill: "rgba(214, 39, 40, 0.20)",
   decode: "rgba(44, 160, 44, 0.16)",
   between_batches: "rgba(31, 119, 180, 0.14)",
+  prefill_passes: "rgba(227, 119, 194, 0.18)",
+  baseline_after: "rgba(120, 120, 120, 0.18)",
 };
 export const MEASURED = new Set(["prefill", "decode", "between_batches"]);
 
@@ -140,36 +140,70 @@ export function powerChart(container, name, rows, extras = []) {
   return register(name, chart);
 }
 
-/** A legend of the phase colours, as a list people and screen readers can read. */
-export function phaseLegend(phasesSeen) {
-  return h(
-    "ul",
-    { class: "legend", "aria-label": "Phases" },
-    [...phasesSeen].map((phase) =>
-      h("li", {}, h("span", { class: "swatch", style: null, dataset: { phase } }), phase.replace("_", " ")),
-    ),
-    h("li", {}, h("span", { class: "swatch window" }), "measured window"),
-  );
+/** Vertical error bars (value ± total) for ``series`` of a chart, drawn over its plot. */
+function whiskers(totals, colours) {
+  return (u) => {
+    const { ctx } = u;
+    ctx.save();
+    ctx.lineWidth = Math.max(1, devicePixelRatio);
+    for (const [s, errors] of Object.entries(totals)) {
+      const ys = u.data[s];
+      if (!ys || !u.series[s].show) continue;
+      ctx.strokeStyle = colours[s];
+      for (let i = 0; i < ys.length; i += 1) {
+        if (ys[i] === null || errors[i] === null) continue;
+        const x = u.valToPos(u.data[0][i], "x", true);
+        const y0 = u.valToPos(ys[i] - errors[i], "y", true);
+        const y1 = u.valToPos(ys[i] + errors[i], "y", true);
+        ctx.beginPath();
+        ctx.moveTo(x, y0);
+        ctx.lineTo(x, y1);
+        ctx.moveTo(x - 3, y0);
+        ctx.lineTo(x + 3, y0);
+        ctx.moveTo(x - 3, y1);
+        ctx.lineTo(x + 3, y1);
+        ctx.stroke();
+      }
+    }
+    ctx.restore();
+  };
 }
 
-/** Points (index, value) as bars, e.g. each request's energy. */
-export function barChart(container, name, xs, ys, { xLabel, yLabel, unit }) {
-  const bars = uPlot.paths && uPlot.paths.bars ? uPlot.paths.bars({ size: [0.8, 40] }) : undefined;
+/**
+ * Each request's energy: raw as bars, adjusted (idle subtracted) as dots when there is one,
+ * each with its ± total as an error bar. ``raw`` and ``adjusted`` are lists of Estimates.
+ */
+export function requestChart(container, name, raw, adjusted) {
+  const bars = uPlot.paths && uPlot.paths.bars ? uPlot.paths.bars({ size: [0.7, 40] }) : undefined;
+  const xs = raw.map((_, i) => i + 1);
+  const joules = (u, v) => (v === null ? "–" : `${v.toPrecision(4)} J`);
+  const series = [
+    { label: "request" },
+    { label: "raw", stroke: "#2ca02c", fill: "rgba(44,160,44,0.35)", paths: bars, points: { show: false }, value: joules },
+  ];
+  const data = [xs, raw.map((e) => e.value)];
+  const totals = { 1: raw.map((e) => e.total) };
+  if (adjusted) {
+    series.push({ label: "adjusted (idle subtracted)", stroke: "#d95f02", paths: () => null, points: { show: true, size: 7, stroke: "#d95f02", fill: "#d95f02" }, value: joules });
+    data.push(adjusted.map((e) => e.value));
+    totals[2] = adjusted.map((e) => e.total);
+  }
+  const lows = data.slice(1).flatMap((ys, s) => ys.map((y, i) => y - totals[s + 1][i]));
+  const highs = data.slice(1).flatMap((ys, s) => ys.map((y, i) => y + totals[s + 1][i]));
   const chart = new uPlot(
     {
       width: width(container),
-      height: 220,
-      series: [
-        { label: xLabel },
-        { label: yLabel, stroke: "#2ca02c", fill: "rgba(44,160,44,0.35)", paths: bars, points: { show: false }, value: (u, v) => (v === null ? "–" : `${v.toPrecision(4)} ${unit}`) },
-      ],
-      axes: [{ label: xLabel }, { label: `${yLabel} (${unit})` }],
-      scales: { x: { time: false } },
+      height: 240,
+      series,
+      axes: [{ label: "request (workload order, every repeat)" }, { label: "energy (J)" }],
+      scales: { x: { time: false, range: (u, min, max) => [min - 0.6, max + 0.6] }, y: { range: () => [Math.min(0, ...lows), Math.max(...highs) * 1.05] } },
       legend: { show: true },
+      hooks: { draw: [whiskers(totals, { 1: "#1b5e20", 2: "#a04000" })] },
     },
-    [xs, ys],
+    data,
     container,
   );
+  chart.llem = { totals };
   return register(name, chart);
 }
 

@@ -4,7 +4,14 @@ const nf = (digits) => new Intl.NumberFormat("en", { maximumSignificantDigits: d
 
 export function num(value, digits = 4) {
   if (value === null || value === undefined || Number.isNaN(value)) return "–";
+  // Below 1e-4 plain digits become a row of zeros: 1.4e-17, not 0.000000000000000014.
+  if (value !== 0 && Math.abs(value) < 1e-4) return value.toExponential(Math.max(0, Math.min(digits, 3) - 1));
   return nf(digits).format(value);
+}
+
+/** A count, every digit: 12,345 (num would round it to significant digits). */
+export function count(value) {
+  return value === null || value === undefined ? "–" : new Intl.NumberFormat("en").format(value);
 }
 
 export function unit(value, u, digits = 4) {
@@ -36,7 +43,9 @@ export function bytes(value) {
 }
 
 export function percent(ratio, digits = 3) {
-  return ratio === null || ratio === undefined ? "–" : `${num(ratio * 100, digits)} %`;
+  if (ratio === null || ratio === undefined) return "–";
+  if (ratio !== 0 && Math.abs(ratio) < 1e-5) return `${ratio < 0 ? "> −" : "< "}0.001 %`;
+  return `${num(ratio * 100, digits)} %`;
 }
 
 export function when(iso) {

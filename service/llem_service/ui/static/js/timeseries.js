@@ -3,6 +3,7 @@
 
 const NUMERIC = new Set([
   "t_s",
+  "power_t_s",
   "power_w",
   "temperature_c",
   "sm_clock_mhz",

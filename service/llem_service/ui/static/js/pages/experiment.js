@@ -1,12 +1,16 @@
 // One experiment: what it measured, how far to trust it, and where it came from.
 
 import { api, follow, TERMINAL } from "../api.js";
-import { barChart, forget, powerChart, MEASURED } from "../charts.js";
+import { forget, powerChart, MEASURED } from "../charts.js";
 import { clear, facts, h, message, section, table } from "../dom.js";
-import { bytes, num, percent, plusMinus, seconds, shortId, unit, when } from "../format.js";
+import { estimate, whyAdjustedNull, whyNotMeasured, whyNull } from "../figures.js";
+import { bytes, num, percent, seconds, shortId, unit, when } from "../format.js";
 import { parseTimeline } from "../timeseries.js";
-import { progressCell, runAgain, statusBadge } from "./jobs.js";
+import { acquisitionSection, placementSection } from "./acquisition.js";
 import { uncertaintyBudget } from "./budget.js";
+import { baselinesSection, energySection } from "./energy.js";
+import { progressCell, runAgain, statusBadge } from "./jobs.js";
+import { requestsSection } from "./requests.js";
 
 const EXTRAS = [
   ["temperature_c", "Temperature"],
@@ -14,29 +18,43 @@ const EXTRAS = [
   ["utilization_pct", "Utilisation"],
 ];
 
-function summary(result) {
+function energyFacts(result) {
   const e = result.energy;
+  if (!e) return [["Energy", h("span", { class: "unpublished" }, "not measured", h("span", { class: "why" }, whyNotMeasured(result)))]];
+  const h_ = e.host;
+  const hostText = h_ && h_.available ? (h_.energy_uncertainty_j === null ? unit(h_.energy_j, "J") : `${num(h_.energy_j)} ± ${num(h_.energy_uncertainty_j, 2)} J`) : null;
+  const host = hostText ? ["Host CPU + DRAM", `${hostText} (RAPL, over the same window)`] : null;
+  return [
+    ["Energy (raw)", estimate(e.energy_j, "J", whyNull(result, "The window's energy"))],
+    ["Energy (idle baseline subtracted)", estimate(e.adjusted_energy_j, "J", whyAdjustedNull(result, ["Adjusted energy", "The baseline power"]))],
+    ["J per output token (raw)", estimate(e.energy_per_output_token_j, "J", whyNull(result, ["J/token", "The window's energy"]))],
+    ["J per output token (adjusted)", estimate(e.adjusted_energy_per_output_token_j, "J", whyAdjustedNull(result, ["Adjusted J/token", "Adjusted energy", "The baseline power"]))],
+    ["Mean / peak power", `${unit(e.mean_power_w, "W")} / ${unit(e.peak_power_w, "W")}`],
+    ["Energy source", `${e.source.replaceAll("_", " ")}; phases split by ${e.phase_split.replaceAll("_", " ")}`],
+    host,
+  ];
+}
+
+function summary(result) {
   const repeats = result.repeats;
   const tps = repeats.tokens_per_second;
   const tpsText = tps.n > 1 && tps.ci95_low !== null
     ? `${num(result.avg_tokens_per_second)} tokens/s (95% CI ${num(tps.ci95_low)}–${num(tps.ci95_high)} over ${tps.n} repeats)`
     : `${num(result.avg_tokens_per_second)} tokens/s`;
+  const placement = result.placement;
   return facts([
     ["Model", result.config.model],
     ["Config hash", h("code", {}, result.measurement_config_hash)],
     ["Requests", num(result.n_requests)],
     ["Tokens in / out", `${num(result.input_tokens)} / ${num(result.output_tokens)}`],
     ["Throughput (output)", tpsText],
-    ["Energy (raw)", e ? plusMinus(e.energy_j, e.energy_uncertainty_j, "J") : "not measured"],
-    ["Energy (idle baseline subtracted)", e ? plusMinus(e.adjusted_energy_j, e.adjusted_energy_uncertainty_j, "J") : "–"],
-    ["Energy per output token", e ? `${unit(e.energy_per_output_token_j, "J")} raw, ${unit(e.adjusted_energy_per_output_token_j, "J")} adjusted` : "–"],
-    ["Mean / peak power", e ? `${unit(e.mean_power_w, "W")} / ${unit(e.peak_power_w, "W")}` : "–"],
-    ["Energy source", e ? e.source.replaceAll("_", " ") : "–"],
+    ...energyFacts(result),
     ["Measured window", seconds(result.total_inference_time_sec)],
     ["Load / warm-up", `${seconds(result.model_load_time_sec)} / ${seconds(result.warmup_time_sec)} (${result.warmup_batches} batches)`],
     ["Prefill / decode", `${seconds(result.prefill_time_sec)} / ${seconds(result.decode_time_sec)}`],
     ["Peak memory (allocated)", bytes(result.peak_memory_allocated_bytes)],
     ["FLOPs", `${num(result.total_flops, 3)} (${result.flops_method})`],
+    placement ? ["Ran on", `${placement.host} (${placement.executor}), ${placement.gpus.length} GPU${placement.gpus.length === 1 ? "" : "s"}; ${placement.overlapping_experiments.length} overlapping experiment${placement.overlapping_experiments.length === 1 ? "" : "s"}`] : null,
     ["Started / finished", `${when(result.started_at)} / ${when(result.finished_at)}`],
   ]);
 }
@@ -134,55 +152,38 @@ function latency(result) {
   );
 }
 
-function energySection(result, jobId) {
-  const e = result.energy;
-  const box = section("Energy", "energy");
-  if (!e) {
-    box.append(message("Energy was not measured on this run; the warnings below say why."));
-    return box;
-  }
-  const total = e.phases.reduce((s, p) => s + p.energy_j, 0) || 1;
-  box.append(
-    table(
-      "Energy by phase (summed over the metered GPUs)",
-      ["Phase", "Duration", "Energy", "Share", "How"],
-      e.phases.map((p) => [p.phase.replaceAll("_", " "), seconds(p.duration_s), plusMinus(p.energy_j, p.energy_uncertainty_j, "J"), percent(p.energy_j / total), p.method === "counter" ? "energy counter at the phase's edges" : "window energy shared by integrated power"]),
-    ),
-    table(
-      "Per GPU over the measured window",
-      ["GPU", "Source", "Energy", "Adjusted", "Integrated samples", "Counter vs samples", "Mean / peak power"],
-      e.devices.map((d) => [
-        `${d.name} ${d.device_uuid}`,
-        d.source.replaceAll("_", " "),
-        plusMinus(d.energy_j, d.energy_uncertainty_j, "J"),
-        unit(d.adjusted_energy_j, "J"),
-        unit(d.integrated_energy_j, "J"),
-        d.counter_vs_integral_rel_diff === null ? "–" : percent(d.counter_vs_integral_rel_diff),
-        `${unit(d.mean_power_w, "W")} / ${unit(d.peak_power_w, "W")}`,
-      ]),
-    ),
-  );
-  const perRequest = e.per_request_energy_j;
-  const sorted = [...perRequest].sort((a, b) => a - b);
-  const figure = h("figure", { class: "chart", id: "per-request-chart" });
-  box.append(
-    h("h3", {}, "Per-request energy"),
-    h("p", { class: "note" }, `Steady-state J/token (decode energy over decode tokens, ${e.per_request_basis}) × each request's output tokens. ${perRequest.length} requests: min ${unit(sorted[0], "J")}, median ${unit(sorted[Math.floor(sorted.length / 2)], "J")}, max ${unit(sorted[sorted.length - 1], "J")}.`),
-    figure,
-  );
-  box.draw = () => barChart(figure, `per-request:${jobId}`, perRequest.map((_, i) => i + 1), perRequest, { xLabel: "request", yLabel: "energy", unit: "J" });
-  return box;
+function stopText(r) {
+  const n = r.per_repeat.length;
+  if (r.stop_reason === "fixed") return `${n} repeat${n === 1 ? "" : "s"}, as asked (repeats was a number).`;
+  const figure = r.stop_statistic ? r.stop_statistic.replaceAll("_", " ") : "the figure";
+  const reached = r.achieved_ci_rel === null ? "" : `: the 95% CI's half-width reached ${percent(r.achieved_ci_rel)} of the mean`;
+  return r.stop_reason === "target_reached"
+    ? `Stopped after ${n} repeats when ${figure} met its target${reached}.`
+    : `Stopped at repeats.max (${n}) before ${figure} met its target${reached}.`;
 }
 
 function repeatsSection(result) {
   const r = result.repeats;
+  const metered = result.energy !== null;
+  const figure = (e) => (metered ? estimate(e, "J", "this repeat's figure could not be bounded") : "not measured");
   return section(
     "Repeats",
     "repeats",
+    h("p", { dataset: { stop: r.stop_reason } }, stopText(r)),
     table(
       "Each pass of the measured workload",
-      ["Repeat", "Duration", "Output tokens", "Tokens/s", "Energy", "J/token (raw)", "J/token (adjusted)"],
-      r.per_repeat.map((p) => [p.index + 1, seconds(p.duration_s), num(p.output_tokens), num(p.tokens_per_second), unit(p.energy_j, "J"), unit(p.energy_per_output_token_j, "J"), unit(p.adjusted_energy_per_output_token_j, "J")]),
+      ["Repeat", "Duration", "Output tokens", "Tokens/s", "Energy (raw)", "Energy (adjusted)", "J/token (raw)", "J/token (adjusted)"],
+      r.per_repeat.map((p) => [
+        p.index + 1,
+        seconds(p.duration_s),
+        num(p.output_tokens),
+        num(p.tokens_per_second),
+        figure(p.energy_j),
+        metered && !result.energy.baselines.length ? "no baseline" : figure(p.adjusted_energy_j),
+        figure(p.energy_per_output_token_j),
+        metered && !result.energy.baselines.length ? "no baseline" : figure(p.adjusted_energy_per_output_token_j),
+      ]),
+      { id: "repeats-table" },
     ),
   );
 }
@@ -222,8 +223,8 @@ function provenance(result) {
     env.gpus.length
       ? table(
           "Metered GPUs",
-          ["UUID", "Name", "NVML index", "Memory", "Power limit", "Persistence", "Processes at start"],
-          env.gpus.map((g) => [g.uuid, g.name, g.nvml_index, bytes(g.memory_total_bytes), unit(g.power_limit_w, "W"), g.persistence_mode === null ? "–" : g.persistence_mode ? "on" : "off", g.compute_processes.map((p) => p.pid).join(", ") || "none"]),
+          ["UUID", "Name", "NVML index", "Memory", "Power limit", "Persistence", "MIG mode", "Processes at start"],
+          env.gpus.map((g) => [g.uuid, g.name, g.nvml_index, bytes(g.memory_total_bytes), unit(g.power_limit_w, "W"), g.persistence_mode === null ? "–" : g.persistence_mode ? "on" : "off", (env.devices.find((d) => d.uuid === g.uuid) || {}).mig_mode || "–", g.compute_processes.map((p) => p.pid).join(", ") || "none"]),
         )
       : null,
     h("details", {}, h("summary", {}, "Effective config (JSON)"), h("pre", { class: "config" }, JSON.stringify(result.config, null, 2))),
@@ -259,25 +260,27 @@ export default async function experimentPage(main, { params, navigate, say }) {
 
   async function showResult() {
     const result = await api(`/v1/experiments/${jobId}/result`);
-    const nav = h(
-      "nav",
-      { class: "toc", "aria-label": "Sections" },
-      ["Summary:summary", "Power timeline:timeline", "Latency:latency", "Energy:energy", "Uncertainty:uncertainty", "Repeats:repeats", "Warnings:warnings", "Provenance:provenance", "Downloads:downloads"].map((s) => {
-        const [label, id] = s.split(":");
-        return h("a", { href: `#${id}` }, label);
-      }),
-    );
     const sections = [
       section("Summary", "summary", summary(result)),
       await timeline(result, jobId),
       latency(result),
-      energySection(result, jobId),
+      energySection(result),
       uncertaintyBudget(result),
+      requestsSection(result, jobId),
+      baselinesSection(result),
       repeatsSection(result),
+      acquisitionSection(result),
+      placementSection(result),
       warningsSection(result),
       provenance(result),
       downloads(result, jobId),
-    ];
+    ].filter(Boolean);
+    // The in-page links: one per section this result has.
+    const nav = h(
+      "nav",
+      { class: "toc", "aria-label": "Sections" },
+      sections.map((s) => h("a", { href: `#${s.id}` }, s.querySelector("h2").textContent)),
+    );
     main.append(nav, ...sections);
     for (const s of sections) if (s.draw) s.draw();
   }

@@ -69,7 +69,7 @@ function runsTable(study) {
           h("td", {}, statusBadge(run.status)),
           h("td", {}, progressCell({ id: run.job_id, progress: run.progress })),
           h("td", { class: "num" }, num(run.tokens_per_s)),
-          h("td", { class: "num" }, unit(run.energy_per_output_token_j, "J")),
+          h("td", { class: "num" }, run.status === "succeeded" && run.energy_per_output_token_j === null ? h("span", { class: "unpublished", title: "null in the run's result: its warnings say why" }, "not published") : unit(run.energy_per_output_token_j, "J")),
           h("td", {}, h("a", { href: `/ui/experiments/${run.job_id}`, class: "mono" }, shortId(run.job_id))),
         ),
       ),
@@ -87,7 +87,7 @@ function rankedTable(pareto, swept) {
   return h(
     "table",
     { id: "study-ranked" },
-    h("caption", {}, metric ? `Points ranked by ${metric.replaceAll("_", " ")} (lowest first); mean over cycles, ± the bound, [95% CI]` : "Points (no energy measured: ranked by design order)"),
+    h("caption", {}, metric ? `Points ranked by ${metric.replaceAll("_", " ")} (lowest first); mean over cycles, ± the runs' mean total uncertainty (k = 2), [95% CI over cycles]` : "Points (no energy measured: ranked by design order)"),
     h("thead", {}, h("tr", {}, ["Rank", ...swept, "J/token", "Tokens/s", "TTFT p90", "ITL p90", "Cycles", "Frontier vs tokens/s", "Frontier vs TTFT", "Meets targets"].map((c) => h("th", { scope: "col" }, c)))),
     h(
       "tbody",
