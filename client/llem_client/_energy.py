@@ -61,7 +61,13 @@ class UncertaintyBudget(_Wire):
     quadrature (independent sources); correlated parts of one source are added first."""
 
     figure: Literal["adjusted_energy_per_output_token_j", "energy_per_output_token_j"]
-    estimate: Estimate
+    estimate: Estimate | None = Field(
+        description="The figure as published; null when it was not (see the warnings), the "
+        "terms then say what made it too uncertain."
+    )
+    random: float = Field(ge=0, description="The figure's random part, as in an Estimate.")
+    systematic: float = Field(ge=0, description="Its systematic part.")
+    total: float = Field(ge=0, description="sqrt(random^2 + systematic^2).")
     coverage_factor: float = Field(gt=0, description="k: each half-width is k x standard.")
     terms: list[UncertaintyTerm]
 
@@ -123,7 +129,9 @@ class DeviceEnergy(_Wire):
     device_uuid: str
     name: str
     source: EnergySource
-    energy_j: Estimate = Field(description="Raw energy.")
+    energy_j: Estimate | None = Field(
+        description="Raw energy; null when too uncertain to publish (see the warnings)."
+    )
     adjusted_energy_j: Estimate | None = Field(
         default=None, description="Raw minus baseline power x window; null without one."
     )

@@ -56,11 +56,13 @@ from llem_service.experiment.summary import percentile
 
 @dataclass(frozen=True)
 class RepeatEnergy:
-    """One repeat's energy: raw and adjusted (None without a baseline), and output tokens."""
+    """One repeat's figures as published: each null without a baseline (adjusted ones), without
+    output (per token), or when its uncertainty is too large to publish (a warning says so)."""
 
-    energy: Estimate
-    adjusted: Estimate | None
-    output_tokens: int
+    energy_j: WireEstimate | None
+    adjusted_energy_j: WireEstimate | None
+    energy_per_output_token_j: WireEstimate | None
+    adjusted_energy_per_output_token_j: WireEstimate | None
 
 
 @dataclass
@@ -203,9 +205,11 @@ def build_energy(
                 device_uuid=meta.uuid,
                 name=meta.name,
                 source=w.source,
-                energy_j=est.wire(),
-                adjusted_energy_j=(
-                    (est - device_idle * window_s).wire() if device_idle is not None else None
+                energy_j=publish(est, "A GPU's energy"),
+                adjusted_energy_j=publish(
+                    est - device_idle * window_s if device_idle is not None else None,
+                    "A GPU's adjusted energy",
+                    est.value,
                 ),
                 integrated_energy_j=w.integrated_j,
                 counter_vs_integral_rel_diff=w.rel_diff,
@@ -230,6 +234,10 @@ def build_energy(
     per_token = window / tokens if tokens else None
     adjusted_per_token = adjusted / tokens if adjusted is not None and tokens else None
     headline = adjusted_per_token or per_token
+    published_raw = publish(per_token, "J/token")
+    published_adjusted = publish(
+        adjusted_per_token, "Adjusted J/token", per_token.value if per_token else None
+    )
     integrated = sum(i for i in integrals if i is not None) if None not in integrals else None
     requests = _requests(work, phases, account, idle, publish, window.value)
     result = EnergyResult(
@@ -242,11 +250,17 @@ def build_energy(
         energy_j=publish(window, "The window's energy"),
         adjusted_energy_j=publish(adjusted, "Adjusted energy", window.value),
         baseline_power_w=publish(idle, "The baseline power"),
-        energy_per_output_token_j=publish(per_token, "J/token"),
-        adjusted_energy_per_output_token_j=publish(
-            adjusted_per_token, "Adjusted J/token", per_token.value if per_token else None
+        energy_per_output_token_j=published_raw,
+        adjusted_energy_per_output_token_j=published_adjusted,
+        uncertainty=(
+            _budget(
+                headline,
+                published_adjusted if adjusted_per_token is not None else published_raw,
+                adjusted=adjusted_per_token is not None,
+            )
+            if headline
+            else None
         ),
-        uncertainty=_budget(headline, adjusted_per_token is not None) if headline else None,
         mean_power_w=window.value / window_s if window_s > 0 else 0.0,
         peak_power_w=account.summed.peak_w(start.t_s, end.t_s) if account.summed else None,
         integrated_energy_j=integrated,
@@ -270,11 +284,20 @@ def build_energy(
     previous = start
     for i, mark in enumerate(ends):
         e = account.total(previous, mark, pattern)
-        span = mark.t_s - previous.t_s
+        a = e - idle * (mark.t_s - previous.t_s) if idle is not None else None
+        n = work.output_tokens_of_repeat(i)
         repeat_energy.append(
-            RepeatEnergy(e, e - idle * span if idle is not None else None,
-                         work.output_tokens_of_repeat(i))
-        )  # fmt: skip
+            RepeatEnergy(
+                energy_j=publish(e, "A repeat's energy"),
+                adjusted_energy_j=publish(a, "A repeat's adjusted energy", e.value),
+                energy_per_output_token_j=publish(e / n if n else None, "A repeat's J/token"),
+                adjusted_energy_per_output_token_j=publish(
+                    a / n if a is not None and n else None,
+                    "A repeat's adjusted J/token",
+                    e.value / n if n else None,
+                ),
+            )
+        )
         previous = mark
     warnings.extend(publish.warnings())
     return EnergySection(result, repeat_energy, warnings)
@@ -306,7 +329,12 @@ def _baseline_info(
     )
 
 
-def _budget(headline: Estimate, adjusted: bool) -> UncertaintyBudget:
+def _budget(
+    headline: Estimate, published: WireEstimate | None, *, adjusted: bool
+) -> UncertaintyBudget:
+    """What the headline's uncertainty is made of. The figure itself is the one published:
+    null when it was not (its terms still say what made it too uncertain)."""
+    whole = headline.wire()
     variance = headline.std() ** 2
     terms = []
     for (name, kind), std in sorted(headline.by_term().items(), key=lambda kv: -kv[1]):
@@ -321,7 +349,10 @@ def _budget(headline: Estimate, adjusted: bool) -> UncertaintyBudget:
         )
     return UncertaintyBudget(
         figure="adjusted_energy_per_output_token_j" if adjusted else "energy_per_output_token_j",
-        estimate=headline.wire(),
+        estimate=published,
+        random=whole.random,
+        systematic=whole.systematic,
+        total=whole.total,
         coverage_factor=COVERAGE_FACTOR,
         terms=terms,
     )

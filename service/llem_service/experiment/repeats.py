@@ -140,11 +140,11 @@ def summarise(
                 duration_s=w.duration_s,
                 output_tokens=tokens,
                 tokens_per_second=_ratio(tokens, w.duration_s),
-                energy_j=e.energy.wire() if e else None,
-                adjusted_energy_j=e.adjusted.wire() if e and e.adjusted else None,
-                energy_per_output_token_j=(e.energy / tokens).wire() if e and tokens else None,
+                energy_j=e.energy_j if e else None,
+                adjusted_energy_j=e.adjusted_energy_j if e else None,
+                energy_per_output_token_j=e.energy_per_output_token_j if e else None,
                 adjusted_energy_per_output_token_j=(
-                    (e.adjusted / tokens).wire() if e and e.adjusted and tokens else None
+                    e.adjusted_energy_per_output_token_j if e else None
                 ),
             )
         )

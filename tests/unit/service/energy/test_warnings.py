@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -185,3 +186,26 @@ def test_a_null_figure_says_what_dominated_and_how_to_get_it(
     (message,) = [m for m in messages if m.startswith(f"{figure} is null")]
     assert cause in message
     assert advice in message
+
+
+def test_a_null_headline_is_null_in_its_budget_too_and_every_figure_follows_the_rule() -> None:
+    # The short window's J/token is too uncertain to publish: no figure of the section may
+    # carry it (or another unpublishable value) in another place.
+    result, _ = SCENARIOS["short_window"].draw(0).execute()
+    energy = result.energy
+
+    assert energy is not None
+    assert energy.energy_per_output_token_j is None
+    budget = energy.uncertainty
+    assert budget is not None
+    assert budget.estimate is None
+    assert budget.terms  # what made it too uncertain is still listed
+    assert budget.total == pytest.approx(math.hypot(budget.random, budget.systematic))
+    limit = result.config.energy.max_relative_uncertainty
+    published = [d.energy_j for d in energy.devices] + [
+        figure
+        for r in result.repeats.per_repeat
+        for figure in (r.energy_j, r.energy_per_output_token_j)
+    ]
+    for figure in published:
+        assert figure is None or figure.total <= limit * abs(figure.value), figure

@@ -59,7 +59,7 @@ export function uncertaintyBudget(result) {
   const headline = published
     ? h("p", {}, `The headline figure, ${figure.label}: `, estimate(published, "J"), ".")
     : h("p", { class: "message", dataset: { unpublished: budget.figure } }, `The headline figure, ${figure.label}, is not published: ${why} The terms below show what its uncertainty is made of.`);
-  const total = budget.estimate;
+  const total = budget;  // the headline's random, systematic and total parts, published or not
   box.append(
     headline,
     h("p", { class: "note" }, `Expanded uncertainties (k = ${num(budget.coverage_factor)}: the truth lies within ± the total in about 95% of runs). Random terms change from run to run; systematic ones do not average away. Terms add in quadrature; the bars are each term's share of the variance.`),
