@@ -35,7 +35,7 @@ Figures = Callable[[str, dict[str, Any]], None]
 def _after_fault(server: ServerProcess, http: httpx.Client, succeeded: list[str]) -> None:
     """The next job runs to the end, and the server still serves everything it finished."""
     healthy = wait_job(http, submit(http))
-    assert healthy["status"] == "succeeded", healthy
+    assert healthy["status"] == "succeeded", healthy.get("error")
     succeeded.append(healthy["id"])
     assert server.healthy()
 
@@ -64,7 +64,10 @@ def test_experiment_killed_by_sigkill(
 def test_experiment_hung_past_the_timeout(
     server_process: Callable[..., ServerProcess], figures: Figures
 ) -> None:
-    server = server_process(experiment_timeout_s="1.5", cancel_grace_s="0.5")
+    # Long enough for the healthy job after each fault (load, warm-up, the measured window,
+    # the counter-measured prefill passes and the sampler's process: about 1.5 s here, more
+    # on a loaded machine), short enough that the hung one is stopped soon.
+    server = server_process(experiment_timeout_s="4", cancel_grace_s="0.5")
     succeeded: list[str] = []
     started = time.monotonic()
     with httpx.Client(base_url=server.url, timeout=10) as http:
@@ -74,7 +77,7 @@ def test_experiment_hung_past_the_timeout(
 
             job = wait_job(http, job_id)
             assert job["status"] == "failed"
-            assert "did not finish within 1.5 s" in job["error"]["detail"]
+            assert "did not finish within 4 s" in job["error"]["detail"]
             assert not pid_alive(pid), "the hung process was left running"
             _after_fault(server, http, succeeded)
         lost = lost_results(http, succeeded)
