@@ -218,11 +218,23 @@ class StudyInvalid(LlemServiceError):
 
     status, title, slug = 422, "Invalid study", "study-invalid"
 
-    def __init__(self, detail: str, *, loc: tuple[str | int, ...] = ()) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        loc: tuple[str | int, ...] = (),
+        errors: Sequence[FieldError] = (),
+    ) -> None:
+        """``errors``: each field of each point at fault, ``loc`` under ``body`` already
+        (``body.points.<index>.<field>``), after the study's own error."""
         super().__init__(detail)
         self.loc = loc
+        self.errors = list(errors)
 
     def problem(self, instance: str | None = None) -> ProblemDetail:
         problem = super().problem(instance)
-        problem.errors = [FieldError(loc=["body", *self.loc], msg=self.detail, type="study")]
+        problem.errors = [
+            FieldError(loc=["body", *self.loc], msg=self.detail, type="study"),
+            *self.errors,
+        ]
         return problem

@@ -24,9 +24,17 @@ from llem_client import (
 from llem_service.api.admission import admit_all
 from llem_service.api.problems import problem_responses
 from llem_service.api.sse import KEEP_ALIVE, EventIds, changed, event_stream
-from llem_service.deps import AdmissionDep, FeedDep, SchedulerDep, SettingsDep, StudyStoreDep
+from llem_service.deps import (
+    AdmissionDep,
+    CatalogDep,
+    FeedDep,
+    SchedulerDep,
+    SettingsDep,
+    StudyStoreDep,
+)
 from llem_service.errors import StudyAlreadyFinished, StudyNotFound
 from llem_service.jobs.study_store import NewStudy, PlannedRun, StudyRecord, StudyStore
+from llem_service.jobs.submit_checks import ConfigChecker
 from llem_service.studies import views
 from llem_service.studies.design import StudyDesign, expand
 from llem_service.studies.pareto import pareto
@@ -76,6 +84,7 @@ def submit_study(
     scheduler: SchedulerDep,
     feed: FeedDep,
     settings: SettingsDep,
+    catalog: CatalogDep,
     admission: AdmissionDep,
     idempotency_key: Annotated[
         str | None,
@@ -85,10 +94,13 @@ def submit_study(
         ),
     ] = None,
 ) -> Study:
-    """Expand the document into points, validate each, and queue every valid point once per
-    cycle in the planned order. Invalid points are listed in ``skipped`` with their reasons;
-    a study with no valid point, an unknown field or too many points is refused (422)."""
-    expanded = expand(document, max_points=settings.max_study_points)
+    """Expand the document into points, check each as a single experiment is checked (its
+    fields, this server's limits and models, the model's context), and queue every valid point
+    once per cycle in the planned order. Invalid points are listed in ``skipped`` with their
+    reasons; a study with no valid point, an unknown field or too many points is refused
+    (422), as is any invalid point with ``on_invalid: fail``."""
+    check = ConfigChecker(settings, catalog)
+    expanded = expand(document, max_points=settings.max_study_points, check=check)
     admit_all(expanded.configs, admission)
     design = expanded.design
     runs = [

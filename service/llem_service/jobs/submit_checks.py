@@ -14,7 +14,7 @@ Three kinds of check, all reported together:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from llem_client import ExperimentConfig, FieldError, JsonlPrompts, SyntheticPrompts
@@ -22,7 +22,7 @@ from llem_client import ExperimentConfig, FieldError, JsonlPrompts, SyntheticPro
 from llem_service.backends.base import BackendError
 from llem_service.backends.sources import resolve_local
 from llem_service.errors import ConfigRefused
-from llem_service.models.catalog import ModelCatalog, ModelRefused
+from llem_service.models.catalog import ModelCatalog, ModelCheck, ModelRefused
 from llem_service.models.context import context_limit
 from llem_service.settings import Settings
 
@@ -121,19 +121,58 @@ def context_errors(
     ]
 
 
+def config_errors(
+    config: ExperimentConfig,
+    settings: Settings,
+    check_model: Callable[[str, str | None], ModelCheck],
+) -> list[FieldError]:
+    """Every refusal of ``config`` (sizes, prompt file, model, context); empty to accept it.
+
+    Args:
+        check_model: `ModelCatalog.check`, or a cache of it (`ConfigChecker`).
+    """
+    errors = size_errors(config, settings)
+    errors += prompt_file_errors(config, settings)
+    try:
+        checked = check_model(config.model, config.revision)
+    except ModelRefused as exc:
+        errors.append(_refusal(["model"], str(exc)))
+    else:
+        errors += context_errors(config, checked.config)
+    return errors
+
+
 def check_config(config: ExperimentConfig, settings: Settings, catalog: ModelCatalog) -> None:
     """Accept ``config`` for the queue, or refuse it naming every offending field.
 
     Raises:
         ConfigRefused: At least one check failed (a 422 listing each).
     """
-    errors = size_errors(config, settings)
-    errors += prompt_file_errors(config, settings)
-    try:
-        checked = catalog.check(config.model, config.revision)
-    except ModelRefused as exc:
-        errors.append(_refusal(["model"], str(exc)))
-    else:
-        errors += context_errors(config, checked.config)
+    errors = config_errors(config, settings, catalog.check)
     if errors:
         raise ConfigRefused(errors)
+
+
+class ConfigChecker:
+    """`config_errors` for many configs at once (a study's points): each model and revision
+    is looked up once, however many points name it (a lookup may ask the hub)."""
+
+    def __init__(self, settings: Settings, catalog: ModelCatalog) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self._models: dict[tuple[str, str | None], ModelCheck | ModelRefused] = {}
+
+    def __call__(self, config: ExperimentConfig) -> list[FieldError]:
+        return config_errors(config, self.settings, self._check_model)
+
+    def _check_model(self, model: str, revision: str | None) -> ModelCheck:
+        key = (model, revision)
+        if key not in self._models:
+            try:
+                self._models[key] = self.catalog.check(model, revision)
+            except ModelRefused as exc:
+                self._models[key] = exc
+        found = self._models[key]
+        if isinstance(found, ModelRefused):
+            raise found
+        return found

@@ -21,7 +21,7 @@ import json
 import math
 import secrets
 import types
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -73,12 +73,25 @@ class ExpandedStudy:
     design_hash: str
 
 
-def expand(document: StudyDocument, *, max_points: int) -> ExpandedStudy:
+#: What the server refuses of a valid config, field by field (`llem_service.jobs.submit_checks`:
+#: its size limits, its models, the model's context); an empty list accepts it.
+ConfigCheck = Callable[[ExperimentConfig], Sequence[FieldError]]
+
+
+def expand(
+    document: StudyDocument, *, max_points: int, check: ConfigCheck | None = None
+) -> ExpandedStudy:
     """Expand, validate and order ``document``.
+
+    Args:
+        max_points: The most points the study may have.
+        check: This server's checks of a point's config, as a single experiment gets them at
+            submit; a point it refuses is invalid like one that fails validation.
 
     Raises:
         StudyInvalid: An unknown or conflicting field, more points than ``max_points``, no
-            valid point, or (with ``on_invalid: fail``) any invalid point.
+            valid point, or (with ``on_invalid: fail``) any invalid point; the invalid points'
+            fields are in its ``errors`` (``points.<index>.<field>``).
     """
     sweep = dict(document.sweep)
     for path in sweep:
@@ -128,6 +141,9 @@ def expand(document: StudyDocument, *, max_points: int) -> ExpandedStudy:
                 FieldError(loc=list(e["loc"]), msg=_message(e["msg"]), type=e["type"])
                 for e in exc.errors(include_url=False)
             ]
+        else:
+            errors = list(check(config)) if check is not None else []
+        if errors:
             reason = "; ".join(f"{_where(e.loc)}: {e.msg}" if e.loc else e.msg for e in errors)
             skipped.append(SkippedPoint(index=index, values=shown, reason=reason, errors=errors))
             continue
@@ -141,10 +157,13 @@ def expand(document: StudyDocument, *, max_points: int) -> ExpandedStudy:
             f"{len(skipped)} of {n_points} points are invalid and on_invalid is 'fail': "
             + _first_reasons(skipped),
             loc=("on_invalid",),
+            errors=_point_errors(skipped),
         )
     if not points:
         raise StudyInvalid(
-            f"no valid point among {n_points}: " + _first_reasons(skipped), loc=("base",)
+            f"no valid point among {n_points}: " + _first_reasons(skipped),
+            loc=("base",),
+            errors=_point_errors(skipped),
         )
 
     notes = []
@@ -202,6 +221,16 @@ def _first_reasons(skipped: Sequence[SkippedPoint], n: int = 3) -> str:
     shown = "; ".join(f"point {s.index} ({s.reason})" for s in skipped[:n])
     more = f"; and {len(skipped) - n} more" if len(skipped) > n else ""
     return shown + more
+
+
+def _point_errors(skipped: Sequence[SkippedPoint], n: int = 100) -> list[FieldError]:
+    """The first ``n`` field errors of the invalid points, under ``body.points.<index>``."""
+    errors = [
+        FieldError(loc=["body", "points", s.index, *e.loc], msg=e.msg, type=e.type)
+        for s in skipped
+        for e in s.errors
+    ]
+    return errors[:n]
 
 
 def _message(msg: str) -> str:
