@@ -93,22 +93,7 @@ def expand(
             valid point, or (with ``on_invalid: fail``) any invalid point; the invalid points'
             fields are in its ``errors`` (``points.<index>.<field>``).
     """
-    sweep = dict(document.sweep)
-    for path in sweep:
-        _check_path(path, ("sweep", path))
-    variants = [_nest(variant, ("variants", i)) for i, variant in enumerate(document.variants)]
-    variant_fields: list[str] = []
-    for i, variant in enumerate(variants):
-        for path in _leaves(variant, ExperimentConfig, ("variants", i)):
-            if path not in variant_fields:
-                variant_fields.append(path)
-    for path in sweep:
-        for other in variant_fields:
-            if path == other or path.startswith(f"{other}.") or other.startswith(f"{path}."):
-                raise StudyInvalid(
-                    f"{path} is both swept and set by a variant ({other}); set it in one place",
-                    loc=("sweep", path),
-                )
+    sweep, variants, variant_fields = _fields(document)
     n_points = max(len(variants), 1) * math.prod(len(values) for values in sweep.values())
     if n_points > max_points:
         raise StudyInvalid(
@@ -134,16 +119,8 @@ def expand(
         shown.update(values)
         if not data.get("name"):
             data["name"] = f"{document.name} p{index}"[:200]
-        try:
-            config = ExperimentConfig.model_validate(data)
-        except ValidationError as exc:
-            errors = [
-                FieldError(loc=list(e["loc"]), msg=_message(e["msg"]), type=e["type"])
-                for e in exc.errors(include_url=False)
-            ]
-        else:
-            errors = list(check(config)) if check is not None else []
-        if errors:
+        config, errors = _point_config(data, check)
+        if config is None:
             reason = "; ".join(f"{_where(e.loc)}: {e.msg}" if e.loc else e.msg for e in errors)
             skipped.append(SkippedPoint(index=index, values=shown, reason=reason, errors=errors))
             continue
@@ -188,6 +165,46 @@ def expand(
         notes=notes,
     )
     return ExpandedStudy(design, configs, design_hash(design, configs))
+
+
+def _fields(
+    document: StudyDocument,
+) -> tuple[dict[str, list[Any]], list[dict[str, Any]], list[str]]:
+    """The sweep, the variants (nested) and the fields the variants set, each checked to be
+    a field of the config, and none both swept and set by a variant."""
+    sweep = dict(document.sweep)
+    for path in sweep:
+        _check_path(path, ("sweep", path))
+    variants = [_nest(variant, ("variants", i)) for i, variant in enumerate(document.variants)]
+    variant_fields: list[str] = []
+    for i, variant in enumerate(variants):
+        for path in _leaves(variant, ExperimentConfig, ("variants", i)):
+            if path not in variant_fields:
+                variant_fields.append(path)
+    for path in sweep:
+        for other in variant_fields:
+            if path == other or path.startswith(f"{other}.") or other.startswith(f"{path}."):
+                raise StudyInvalid(
+                    f"{path} is both swept and set by a variant ({other}); set it in one place",
+                    loc=("sweep", path),
+                )
+    return sweep, variants, variant_fields
+
+
+def _point_config(
+    data: dict[str, Any], check: ConfigCheck | None
+) -> tuple[ExperimentConfig | None, list[FieldError]]:
+    """A point's config, or None with what is wrong with it (invalid, or refused by
+    ``check``)."""
+    try:
+        config = ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        return None, [
+            FieldError(loc=list(e["loc"]), msg=_message(e["msg"]), type=e["type"])
+            for e in exc.errors(include_url=False)
+        ]
+    errors = list(check(config)) if check is not None else []
+    return (None if errors else config), errors
 
 
 def design_hash(design: StudyDesign, configs: Mapping[int, ExperimentConfig]) -> str:

@@ -49,9 +49,7 @@ def http(tmp_path: Path, hub: FakeHub) -> Iterator[TestClient]:
 
 
 def jobs(http: TestClient) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = http.get("/v1/experiments", params={"limit": 500}).json()[
-        "items"
-    ]
+    items: list[dict[str, Any]] = http.get("/v1/experiments", params={"limit": 500}).json()["items"]
     return items
 
 
