@@ -27,6 +27,7 @@ from llem_service.errors import (
     JobHasNoResult,
     JobNotFinished,
     JobNotFound,
+    JobStillActive,
     ResultUnavailable,
     TimeseriesNotRecorded,
 )
@@ -83,6 +84,10 @@ _SSE_EVENT = {
         },
     },
 }
+
+
+#: Reads of a job that changes state while it is being cancelled, before the cancel gives up.
+_CANCEL_TRIES = 4
 
 
 def _job_or_404(store: JobStore, job_id: str) -> Job:
@@ -321,18 +326,25 @@ def cancel_experiment(
 ) -> Job:
     """Cancel a queued job at once (200), or stop a running one (202; it ends ``cancelled``)."""
     job = _job_or_404(store, job_id)
-    job_id = job.id
-    if job.status is JobStatus.QUEUED:
-        cancelled = store.cancel_queued(job_id)
-        if cancelled is not None:
-            feed.notify()
-            return cancelled
-        job = _job_or_404(store, job_id)  # claimed in between: it is running now
-    if job.status is JobStatus.RUNNING:
-        scheduler.request_cancel(job_id)
-        response.status_code = status.HTTP_202_ACCEPTED
-        return job
-    raise JobAlreadyFinished(f"job {job_id} already ended {job.status.value}")
+    # A job may move on while this looks: claimed, or put back in line by a shutdown.
+    for _ in range(_CANCEL_TRIES):
+        if job.status is JobStatus.QUEUED:
+            cancelled = store.cancel_queued(job.id)
+            if cancelled is not None:
+                feed.notify()
+                return cancelled
+        elif job.status is JobStatus.RUNNING:
+            # Kept in the store first: a run that has not begun yet reads it when it does.
+            if store.request_cancel(job.id):
+                scheduler.request_cancel(job.id)
+                response.status_code = status.HTTP_202_ACCEPTED
+                return job
+        else:
+            break
+        job = _job_or_404(store, job.id)
+    if not job.status.terminal:
+        raise JobStillActive(f"job {job.id} kept changing state; cancel it again")
+    raise JobAlreadyFinished(f"job {job.id} already ended {job.status.value}")
 
 
 @router.get(

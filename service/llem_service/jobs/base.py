@@ -105,13 +105,28 @@ class JobStore(Protocol):
         """Remember the executor's handle of a running job (for reattaching after a restart)."""
         ...
 
-    def fail_interrupted(self, job_ids: Sequence[str]) -> None:
-        """Fail these running jobs as interrupted by a restart."""
+    def request_cancel(self, job_id: str) -> bool:
+        """Keep a cancel for a running job (read by its run, and after a restart); False when
+        it is not running."""
+        ...
+
+    def cancel_requested(self, job_id: str) -> bool:
+        """Whether the job's cancel, or its study's, was asked for."""
+        ...
+
+    def unclaim(self, job_id: str) -> bool:
+        """Put a claimed job whose run never started back in line, in its place."""
+        ...
+
+    def fail_interrupted(self, job_ids: Sequence[str], why: str | None = None) -> None:
+        """End these running jobs, interrupted by a shutdown or a restart: cancelled where a
+        cancel was asked for, otherwise failed as interrupted (``why`` says how)."""
         ...
 
     def retry_interrupted(self, job_ids: Sequence[str]) -> list[str]:
         """Queue again, in their place, those of these running jobs that are study runs on
-        their first attempt (marked attempt 2); return them. The rest stay running."""
+        their first attempt and not cancelled (marked attempt 2); return them. The rest stay
+        running."""
         ...
 
     def update_progress(self, job_id: str, progress: JobProgress) -> None: ...

@@ -36,6 +36,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from llem_client import (
+    ExperimentConfig,
     ExperimentResult,
     Job,
     JobProgress,
@@ -144,7 +145,11 @@ class Scheduler:
         return tuple(self._cancels)
 
     def request_cancel(self, job_id: str) -> bool:
-        """Stop the job if it runs here; True if it did."""
+        """Stop the job's run if it has begun here; True if it had.
+
+        Call it after the store kept the cancel (`JobStore.request_cancel`): a run registers
+        its stop signal before it reads the store's cancel, so a job claimed a moment ago,
+        whose run has not begun yet, stops all the same (False here, then)."""
         cancel = self._cancels.get(job_id)
         if cancel is None:
             return False
@@ -183,10 +188,10 @@ class Scheduler:
             retried = set(self.store.retry_interrupted(lost))
             if retried:
                 _log.warning("queued %d interrupted study run(s) again: %s", len(retried), retried)
-            failed = [job_id for job_id in lost if job_id not in retried]
-            if failed:
-                self.store.fail_interrupted(failed)
-                _log.warning("marked %d interrupted job(s) failed: %s", len(failed), failed)
+            ended = [job_id for job_id in lost if job_id not in retried]
+            if ended:
+                self.store.fail_interrupted(ended)
+                _log.warning("ended %d interrupted job(s): %s", len(ended), ended)
 
     async def _run_forever(self) -> None:
         while not self._stopping:
@@ -276,11 +281,39 @@ class Scheduler:
                 context = RunContext(job.job.id, job.config, keep_warm=job.reuse_group is not None)
                 await self._execute(session, context, job.job.progress, grant, job)
                 job = self._next_on(session, grant, job)
+        except Exception:  # a fault of ours: the job it held must not stay running for ever
+            _log.exception("unexpected error in the session of job %s", claimed.job.id)
+            if job is not None:
+                await self._fail_held(job.job.id)
         finally:
+            await self._close(session, grant)
+
+    async def _close(self, session: ExecutorSession | None, grant: GpuGrant) -> None:
+        """Close ``session`` and give ``grant`` back, whatever the closing does."""
+        try:
             if session is not None:
                 await asyncio.to_thread(session.close)
-            self.pool.release(grant)
+        except Exception:
+            _log.exception("could not close a session on %s; its GPUs are released", grant)
+        finally:
+            try:
+                self.pool.release(grant)
+            except Exception:
+                _log.exception("could not release %s", grant)
             self.wake()
+
+    async def _fail_held(self, job_id: str) -> None:
+        """Fail a job this scheduler holds after an error of its own, unless it ended."""
+        try:
+            job = self.store.get(job_id)
+        except Exception:
+            _log.exception("job %s: could not read it back", job_id)
+            return
+        if job is not None and job.status is JobStatus.RUNNING:
+            error = Failures.SCHEDULER_ERROR.problem("unexpected error in the scheduler")
+            await self._record_safely(
+                job_id, RunOutcome(JobStatus.FAILED, error=error), job.progress
+            )
 
     def _next_on(
         self, session: ExecutorSession, grant: GpuGrant, previous: ClaimedJob
@@ -305,15 +338,16 @@ class Scheduler:
 
     async def _follow(self, session: ExecutorSession, running: RunningJob) -> None:
         """A job reattached after a restart, followed to its end."""
-        job = self.store.get(running.job_id)
-        progress = job.progress if job is not None else JobProgress(phase="running")
-        context = RunContext(running.job_id, running.config, executor_ref=running.executor_ref)
         try:
+            job = self.store.get(running.job_id)
+            progress = job.progress if job is not None else JobProgress(phase="running")
+            context = RunContext(running.job_id, running.config, executor_ref=running.executor_ref)
             await self._execute(session, context, progress, running.grant)
+        except Exception:
+            _log.exception("unexpected error following job %s", running.job_id)
+            await self._fail_held(running.job_id)
         finally:
-            await asyncio.to_thread(session.close)
-            self.pool.release(running.grant)
-            self.wake()
+            await self._close(session, running.grant)
 
     # -- one run ------------------------------------------------------------------------------
 
@@ -325,32 +359,76 @@ class Scheduler:
         grant: GpuGrant,
         job: ClaimedJob | None = None,
     ) -> None:
+        """Run one job in ``session`` and record how it ended (``job``: a job claimed now;
+        None: one followed after a restart). Whatever fails, the job ends recorded, is put
+        back in line (the server stopped before it began), or is left running in the executor
+        for the next server."""
         job_id = context.job_id
         cancel = threading.Event()
+        # Registered before the store's cancel is read: a cancel kept before the read is seen
+        # by it, one kept after it finds this event (`request_cancel`).
         self._cancels[job_id] = cancel
-        if self._stopping:
+        run = _Run(progress, context.executor_ref)
+        try:
+            outcome = await self._run(session, context, grant, job, cancel, run)
+        except Exception as exc:
+            _log.exception("job %s: could not run", job_id)
+            outcome = RunOutcome(JobStatus.FAILED, error=_could_not_start(exc))
+        finally:
+            self._cancels.pop(job_id, None)
+        if outcome is None:
+            self.feed.notify()
+            return
+        if outcome.status is JobStatus.RUNNING:
+            _log.warning("job %s: left running in the executor; the next server follows it", job_id)
+            return
+        placement = await self._placement(job_id, grant, context.config, run)
+        await self._record_safely(job_id, outcome, run.progress, run.warnings, placement)
+
+    async def _run(
+        self,
+        session: ExecutorSession,
+        context: RunContext,
+        grant: GpuGrant,
+        job: ClaimedJob | None,
+        cancel: threading.Event,
+        run: _Run,
+    ) -> RunOutcome | None:
+        """The run itself; None when a claimed job never started (recorded already)."""
+        job_id = context.job_id
+        if self._stopping or self.store.cancel_requested(job_id):
             cancel.set()
+        if job is not None and self._not_started(job_id, cancel):
+            return None
         self.feed.notify()
         loop = asyncio.get_running_loop()
-        last = [progress]
 
         def on_progress(update: JobProgress) -> None:  # runs in the session's thread
-            last[0] = update
+            run.progress = update
             self.store.update_progress(job_id, update)
             loop.call_soon_threadsafe(self.feed.notify)
 
-        refs = [context.executor_ref]
-
         def on_executor_ref(ref: str) -> None:  # runs in the session's thread
-            refs[0] = ref
+            run.ref = ref
             self.store.set_executor_ref(job_id, ref)
 
         def on_placement(host: str, gpus: tuple[str, ...], started_at: float) -> None:
             self.overlaps.place(job_id, host, gpus, started_at)
 
-        executor_name = self.make_executor().name
+        run.executor = self.make_executor().name
         await asyncio.to_thread(self.overlaps.begin, job_id, grant.uuids)
-        run = RunContext(
+        if job is not None and job.study is not None and job.study.cooldown is not None:
+            cooled = await asyncio.to_thread(
+                before_study_run, job, self.store, self.thermometer, cancel, on_progress
+            )
+            if cooled.warning is not None:
+                run.warnings.append(
+                    ResultWarning(code=cooled.warning[0], message=cooled.warning[1])
+                )
+        if job is not None and self._not_started(job_id, cancel):  # told while it cooled down
+            await asyncio.to_thread(self.overlaps.end, job_id)
+            return None
+        context = RunContext(
             job_id=job_id,
             config=context.config,
             cancel=cancel,
@@ -362,36 +440,41 @@ class Scheduler:
             detach=self._detach,
             keep_warm=context.keep_warm,
         )
-        warnings: list[ResultWarning] = []
+        return await asyncio.to_thread(session.run, context)
+
+    def _not_started(self, job_id: str, cancel: threading.Event) -> bool:
+        """Before a claimed job's run begins: if it was cancelled meanwhile, end it cancelled;
+        if the server is stopping, put it back in line (nothing ran, so nothing was
+        interrupted). True when it was either."""
+        if not cancel.is_set():
+            return False
+        if self._stopping and not self.store.cancel_requested(job_id):
+            self.store.unclaim(job_id)
+            _log.info("job %s: not started before the shutdown; queued again", job_id)
+        else:
+            self.store.finish(job_id, JobStatus.CANCELLED)
+            _log.info("job %s: cancelled before it started", job_id)
+        return True
+
+    async def _placement(
+        self, job_id: str, grant: GpuGrant, config: ExperimentConfig, run: _Run
+    ) -> Placement | None:
+        """Where the run ran and what overlapped it; None (no placement in the result) when
+        the records cannot say."""
         try:
-            if job is not None and job.study is not None and job.study.cooldown is not None:
-                cooled = await asyncio.to_thread(
-                    before_study_run, job, self.store, self.thermometer, cancel, on_progress
-                )
-                if cooled.warning is not None:
-                    warnings.append(
-                        ResultWarning(code=cooled.warning[0], message=cooled.warning[1])
-                    )
-            outcome = await asyncio.to_thread(session.run, run)
-        except Exception as exc:
-            _log.exception("job %s: could not run", job_id)
-            outcome = RunOutcome(JobStatus.FAILED, error=_could_not_start(exc))
-        finally:
-            del self._cancels[job_id]
-        if outcome.status is JobStatus.RUNNING:
-            _log.warning("job %s: left running in the executor; the next server follows it", job_id)
-            return
-        where = self.overlaps.placement(job_id) or (self.overlaps.host, grant.uuids)
-        overlapping = await asyncio.to_thread(self.overlaps.end, job_id)
-        placement = Placement(
-            executor=executor_name,
-            host=where[0],
-            gpus=list(where[1]),
-            exclusive_host=context.config.exclusive_host,
-            executor_ref=refs[0],
-            overlapping_experiments=overlapping,
-        )
-        await self._record_safely(job_id, outcome, last[0], warnings, placement)
+            where = self.overlaps.placement(job_id) or (self.overlaps.host, grant.uuids)
+            overlapping = await asyncio.to_thread(self.overlaps.end, job_id)
+            return Placement(
+                executor=run.executor or "unknown",
+                host=where[0],
+                gpus=list(where[1]),
+                exclusive_host=config.exclusive_host,
+                executor_ref=run.ref,
+                overlapping_experiments=overlapping,
+            )
+        except Exception:
+            _log.exception("job %s: could not tell where it ran and beside what", job_id)
+            return None
 
     async def _record_safely(
         self,
@@ -442,11 +525,11 @@ class Scheduler:
         placement: Placement | None = None,
     ) -> None:
         if outcome.status is JobStatus.CANCELLED and self._stopping:
-            self.store.finish(
-                job_id,
-                JobStatus.FAILED,
-                error=Failures.INTERRUPTED.problem("the server shut down during the run"),
-            )
+            # As a crash would be (`_recover`): a study run is queued again, once.
+            if self.store.retry_interrupted([job_id]):
+                _log.warning("job %s: interrupted by shutdown; queued again (attempt 2)", job_id)
+                return
+            self.store.fail_interrupted([job_id], "the server shut down during the run")
             _log.warning("job %s: interrupted by shutdown", job_id)
             return
         if outcome.result is None:
@@ -482,6 +565,17 @@ class Scheduler:
             job_id, JobStatus.SUCCEEDED, result_path=str(path), metrics=run_metrics(result)
         )
         _log.info("job %s: succeeded", job_id)
+
+
+class _Run:
+    """What one run tells the scheduler as it goes: its last progress, the executor's handle
+    of it, the executor's name, and warnings for its result."""
+
+    def __init__(self, progress: JobProgress, ref: str | None) -> None:
+        self.progress = progress
+        self.ref = ref
+        self.executor: str | None = None
+        self.warnings: list[ResultWarning] = []
 
 
 def _could_not_start(exc: Exception) -> ProblemDetail:

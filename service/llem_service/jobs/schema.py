@@ -65,6 +65,9 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN retried_error_json TEXT;
     CREATE INDEX IF NOT EXISTS jobs_by_study ON jobs (study_id, study_position);
     """,
+    # A cancel asked for while the job runs, kept with it (`llem_service.jobs.interrupts`): one
+    # that arrives before the run can be told, or before a restart, is not lost.
+    "ALTER TABLE jobs ADD COLUMN cancel_requested_at TEXT;",
 )
 
 #: The columns a `Job` is read from.

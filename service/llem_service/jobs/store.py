@@ -13,7 +13,7 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,13 +30,13 @@ from llem_client import (
 
 from llem_service.errors import (
     AmbiguousJobId,
-    Failures,
     IdempotencyKeyReused,
     InvalidCursor,
     JobStillActive,
 )
 from llem_service.executors.base import WHOLE_HOST, GpuGrant, RunningJob
 from llem_service.jobs.base import ClaimedJob, QueuedJob, StudyLink, Submission
+from llem_service.jobs.interrupts import SqliteInterrupts
 from llem_service.jobs.schema import JOB_COLUMNS, open_database
 from llem_service.jobs.study_store import SqliteStudyQueries
 
@@ -83,7 +83,7 @@ def _decode_cursor(cursor: str) -> int:
         raise InvalidCursor(f"cursor {cursor!r} is not one this server issued") from exc
 
 
-class SqliteJobStore(SqliteStudyQueries):
+class SqliteJobStore(SqliteStudyQueries, SqliteInterrupts):
     """`JobStore` on one SQLite file in WAL mode; safe to share between threads."""
 
     def __init__(self, path: Path) -> None:
@@ -409,27 +409,6 @@ class SqliteJobStore(SqliteStudyQueries):
                 ),
             )
             return self._fetch(job_id) if cursor.rowcount else None
-
-    def fail_interrupted(self, job_ids: Sequence[str]) -> None:
-        error = Failures.INTERRUPTED.problem(
-            "the server restarted while this experiment ran; submit it again"
-        )
-        with self._lock:
-            self._db.executemany(
-                "UPDATE jobs SET status = ?, finished_at = ?, error_json = ?, progress_json = ?"
-                " WHERE id = ? AND status = ?",
-                [
-                    (
-                        JobStatus.FAILED.value,
-                        _now(),
-                        error.model_dump_json(exclude_none=True),
-                        JobProgress(phase="failed").model_dump_json(),
-                        job_id,
-                        JobStatus.RUNNING.value,
-                    )
-                    for job_id in job_ids
-                ],
-            )
 
     def result_path(self, job_id: str) -> str | None:
         with self._lock:

@@ -28,7 +28,7 @@ from llem_client import (
     measurement_config_hash,
 )
 
-from llem_service.errors import Failures, IdempotencyKeyReused, InvalidCursor
+from llem_service.errors import IdempotencyKeyReused, InvalidCursor
 
 #: SQLite's default limit of host parameters in one statement is 999 on old builds.
 _CHUNK = 500
@@ -355,6 +355,13 @@ class SqliteStudyQueries:
                     " WHERE study_id = ? AND status = ?",
                     (JobStatus.CANCELLED.value, now, cancelled, study_id, JobStatus.QUEUED.value),
                 )
+                # Kept with each running run: a stop that finds no run to tell yet, or a
+                # restart, does not lose it (`llem_service.jobs.interrupts`).
+                self._db.execute(
+                    "UPDATE jobs SET cancel_requested_at = COALESCE(cancel_requested_at, ?)"
+                    " WHERE study_id = ? AND status = ?",
+                    (now, study_id, JobStatus.RUNNING.value),
+                )
                 rows = self._db.execute(
                     "SELECT id FROM jobs WHERE study_id = ? AND status = ? ORDER BY seq",
                     (study_id, JobStatus.RUNNING.value),
@@ -364,29 +371,6 @@ class SqliteStudyQueries:
                 self._db.execute("ROLLBACK")
                 raise
         return [row["id"] for row in rows]
-
-    def retry_interrupted(self, job_ids: Sequence[str]) -> list[str]:
-        """Queue again, in their place, the study runs among ``job_ids`` (running jobs a
-        restart interrupted) that were on their first attempt; return those. Each becomes
-        attempt 2 and keeps why attempt 1 ended."""
-        reason = Failures.INTERRUPTED.problem(
-            "the server restarted while this study run ran; it was queued again (attempt 2)"
-        ).model_dump_json(exclude_none=True)
-        queued = JobProgress(phase="queued").model_dump_json()
-        retried: list[str] = []
-        with self._lock:
-            for start in range(0, len(job_ids), _CHUNK):
-                chunk = list(job_ids[start : start + _CHUNK])
-                marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(
-                    f"UPDATE jobs SET status = ?, attempt = attempt + 1, started_at = NULL,"
-                    f" progress_json = ?, retried_error_json = ?, granted_gpus = NULL,"
-                    f" executor_ref = NULL WHERE id IN ({marks}) AND status = ?"
-                    f" AND study_id IS NOT NULL AND attempt = 1 RETURNING id",
-                    (JobStatus.QUEUED.value, queued, reason, *chunk, JobStatus.RUNNING.value),
-                ).fetchall()
-                retried.extend(row["id"] for row in rows)
-        return retried
 
     def set_study_temperatures(self, study_id: str, temperatures: Mapping[str, float]) -> None:
         """Keep each GPU's temperature before the study's first run (the cooldown's target)."""

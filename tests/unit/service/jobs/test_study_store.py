@@ -7,8 +7,9 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from llem_client import CooldownConfig, JobStatus
+from llem_client import CooldownConfig, JobProgress, JobStatus
 from llem_service.errors import IdempotencyKeyReused
+from llem_service.jobs.schema import MIGRATIONS, SCHEMA
 from llem_service.jobs.store import SqliteJobStore
 from llem_service.jobs.study_store import NewStudy, PlannedRun
 
@@ -145,29 +146,17 @@ def test_temperatures_are_kept_per_study(tmp_path: Path) -> None:
 
 def test_a_store_of_the_previous_schema_gains_the_study_columns(tmp_path: Path) -> None:
     path = tmp_path / "jobs.sqlite3"
-    old = SqliteJobStore(path)
-    job_id = old.submit(make_config()).job.id
-    old.close()
     db = sqlite3.connect(path)
-    db.executescript(
-        "DROP TABLE studies; DROP INDEX jobs_by_study; "
-        + "".join(
-            f"ALTER TABLE jobs DROP COLUMN {c}; "
-            for c in (
-                "study_id",
-                "study_point",
-                "study_cycle",
-                "study_position",
-                "attempt",
-                "reuse_group",
-                "cooldown_json",
-                "metrics_json",
-                "retried_error_json",
-            )
-        )
-        + "PRAGMA user_version = 1;"
+    # What the release before studies wrote: the table and the first migration only.
+    db.executescript(f"{SCHEMA} {MIGRATIONS[0]} PRAGMA user_version = 1;")
+    db.execute(
+        "INSERT INTO jobs (id, status, model, config_json, config_hash, created_at,"
+        " progress_json) VALUES ('old', 'queued', 'm', ?, '0123456789abcdef', '2026-01-01', ?)",
+        (make_config().model_dump_json(), JobProgress(phase="queued").model_dump_json()),
     )
+    db.commit()
     db.close()
+    job_id = "old"
 
     store = SqliteJobStore(path)
 
