@@ -284,6 +284,8 @@ class SlurmSession:
             if ref is None and self.reattached:
                 ref = self._retry(context, lambda: self.api.find(job_name(context.job_id)))
             if ref is None:
+                if context.detach.is_set():  # nothing submitted: the next server submits it
+                    return RunOutcome(JobStatus.RUNNING)
                 if context.cancel.is_set():
                     return RunOutcome(JobStatus.CANCELLED)
                 ref = self._submit(context, job_dir)
@@ -336,6 +338,10 @@ class SlurmSession:
             except SlurmUnreachable as exc:
                 _log.warning("job %s: Slurm unreachable, retrying: %s", context.job_id, exc)
             if context.cancel.wait(self.options.poll_s):
+                # A stopping server sets detach before cancel: leave an sbatch whose answer
+                # was lost to the next server, which finds the job by name.
+                if context.detach.is_set():
+                    raise _Stopped(RunOutcome(JobStatus.RUNNING))
                 raise _Stopped(RunOutcome(JobStatus.CANCELLED))
 
 
@@ -364,7 +370,13 @@ class _Follow:
         while True:
             if self.context.detach.is_set():
                 return RunOutcome(JobStatus.RUNNING)  # the job goes on; a new server follows it
-            if self.context.cancel.is_set() and not self.cancel_sent:
+            # A stopping server sets detach, then cancel: a cancel seen with detach is the
+            # shutdown's, and the job is left running (checked next round), never scancelled.
+            if (
+                self.context.cancel.is_set()
+                and not self.context.detach.is_set()
+                and not self.cancel_sent
+            ):
                 self._cancel()
             self._relay()
             outcome = self._outcome()

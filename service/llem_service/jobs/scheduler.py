@@ -158,8 +158,8 @@ class Scheduler:
 
     async def stop(self) -> None:
         """Stop taking jobs; running experiments are stopped and their jobs marked interrupted."""
+        self._detach.set()  # before any cancel: a cancel seen with it is the shutdown's
         self._stopping = True
-        self._detach.set()
         for cancel in self._cancels.values():
             cancel.set()
         self._wake.set()

@@ -7,9 +7,10 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from llem_service.executors.slurm import (
     options_from_settings,
     sbatch_args,
 )
-from llem_service.executors.slurm_cli import gres_count
+from llem_service.executors.slurm_cli import SlurmUnreachable, gres_count
 from llem_service.executors.slurm_files import JobDir
 from llem_service.executors.slurm_rest import _job_state
 from llem_service.settings import Settings
@@ -72,6 +73,8 @@ class Run:
         config: ExperimentConfig,
         job_id: str = "job-1",
         executor_ref: str | None = None,
+        cancel: threading.Event | None = None,
+        detach: threading.Event | None = None,
     ) -> None:
         self.progress: list[JobProgress] = []
         self.refs: list[str] = []
@@ -79,10 +82,12 @@ class Run:
         self.context = RunContext(
             job_id=job_id,
             config=config,
+            cancel=cancel or threading.Event(),
             on_progress=self.progress.append,
             executor_ref=executor_ref,
             on_executor_ref=self.refs.append,
             on_placement=lambda host, gpus, at: self.placements.append((host, gpus, at)),
+            detach=detach or threading.Event(),
         )
         self.outcome: RunOutcome | None = None
         self.thread = threading.Thread(target=self._run, args=(session,), daemon=True)
@@ -328,6 +333,100 @@ def test_a_reattached_job_without_a_slurm_id_is_found_by_name(
     assert outcome.status is JobStatus.SUCCEEDED, outcome.error
     assert followed.refs == []  # nothing submitted again
     assert len(slurm.jobs) == 1
+
+
+class LostAnswers(FakeSlurm):
+    """A controller that takes every sbatch but whose answer never comes back (sbatch times
+    out), until ``answer`` is set."""
+
+    answer = False
+
+    def submit(self, script: Path, args: Sequence[str]) -> str:
+        job_id = super().submit(script, args)
+        if not self.answer:
+            raise SlurmUnreachable("sbatch did not answer within 30 s")
+        return job_id
+
+
+def test_a_shutdown_while_sbatch_is_retried_leaves_the_job_to_the_next_server(
+    tmp_path: Path,
+) -> None:
+    slurm = LostAnswers(kill_wait_s=5.0)
+    try:
+        executor = executor_on(tmp_path, slurm, poll_s=5.0)
+        config = job(sleep_s=0.5)
+        first = Run(executor.open(GpuGrant()), config, job_id="j1")
+        first.wait_for(lambda: bool(slurm.jobs))  # taken by Slurm, answer lost: retrying
+
+        first.context.detach.set()
+        first.context.cancel.set()  # a stopping scheduler sets both
+        left = first.wait(timeout_s=10)
+        slurm.answer = True
+        session = executor_on(tmp_path, slurm).reattach(RunningJob("j1", config, GpuGrant(), None))
+        followed = Run(session, config, job_id="j1")
+        outcome = followed.wait()
+    finally:
+        slurm.close()
+
+    assert left.status is JobStatus.RUNNING  # not cancelled: the server only stopped
+    assert slurm.cancelled == []
+    assert outcome.status is JobStatus.SUCCEEDED, outcome.error
+    assert len(slurm.jobs) == 1  # found by name, not submitted twice
+
+
+def test_a_shutdown_before_the_sbatch_leaves_the_submit_to_the_next_server(
+    tmp_path: Path, slurm: FakeSlurm
+) -> None:
+    detach, cancel = threading.Event(), threading.Event()
+    detach.set()
+    cancel.set()
+
+    outcome = Run(
+        executor_on(tmp_path, slurm).open(GpuGrant()), job(), cancel=cancel, detach=detach
+    ).wait()
+
+    assert outcome.status is JobStatus.RUNNING
+    assert slurm.jobs == {}
+
+
+class ShutdownBetweenChecks(threading.Event):
+    """A server's detach signal that the server sets, with the cancel (as a stopping scheduler
+    does), right after the session's follow loop has looked at it and seen it clear: the
+    moment between that loop's look at detach and its look at cancel."""
+
+    def __init__(self, cancel: threading.Event) -> None:
+        super().__init__()
+        self.cancel = cancel
+        self.armed = False
+
+    def is_set(self) -> bool:
+        seen = super().is_set()
+        if self.armed and not seen and sys._getframe(1).f_code.co_name == "run":
+            self.armed = False
+            self.set()
+            self.cancel.set()
+        return seen
+
+
+def test_a_shutdown_between_the_follow_loops_checks_never_scancels(
+    tmp_path: Path, slurm: FakeSlurm
+) -> None:
+    cancel = threading.Event()
+    detach = ShutdownBetweenChecks(cancel)
+    run = Run(
+        executor_on(tmp_path, slurm).open(GpuGrant()),
+        job(sleep_s=3.0),
+        cancel=cancel,
+        detach=detach,
+    )
+    run.wait_for(lambda: bool(run.placements))
+
+    detach.armed = True
+    outcome = run.wait(timeout_s=20)
+
+    assert not detach.armed  # the shutdown came between the two checks
+    assert outcome.status is JobStatus.RUNNING
+    assert slurm.cancelled == []
 
 
 def test_a_refused_sbatch_fails_the_job_with_slurms_message(
