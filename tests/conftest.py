@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -254,8 +255,17 @@ def _serve(app: FastAPI) -> Iterator[str]:
     import uvicorn
     from llem_service.serve import GracefulServer
 
+    class DebugLoopServer(GracefulServer):
+        """The server with its event loop in debug mode, as ``PYTHONASYNCIODEBUG=1`` runs it:
+        an asyncio object touched from a worker thread (a plain ``def`` route's) raises, and
+        the request fails with a 500, instead of corrupting the loop once in a while."""
+
+        async def serve(self, sockets: Any = None) -> None:
+            asyncio.get_running_loop().set_debug(True)
+            await super().serve(sockets)
+
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    server = GracefulServer(config)
+    server = DebugLoopServer(config)
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

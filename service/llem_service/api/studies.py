@@ -122,11 +122,12 @@ def submit_study(
         ),
         idempotency_key,
     )
+    submitted = _full(store, record)  # as queued: read before the scheduler is woken
     if created:
         scheduler.wake()
         feed.notify()
     response.headers["Location"] = str(request.url_for("get_study", study_id=record.id))
-    return _full(store, record)
+    return submitted
 
 
 @router.get("", response_model=StudyList, responses=problem_responses(400, 401, 422))

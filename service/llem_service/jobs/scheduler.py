@@ -59,7 +59,7 @@ from llem_service.executors.base import (
 from llem_service.experiment.results import ResultFiles
 from llem_service.jobs.backfill import BackfillBound
 from llem_service.jobs.base import ClaimedJob, JobStore
-from llem_service.jobs.events import ChangeFeed
+from llem_service.jobs.events import ChangeFeed, on_loop
 from llem_service.jobs.gpus import GpuPool, NeverFits, WholeHostPool, grant_fits
 from llem_service.jobs.overlaps import OverlapTracker, with_placement
 from llem_service.studies.cooldown import (
@@ -125,6 +125,7 @@ class Scheduler:
         self._detach = threading.Event()  # set at shutdown: jobs that outlive us go on
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # set at start; owns ``_wake``
         #: Told each ended run (metrics count outcomes and energy); a failing one is logged.
         self.finished_listeners: list[FinishedListener] = []
 
@@ -132,12 +133,13 @@ class Scheduler:
 
     def start(self) -> None:
         """Recover what a previous server left running, then start taking jobs."""
+        self._loop = asyncio.get_running_loop()
         self._recover()
         self._loop_task = asyncio.create_task(self._run_forever(), name="llem-scheduler")
 
     def wake(self) -> None:
-        """A job was queued, or GPUs were freed."""
-        self._wake.set()
+        """A job was queued, or GPUs were freed. Any thread may call it (``def`` routes do)."""
+        on_loop(self._loop, self._wake.set)
 
     @property
     def running_job_ids(self) -> tuple[str, ...]:
