@@ -59,6 +59,12 @@ class Settings(BaseSettings):
         gt=0,
         description="A study with more points than this (variants x sweep grid) is refused.",
     )
+    max_study_runs: int = Field(
+        default=20_000,
+        gt=0,
+        description="A study with more runs than this (valid points x cycles) is refused: "
+        "its runs are inserted in one transaction at submit.",
+    )
     allow_remote_code: bool = Field(
         default=False, description="Allow configs that set pytorch.trust_remote_code."
     )

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from llem_client import ExperimentConfig, ExperimentResult, Job, JobList, JobStatus
 from pydantic import StringConstraints
+from starlette.concurrency import run_in_threadpool
 
 from llem_service.api.admission import admit
 from llem_service.api.problems import problem_responses
@@ -174,8 +175,14 @@ def submit_experiment(
     return submission.job
 
 
+# Every route that reads the store is a plain ``def`` (run in the thread pool), and the event
+# streams read it through `run_in_threadpool`: a store call waits for its lock (a study's
+# submission holds it while it inserts the runs) and for the disk, and on the event loop it
+# would stall every request, /healthz included.
+
+
 @router.get("", response_model=JobList, responses=problem_responses(400, 401, 422))
-async def list_experiments(
+def list_experiments(
     store: StoreDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -199,7 +206,7 @@ async def list_experiments(
 
 
 @router.get("/{job_id}", response_model=Job, responses=problem_responses(400, 401, 404))
-async def get_experiment(job_id: JobId, store: StoreDep) -> Job:
+def get_experiment(job_id: JobId, store: StoreDep) -> Job:
     """The job: its status, progress, timestamps, headline figures and, if it failed, why."""
     return _job_or_404(store, job_id)
 
@@ -361,7 +368,7 @@ def cancel_experiment(
         **problem_responses(400, 401, 404),
     },
 )
-async def stream_events(
+def stream_events(
     job_id: JobId, store: StoreDep, feed: FeedDep, settings: SettingsDep
 ) -> StreamingResponse:
     """Server-Sent Events: the job at each change of status or progress, until it ends."""
@@ -372,7 +379,7 @@ async def stream_events(
         ids = EventIds()
         while True:
             waiter = feed.waiter()
-            job = store.get(job_id)
+            job = await run_in_threadpool(store.get, job_id)
             if job is None:
                 return  # deleted
             text = job.model_dump_json()

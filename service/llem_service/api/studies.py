@@ -20,6 +20,7 @@ from llem_client import (
     StudyResults,
     StudySummary,
 )
+from starlette.concurrency import run_in_threadpool
 
 from llem_service.api.admission import admit_all
 from llem_service.api.problems import problem_responses
@@ -33,7 +34,14 @@ from llem_service.deps import (
     StudyStoreDep,
 )
 from llem_service.errors import StudyAlreadyFinished, StudyNotFound
-from llem_service.jobs.study_store import NewStudy, PlannedRun, StudyRecord, StudyStore
+from llem_service.jobs.events import ChangeFeed
+from llem_service.jobs.study_store import (
+    NewStudy,
+    PlannedRun,
+    RunRecord,
+    StudyRecord,
+    StudyStore,
+)
 from llem_service.jobs.submit_checks import ConfigChecker
 from llem_service.studies import views
 from llem_service.studies.design import StudyDesign, expand
@@ -100,7 +108,12 @@ def submit_study(
     reasons; a study with no valid point, an unknown field or too many points is refused
     (422), as is any invalid point with ``on_invalid: fail``."""
     check = ConfigChecker(settings, catalog)
-    expanded = expand(document, max_points=settings.max_study_points, check=check)
+    expanded = expand(
+        document,
+        max_points=settings.max_study_points,
+        max_runs=settings.max_study_runs,
+        check=check,
+    )
     admit_all(expanded.configs, admission)
     design = expanded.design
     runs = [
@@ -211,43 +224,73 @@ _SSE_EVENT = {
         **problem_responses(401, 404),
     },
 )
-async def stream_study_events(
+def stream_study_events(
     study_id: str, store: StudyStoreDep, feed: FeedDep, settings: SettingsDep
 ) -> StreamingResponse:
     """Server-Sent Events: the study's summary at each change and each run that changed."""
     _record_or_404(store, study_id)
+    return event_stream(study_events(store, feed, study_id, settings.sse_keepalive_s))
 
-    async def stream() -> AsyncIterator[str]:
-        sent: dict[str, str] = {}
-        last = ""
-        ids = EventIds()
-        while True:
-            waiter = feed.waiter()
-            record = store.get_study(study_id)
-            if record is None:
-                return
-            # Queued runs only change by starting or being cancelled: read the others.
-            for found in store.study_runs(
-                study_id, statuses=[s for s in JobStatus if s is not JobStatus.QUEUED]
-            ):
-                text = found.run.model_dump_json()
-                if sent.get(found.run.job_id) != text:
-                    sent[found.run.job_id] = text
-                    yield ids.event("run", text)
-            head = _summary(store, record)
+
+async def study_events(
+    store: StudyStore, feed: ChangeFeed, study_id: str, keepalive_s: float
+) -> AsyncIterator[str]:
+    """The study's event stream: each run as it changes, the summary when it changed.
+
+    Every change of any job wakes the stream: it reads the runs of this study changed since
+    its last read (mostly none), off the event loop, and tallies the study again only when one
+    did or the study's record changed. Following a study costs what changed, not its size.
+    """
+
+    def read(after: int) -> tuple[StudyRecord | None, list[RunRecord], int]:
+        record = store.get_study(study_id)
+        if record is None:
+            return None, [], after
+        runs, mark = store.changed_runs(study_id, after)
+        return record, runs, mark
+
+    ids = EventIds()
+    sent: dict[str, str] = {}
+
+    def run_events(runs: list[RunRecord]) -> list[str]:
+        events = []
+        for found in runs:
+            text = found.run.model_dump_json()
+            if sent.get(found.run.job_id) != text:
+                sent[found.run.job_id] = text
+                events.append(ids.event("run", text))
+        return events
+
+    mark = 0
+    shown: StudyRecord | None = None
+    last = ""
+    ended = False
+    while True:
+        waiter = feed.waiter()
+        record, runs, mark = await run_in_threadpool(read, mark)
+        if record is None:
+            return
+        for event in run_events(runs):
+            yield event
+        if runs or record != shown:
+            shown = record
+            head = await run_in_threadpool(_summary, store, record)
+            ended = head.status.terminal
+            if ended:  # the runs' last changes, made since the read above, come before it
+                runs, mark = await run_in_threadpool(store.changed_runs, study_id, mark)
+                for event in run_events(runs):
+                    yield event
             text = head.model_dump_json()
             if text != last:
                 yield ids.event("study", text)
                 last = text
-            if head.status.terminal:
-                return
-            if feed.closed:
-                yield ids.shutdown()
-                return
-            if not await changed(waiter, settings.sse_keepalive_s):
-                yield KEEP_ALIVE
-
-    return event_stream(stream())
+        if ended:
+            return
+        if feed.closed:
+            yield ids.shutdown()
+            return
+        if not await changed(waiter, keepalive_s):
+            yield KEEP_ALIVE
 
 
 @router.get(

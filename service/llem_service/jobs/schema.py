@@ -67,7 +67,24 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # A cancel asked for while the job runs, kept with it (`llem_service.jobs.interrupts`): one
     # that arrives before the run can be told, or before a restart, is not lost.
-    "ALTER TABLE jobs ADD COLUMN cancel_requested_at TEXT;",
+    # ``changed_seq`` numbers the changes of a study's runs (per study, by a trigger, whatever
+    # statement makes them), so a study's event stream reads only the runs changed since its
+    # last read, not all of a large study's runs at every change. Runs that left the queue
+    # before this step count as changed once.
+    """
+    ALTER TABLE jobs ADD COLUMN cancel_requested_at TEXT;
+    ALTER TABLE jobs ADD COLUMN changed_seq INTEGER NOT NULL DEFAULT 0;
+    UPDATE jobs SET changed_seq = 1 WHERE study_id IS NOT NULL AND status != 'queued';
+    CREATE INDEX IF NOT EXISTS jobs_study_changes ON jobs (study_id, changed_seq);
+    CREATE TRIGGER IF NOT EXISTS jobs_study_run_changed
+    AFTER UPDATE OF status, progress_json, error_json, metrics_json, attempt ON jobs
+    WHEN NEW.study_id IS NOT NULL
+    BEGIN
+        UPDATE jobs SET changed_seq = 1 + (
+            SELECT MAX(changed_seq) FROM jobs WHERE study_id = NEW.study_id
+        ) WHERE seq = NEW.seq;
+    END;
+    """,
 )
 
 #: The columns a `Job` is read from.

@@ -116,6 +116,8 @@ class StudyStore(Protocol):
         self, study_id: str, statuses: Sequence[JobStatus] | None = None
     ) -> list[RunRecord]: ...
 
+    def changed_runs(self, study_id: str, after: int = 0) -> tuple[list[RunRecord], int]: ...
+
     def cancel_study(self, study_id: str) -> list[str]: ...
 
     def set_study_temperatures(self, study_id: str, temperatures: Mapping[str, float]) -> None: ...
@@ -140,6 +142,29 @@ def _seq_of(cursor: str) -> int:
     if kind != "study" or not value.isdigit():
         raise InvalidCursor(f"cursor {cursor!r} is not one this server issued")
     return int(value)
+
+
+_RUN_COLUMNS = (
+    "id, status, progress_json, error_json, metrics_json, study_point, study_cycle,"
+    " study_position, attempt"
+)
+
+
+def _run_record(row: sqlite3.Row) -> RunRecord:
+    metrics = json.loads(row["metrics_json"]) if row["metrics_json"] else None
+    run = StudyRun(
+        job_id=row["id"],
+        point=row["study_point"],
+        cycle=row["study_cycle"],
+        position=row["study_position"],
+        attempt=row["attempt"],
+        status=JobStatus(row["status"]),
+        progress=JobProgress.model_validate_json(row["progress_json"]),
+        error=(ProblemDetail.model_validate_json(row["error_json"]) if row["error_json"] else None),
+        tokens_per_s=(metrics or {}).get("tokens_per_s"),
+        energy_per_output_token_j=(metrics or {}).get("energy_per_output_token_j"),
+    )
+    return RunRecord(run, metrics)
 
 
 class SqliteStudyQueries:
@@ -305,10 +330,7 @@ class SqliteStudyQueries:
         self, study_id: str, statuses: Sequence[JobStatus] | None = None
     ) -> list[RunRecord]:
         """The study's runs in planned order (only those in ``statuses`` when given)."""
-        sql = (
-            "SELECT id, status, progress_json, error_json, metrics_json, study_point,"
-            " study_cycle, study_position, attempt FROM jobs WHERE study_id = ?"
-        )
+        sql = f"SELECT {_RUN_COLUMNS} FROM jobs WHERE study_id = ?"
         args: list[object] = [study_id]
         if statuses is not None:
             sql += f" AND status IN ({','.join('?' * len(statuses))})"
@@ -316,27 +338,26 @@ class SqliteStudyQueries:
         sql += " ORDER BY study_position"
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
-        records = []
-        for row in rows:
-            metrics = json.loads(row["metrics_json"]) if row["metrics_json"] else None
-            run = StudyRun(
-                job_id=row["id"],
-                point=row["study_point"],
-                cycle=row["study_cycle"],
-                position=row["study_position"],
-                attempt=row["attempt"],
-                status=JobStatus(row["status"]),
-                progress=JobProgress.model_validate_json(row["progress_json"]),
-                error=(
-                    ProblemDetail.model_validate_json(row["error_json"])
-                    if row["error_json"]
-                    else None
-                ),
-                tokens_per_s=(metrics or {}).get("tokens_per_s"),
-                energy_per_output_token_j=(metrics or {}).get("energy_per_output_token_j"),
-            )
-            records.append(RunRecord(run, metrics))
-        return records
+        return [_run_record(row) for row in rows]
+
+    def changed_runs(self, study_id: str, after: int = 0) -> tuple[list[RunRecord], int]:
+        """The study's runs changed since mark ``after`` (0: every run that has left the
+        queue), in planned order, and the mark to pass next time.
+
+        Each change of a run (its status, progress, error, metrics or attempt) gives it a
+        higher mark (``changed_seq``, kept by a trigger), so following a study costs what
+        changed, not the size of the study."""
+        with self._lock:
+            # Sorted here: ORDER BY study_position makes SQLite walk the study's rows by the
+            # position index instead of taking the few changed ones from the change index.
+            rows = self._db.execute(
+                f"SELECT {_RUN_COLUMNS}, changed_seq FROM jobs INDEXED BY jobs_study_changes"
+                " WHERE study_id = ? AND changed_seq > ?",
+                (study_id, after),
+            ).fetchall()
+        rows.sort(key=lambda row: int(row["study_position"]))
+        mark = max((int(row["changed_seq"]) for row in rows), default=after)
+        return [_run_record(row) for row in rows], mark
 
     def cancel_study(self, study_id: str) -> list[str]:
         """Mark the study cancelled and cancel its queued runs; return its running jobs (the

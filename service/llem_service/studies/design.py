@@ -79,19 +79,25 @@ ConfigCheck = Callable[[ExperimentConfig], Sequence[FieldError]]
 
 
 def expand(
-    document: StudyDocument, *, max_points: int, check: ConfigCheck | None = None
+    document: StudyDocument,
+    *,
+    max_points: int,
+    max_runs: int | None = None,
+    check: ConfigCheck | None = None,
 ) -> ExpandedStudy:
     """Expand, validate and order ``document``.
 
     Args:
         max_points: The most points the study may have.
+        max_runs: The most runs (valid points x cycles) it may queue; None for no limit.
         check: This server's checks of a point's config, as a single experiment gets them at
             submit; a point it refuses is invalid like one that fails validation.
 
     Raises:
-        StudyInvalid: An unknown or conflicting field, more points than ``max_points``, no
-            valid point, or (with ``on_invalid: fail``) any invalid point; the invalid points'
-            fields are in its ``errors`` (``points.<index>.<field>``).
+        StudyInvalid: An unknown or conflicting field, more points than ``max_points``, more
+            runs than ``max_runs``, no valid point, or (with ``on_invalid: fail``) any invalid
+            point; the invalid points' fields are in its ``errors``
+            (``points.<index>.<field>``).
     """
     sweep, variants, variant_fields = _fields(document)
     n_points = max(len(variants), 1) * math.prod(len(values) for values in sweep.values())
@@ -141,6 +147,16 @@ def expand(
             f"no valid point among {n_points}: " + _first_reasons(skipped),
             loc=("base",),
             errors=_point_errors(skipped),
+        )
+
+    n_runs = len(points) * document.cycles
+    if max_runs is not None and n_runs > max_runs:
+        # Each run is a job row, inserted with the study in one transaction and listed by the
+        # study's reads: the bound keeps a submission (and the store lock) short.
+        raise StudyInvalid(
+            f"the study has {n_runs:,} runs ({len(points):,} valid points x {document.cycles} "
+            f"cycles), more than this server's limit of {max_runs:,} (LLEM_MAX_STUDY_RUNS)",
+            loc=("cycles",),
         )
 
     notes = []

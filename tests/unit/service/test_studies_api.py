@@ -146,12 +146,14 @@ def test_the_pareto_answer_names_the_cheapest_point_that_meets_targets_or_the_cl
         ({"sweep": {"batch_size": [8, 16]}}, "no valid point among 2"),
         ({"on_invalid": "fail"}, "1 of 4 points are invalid"),
         ({"sweep": {"batch_size": list(range(1, 12))}}, "more than this server's limit of 10"),
+        # 3 valid points x 3 cycles
+        ({"cycles": 3}, "9 runs (3 valid points x 3 cycles), more than this server's limit of 8"),
     ],
 )
 def test_a_study_that_cannot_run_is_refused_with_its_cause(
     start_server: StartServer, overrides: dict[str, Any], said: str
 ) -> None:
-    server = start_server(max_study_points=10)
+    server = start_server(max_study_points=10, max_study_runs=8)
     with Client(server.base_url) as client:
         with pytest.raises(UnprocessableEntityError) as refused:
             client.submit_study(study(**overrides))

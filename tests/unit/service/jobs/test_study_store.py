@@ -162,3 +162,30 @@ def test_a_store_of_the_previous_schema_gains_the_study_columns(tmp_path: Path) 
 
     assert store.queued()[0].id == job_id
     assert store.submit_study(_study())[1]
+
+
+def test_changed_runs_gives_each_run_again_only_when_it_changed(tmp_path: Path) -> None:
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    record, _ = store.submit_study(_study())
+    first, *rest = [r.run.job_id for r in store.study_runs(record.id)]
+
+    assert store.changed_runs(record.id) == ([], 0)  # queued runs have not changed yet
+    assert store.claim(first) is not None
+    claimed, mark = store.changed_runs(record.id)
+    assert [r.run.job_id for r in claimed] == [first]
+    assert store.changed_runs(record.id, mark) == ([], mark)
+
+    store.update_progress(first, JobProgress(phase="measuring", completed=1, total=4))
+    progressed, mark = store.changed_runs(record.id, mark)
+    assert [(r.run.job_id, r.run.progress.completed) for r in progressed] == [(first, 1)]
+
+    assert store.cancel_study(record.id) == [first]
+    cancelled, mark = store.changed_runs(record.id, mark)
+    assert [(r.run.job_id, r.run.status) for r in cancelled] == [
+        (job_id, JobStatus.CANCELLED) for job_id in rest
+    ]
+    store.finish(first, JobStatus.CANCELLED)
+    ended, _ = store.changed_runs(record.id, mark)
+    assert [(r.run.job_id, r.run.status) for r in ended] == [(first, JobStatus.CANCELLED)]
+    everything, _ = store.changed_runs(record.id)
+    assert len(everything) == 4  # a new stream starts with every run that left the queue
