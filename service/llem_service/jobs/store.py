@@ -7,7 +7,6 @@ a job half-updated, and a restarted server finds queued jobs still queued.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import sqlite3
@@ -31,11 +30,11 @@ from llem_client import (
 from llem_service.errors import (
     AmbiguousJobId,
     IdempotencyKeyReused,
-    InvalidCursor,
     JobStillActive,
 )
 from llem_service.executors.base import WHOLE_HOST, GpuGrant, RunningJob
 from llem_service.jobs.base import ClaimedJob, QueuedJob, StudyLink, Submission
+from llem_service.jobs.cursors import job_cursor, job_seq
 from llem_service.jobs.interrupts import SqliteInterrupts
 from llem_service.jobs.schema import JOB_COLUMNS, open_database
 from llem_service.jobs.study_store import SqliteStudyQueries
@@ -61,26 +60,11 @@ def _request_fingerprint(config: ExperimentConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
-
-
 TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 def _is_hex(text: str) -> bool:
     return all(c in "0123456789abcdef" for c in text)
-
-
-def _decode_cursor(cursor: str) -> int:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        kind, _, value = base64.urlsafe_b64decode(padded.encode()).decode().partition(":")
-        if kind != "seq":
-            raise ValueError(kind)
-        return int(value)
-    except ValueError as exc:  # binascii.Error and UnicodeDecodeError are ValueErrors
-        raise InvalidCursor(f"cursor {cursor!r} is not one this server issued") from exc
 
 
 class SqliteJobStore(SqliteStudyQueries, SqliteInterrupts):
@@ -192,7 +176,7 @@ class SqliteJobStore(SqliteStudyQueries, SqliteInterrupts):
             args.append(status.value)
         if cursor:  # an empty cursor is the first page
             where.append("jobs.seq < ?")
-            args.append(_decode_cursor(cursor))
+            args.append(job_seq(cursor))
         for key, value in (tags or {}).items():
             where.append(
                 "EXISTS (SELECT 1 FROM json_each(jobs.config_json, '$.tags')"
@@ -209,7 +193,7 @@ class SqliteJobStore(SqliteStudyQueries, SqliteInterrupts):
         with self._lock:
             rows = self._db.execute(sql, (*args, limit + 1)).fetchall()
         jobs = [self._job(row) for row in rows[:limit]]
-        next_cursor = _encode_cursor(rows[limit - 1]["seq"]) if len(rows) > limit else None
+        next_cursor = job_cursor(rows[limit - 1]["seq"]) if len(rows) > limit else None
         return jobs, next_cursor
 
     def find(self, id_or_prefix: str) -> Job | None:

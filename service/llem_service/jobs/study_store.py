@@ -28,7 +28,8 @@ from llem_client import (
     measurement_config_hash,
 )
 
-from llem_service.errors import IdempotencyKeyReused, InvalidCursor
+from llem_service.errors import IdempotencyKeyReused
+from llem_service.jobs.cursors import study_cursor, study_seq
 
 #: SQLite's default limit of host parameters in one statement is 999 on old builds.
 _CHUNK = 500
@@ -131,17 +132,6 @@ def _now() -> str:
 
 def _time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
-
-
-def _cursor(seq: int) -> str:
-    return f"study:{seq}"
-
-
-def _seq_of(cursor: str) -> int:
-    kind, _, value = cursor.partition(":")
-    if kind != "study" or not value.isdigit():
-        raise InvalidCursor(f"cursor {cursor!r} is not one this server issued")
-    return int(value)
 
 
 _RUN_COLUMNS = (
@@ -286,12 +276,12 @@ class SqliteStudyQueries:
         args: list[object] = []
         if cursor:  # an empty cursor is the first page, as for jobs
             sql += " WHERE seq < ?"
-            args.append(_seq_of(cursor))
+            args.append(study_seq(cursor))
         sql += " ORDER BY seq DESC LIMIT ?"
         with self._lock:
             rows = self._db.execute(sql, (*args, limit + 1)).fetchall()
         records = [self._record(row) for row in rows[:limit]]
-        next_cursor = _cursor(rows[limit - 1]["seq"]) if len(rows) > limit else None
+        next_cursor = study_cursor(rows[limit - 1]["seq"]) if len(rows) > limit else None
         return records, next_cursor
 
     def study_tallies(self, study_ids: Sequence[str]) -> dict[str, StudyTally]:
