@@ -164,7 +164,15 @@ def submit_experiment(
 ) -> Job:
     """Check the config against this server (its models, limits and the model's context, and
     an executor that can run it now) and queue it. Returns the job at once; jobs run in
-    submission order."""
+    submission order. A repeated Idempotency-Key with the same config gets the job it made,
+    before any check: those may answer otherwise now (a model gone, the executor busy)."""
+    if idempotency_key is not None:
+        replayed = store.replay(config, idempotency_key)
+        if replayed is not None:
+            response.headers["Location"] = str(
+                request.url_for("get_experiment", job_id=replayed.id)
+            )
+            return replayed
     check_config(config, settings, catalog)
     admit(config, admission)
     submission = store.submit(config, idempotency_key)

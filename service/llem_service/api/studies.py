@@ -106,7 +106,15 @@ def submit_study(
     fields, this server's limits and models, the model's context), and queue every valid point
     once per cycle in the planned order. Invalid points are listed in ``skipped`` with their
     reasons; a study with no valid point, an unknown field or too many points is refused
-    (422), as is any invalid point with ``on_invalid: fail``."""
+    (422), as is any invalid point with ``on_invalid: fail``. A repeated Idempotency-Key with
+    the same body gets the study it made, before any check: those may answer otherwise now."""
+    body = json.dumps(document.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    fingerprint = hashlib.sha256(body.encode()).hexdigest()
+    if idempotency_key is not None:
+        replayed = store.replay_study(fingerprint, idempotency_key)
+        if replayed is not None:
+            response.headers["Location"] = str(request.url_for("get_study", study_id=replayed.id))
+            return _full(store, replayed)
     check = ConfigChecker(settings, catalog)
     expanded = expand(
         document,
@@ -122,7 +130,6 @@ def submit_study(
     ]
     cooldown = document.cooldown
     wants_cooldown = cooldown.seconds > 0 or cooldown.until_temperature_within_c is not None
-    body = json.dumps(document.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     record, created = store.submit_study(
         NewStudy(
             name=document.name,
@@ -131,7 +138,7 @@ def submit_study(
             runs=runs,
             reuse=document.isolation == "reuse",
             cooldown=cooldown if wants_cooldown else None,
-            fingerprint=hashlib.sha256(body.encode()).hexdigest(),
+            fingerprint=fingerprint,
         ),
         idempotency_key,
     )

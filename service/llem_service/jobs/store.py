@@ -111,23 +111,38 @@ class SqliteJobStore(SqliteStudyQueries, SqliteInterrupts):
         ).fetchone()
         return self._job(row) if row else None
 
+    def _by_key(self, idempotency_key: str, fingerprint: str) -> Job | None:
+        """The job ``idempotency_key`` made, if any (the store lock held)."""
+        row = self._db.execute(
+            "SELECT id, request_fingerprint FROM jobs WHERE idempotency_key = ?",
+            (idempotency_key,),
+        ).fetchone()
+        if row is None:
+            return None
+        if row["request_fingerprint"] != fingerprint:
+            raise IdempotencyKeyReused(
+                f"Idempotency-Key {idempotency_key!r} was used for a different "
+                f"experiment (job {row['id']}); use a new key for a new request"
+            )
+        return self._fetch(row["id"])
+
+    def replay(self, config: ExperimentConfig, idempotency_key: str) -> Job | None:
+        """The job a request with this key and config made, if one did: a retried submission
+        gets it before any check of this server's (which may answer otherwise by now).
+
+        Raises:
+            IdempotencyKeyReused: The key made a job from another config.
+        """
+        with self._lock:
+            return self._by_key(idempotency_key, _request_fingerprint(config))
+
     def submit(self, config: ExperimentConfig, idempotency_key: str | None = None) -> Submission:
         fingerprint = _request_fingerprint(config)
         job_id = uuid.uuid4().hex
         with self._lock:
             if idempotency_key is not None:
-                row = self._db.execute(
-                    "SELECT id, request_fingerprint FROM jobs WHERE idempotency_key = ?",
-                    (idempotency_key,),
-                ).fetchone()
-                if row is not None:
-                    if row["request_fingerprint"] != fingerprint:
-                        raise IdempotencyKeyReused(
-                            f"Idempotency-Key {idempotency_key!r} was used for a different "
-                            f"experiment (job {row['id']}); use a new key for a new request"
-                        )
-                    existing = self._fetch(row["id"])
-                    assert existing is not None
+                existing = self._by_key(idempotency_key, fingerprint)
+                if existing is not None:
                     return Submission(existing, created=False)
             self._db.execute(
                 "INSERT INTO jobs (id, status, model, name, config_json, config_hash, created_at,"

@@ -105,6 +105,8 @@ class StudyStore(Protocol):
         self, study: NewStudy, idempotency_key: str | None = None
     ) -> tuple[StudyRecord, bool]: ...
 
+    def replay_study(self, fingerprint: str, idempotency_key: str) -> StudyRecord | None: ...
+
     def get_study(self, study_id: str) -> StudyRecord | None: ...
 
     def list_studies(
@@ -176,18 +178,8 @@ class SqliteStudyQueries:
         reuse_group = study_id if study.reuse else None
         with self._lock:
             if idempotency_key is not None:
-                row = self._db.execute(
-                    "SELECT id, request_fingerprint FROM studies WHERE idempotency_key = ?",
-                    (idempotency_key,),
-                ).fetchone()
-                if row is not None:
-                    if row["request_fingerprint"] != study.fingerprint:
-                        raise IdempotencyKeyReused(
-                            f"Idempotency-Key {idempotency_key!r} was used for a different "
-                            f"study ({row['id']}); use a new key for a new request"
-                        )
-                    existing = self._study_row(row["id"])
-                    assert existing is not None
+                existing = self._study_by_key(idempotency_key, study.fingerprint)
+                if existing is not None:
                     return existing, False
             rows = []
             for run in study.runs:
@@ -239,6 +231,30 @@ class SqliteStudyQueries:
             record = self._study_row(study_id)
         assert record is not None
         return record, True
+
+    def replay_study(self, fingerprint: str, idempotency_key: str) -> StudyRecord | None:
+        """The study a request with this key and body (``fingerprint``) made, if one did: a
+        retried submission gets it before it is expanded and checked again.
+
+        Raises:
+            IdempotencyKeyReused: The key made a study from another body.
+        """
+        with self._lock:
+            return self._study_by_key(idempotency_key, fingerprint)
+
+    def _study_by_key(self, idempotency_key: str, fingerprint: str) -> StudyRecord | None:
+        row = self._db.execute(
+            "SELECT id, request_fingerprint FROM studies WHERE idempotency_key = ?",
+            (idempotency_key,),
+        ).fetchone()
+        if row is None:
+            return None
+        if row["request_fingerprint"] != fingerprint:
+            raise IdempotencyKeyReused(
+                f"Idempotency-Key {idempotency_key!r} was used for a different "
+                f"study ({row['id']}); use a new key for a new request"
+            )
+        return self._study_row(row["id"])
 
     def _study_row(self, study_id: str) -> StudyRecord | None:
         row = self._db.execute(
