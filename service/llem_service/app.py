@@ -164,7 +164,7 @@ def _local_scheduling(
 
     admission = Admission(
         executor="local",
-        unavailable_reason=lambda: None,
+        unavailable_reason=per_gpu.unavailable_reason if per_gpu else lambda: None,
         max_gpus=lambda: per_gpu.total if per_gpu else None,
         gpu_states=per_gpu.states if per_gpu else lambda: [],
     )

@@ -152,6 +152,8 @@ class GpuLocks:
                 fd = os.open(self.path(uuid), os.O_RDONLY)
             except FileNotFoundError:
                 continue  # never locked
+            except OSError:  # the directory is broken: nothing to tell (the pool says why)
+                continue
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

@@ -27,7 +27,7 @@ from llem_client import ExperimentConfig
 
 from llem_service.executors.base import WHOLE_HOST, GpuGrant
 from llem_service.jobs.base import QueuedJob
-from llem_service.jobs.gpu_locks import GpuLocks, LockHolder
+from llem_service.jobs.gpu_locks import GpuLockDirError, GpuLocks, LockHolder
 
 _log = logging.getLogger("llem.scheduler")
 
@@ -50,6 +50,10 @@ class GpuPool(Protocol):
 
     def reserve(self, grant: GpuGrant) -> None:
         """A job reattached after a restart holds ``grant`` (granted by an earlier server)."""
+        ...
+
+    def reassign(self, grant: GpuGrant, job_id: str) -> None:
+        """``job_id`` now runs on ``grant`` (a session's next job, or a job reattached)."""
         ...
 
 
@@ -80,7 +84,10 @@ class PerGpuPool:
 
     GPUs are granted in the order given (NVML's, which is PCI order), first free first: a 2-GPU
     job gets the two lowest free GPUs. A GPU whose lock another service holds is skipped until
-    it is free; the scheduler retries waiting jobs every second, so it is noticed.
+    it is free; the scheduler retries waiting jobs every second, so it is noticed. A lock that
+    cannot be taken at all (the directory unwritable, a file another user made unreadable)
+    lets go of what the grant had taken, and jobs wait with the reason in
+    `unavailable_reason` until the locks work again.
 
     Args:
         uuids: The host's GPUs the service may use, in NVML order.
@@ -94,6 +101,7 @@ class PerGpuPool:
         self.locks = locks
         self._fds: dict[str, int] = {}
         self._jobs: dict[str, str] = {}
+        self._fault: str | None = None  # why locks cannot be taken now
 
     @property
     def total(self) -> int:
@@ -107,14 +115,21 @@ class PerGpuPool:
                 f"{self.total} GPU(s) the service can use"
             )
         taken: list[tuple[str, int]] = []
-        for uuid in self.uuids:
-            if len(taken) == needed:
-                break
-            if uuid in self._fds:
-                continue
-            fd = self.locks.acquire(uuid)
-            if fd is not None:
-                taken.append((uuid, fd))
+        try:
+            for uuid in self.uuids:
+                if len(taken) == needed:
+                    break
+                if uuid in self._fds:
+                    continue
+                fd = self.locks.acquire(uuid)
+                if fd is not None:
+                    taken.append((uuid, fd))
+        except GpuLockDirError as exc:  # let go of what was taken: else locked for good
+            for _, fd in taken:
+                self.locks.release(fd)
+            self._set_fault(str(exc))
+            return None
+        self._set_fault(None)
         if len(taken) < needed:
             for _, fd in taken:
                 self.locks.release(fd)
@@ -125,6 +140,40 @@ class PerGpuPool:
             self._jobs[uuid] = job.id
             self.locks.describe(fd, job.id, grant.uuids)
         return grant
+
+    def unavailable_reason(self) -> str | None:
+        """Why no GPU can be granted now (its lock cannot be taken), or None. While there is a
+        reason, each call tries the free GPUs' locks again, so it clears once they work."""
+        if self._fault is None:
+            return None
+        try:
+            for uuid in self.uuids:
+                if uuid not in self._fds and (fd := self.locks.acquire(uuid)) is not None:
+                    self.locks.release(fd)
+        except GpuLockDirError as exc:
+            self._set_fault(str(exc))
+        else:
+            self._set_fault(None)
+        return self._fault
+
+    def _set_fault(self, fault: str | None) -> None:
+        if fault == self._fault:
+            return
+        if fault is None:
+            _log.info("GPU locks can be taken again")
+        else:
+            _log.warning("GPU locks cannot be taken, queued jobs wait: %s", fault)
+        self._fault = fault
+
+    def reassign(self, grant: GpuGrant, job_id: str) -> None:
+        """Name ``job_id`` as the job on ``grant``'s GPUs, here (`states`, /v1/info) and in the
+        lock files other services read."""
+        for uuid in grant.uuids:
+            fd = self._fds.get(uuid)
+            if fd is None:
+                continue  # held by someone else (a reattached job's GPU): not ours to name
+            self._jobs[uuid] = job_id
+            self.locks.describe(fd, job_id, grant.uuids)
 
     def release(self, grant: GpuGrant) -> None:
         for uuid in grant.uuids:
@@ -182,6 +231,9 @@ class WholeHostPool:
     def reserve(self, grant: GpuGrant) -> None:
         self._held = True
 
+    def reassign(self, grant: GpuGrant, job_id: str) -> None:
+        pass  # nothing names the job: every device is the one job's
+
 
 class SlotPool:
     """At most ``slots`` jobs at once, each with an empty grant: the executor's own scheduler
@@ -205,3 +257,6 @@ class SlotPool:
 
     def reserve(self, grant: GpuGrant) -> None:
         self.used += 1
+
+    def reassign(self, grant: GpuGrant, job_id: str) -> None:
+        pass  # the executor's scheduler placed the job: nothing here names it

@@ -185,6 +185,7 @@ class Scheduler:
                 continue
             _log.info("job %s: reattached", job.job_id)
             self.pool.reserve(job.grant)
+            self.pool.reassign(job.grant, job.job_id)
             self._spawn(self._follow(session, job))
         if lost:
             retried = set(self.store.retry_interrupted(lost))
@@ -333,7 +334,10 @@ class Scheduler:
                 or not session.reusable_for(first[0].config)
             ):
                 return None
-            return self.store.claim(first[0].id, grant)
+            claimed = self.store.claim(first[0].id, grant)
+            if claimed is not None:
+                self.pool.reassign(grant, claimed.job.id)
+            return claimed
         except Exception:
             _log.exception("could not look for the next job of a session")
             return None

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -91,3 +93,35 @@ def test_a_study_is_refused_as_a_whole_naming_each_point_that_asks_too_much(
     assert studies["items"] == []
     assert unavailable.status_code == 503
     assert "slurmctld does not answer" in unavailable.json()["detail"]
+
+
+def test_gpu_locks_that_cannot_be_taken_hold_jobs_and_say_why_until_they_work(
+    tmp_path: Path,
+) -> None:
+    lock_dir = tmp_path / "locks"
+    app = build_app(tmp_path / "data", gpu_lock_dir=lock_dir)
+    body = make_config().model_dump(mode="json", exclude_unset=True)
+    with TestClient(app) as http:
+        assert http.get("/v1/info").json()["gpus"], "the fake NVML shows GPUs: a per-GPU pool"
+        shutil.rmtree(lock_dir)
+        lock_dir.write_text("not a directory")  # every lock file now fails to open
+        job_id = http.post("/v1/experiments", json=body).json()["id"]
+        deadline = time.monotonic() + 10
+        while (info := http.get("/v1/info").json())["executor_available"]:
+            assert time.monotonic() < deadline, "the pool never said why the job waits"
+            time.sleep(0.05)
+        refused = http.post("/v1/experiments", json=body)
+        waiting = http.get(f"/v1/experiments/{job_id}").json()["status"]
+        lock_dir.unlink()
+        lock_dir.mkdir()
+        deadline = time.monotonic() + 20
+        while http.get(f"/v1/experiments/{job_id}").json()["status"] != "succeeded":
+            assert time.monotonic() < deadline, "the job never ran once the locks worked"
+            time.sleep(0.05)
+        after = http.get("/v1/info").json()
+
+    assert str(lock_dir) in info["executor_reason"]
+    assert refused.status_code == 503
+    assert str(lock_dir) in refused.json()["detail"]
+    assert waiting == "queued"
+    assert after["executor_available"] is True

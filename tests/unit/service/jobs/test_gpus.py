@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 from llem_client import ExperimentConfig, JobStatus
-from llem_service.executors.base import GpuGrant
+from llem_service.executors.base import GpuGrant, RunContext, RunOutcome
 from llem_service.jobs.backfill import BackfillBound
 from llem_service.jobs.base import QueuedJob
-from llem_service.jobs.gpu_locks import GpuLocks, LockHolder
+from llem_service.jobs.gpu_locks import GpuLockDirError, GpuLocks, LockHolder
 from llem_service.jobs.gpus import NeverFits, PerGpuPool, SlotPool, grant_fits
 from llem_service.jobs.overlaps import OverlapTracker
 from llem_service.jobs.store import SqliteJobStore
@@ -21,7 +21,12 @@ from llem_service.jobs.store import SqliteJobStore
 from tests.conftest import make_config
 from tests.fake_nvml import ManualClock
 from tests.fakes import fake_gpu_uuid
-from tests.unit.service.jobs.test_scheduler_seam import RecordingExecutor, _run_until_done
+from tests.unit.service.jobs.test_scheduler_seam import (
+    RecordingExecutor,
+    RecordingSession,
+    _run_until_done,
+    _submit_study,
+)
 
 GPUS = [fake_gpu_uuid(i) for i in range(4)]
 
@@ -331,3 +336,80 @@ def test_a_queued_job_the_host_can_never_fit_fails_instead_of_blocking(tmp_path:
     assert failed.error.status == 422
     assert "gpus=3" in failed.error.detail
     assert executor.sessions == [["behind"]]
+
+
+class BrokenLocks(GpuLocks):
+    """Lock files of which those in ``broken`` cannot be opened (another user's file with
+    no access, a directory gone read-only): `acquire` raises as the real one does then."""
+
+    def __init__(self, directory: Path, broken: set[str]) -> None:
+        super().__init__(directory)
+        self.broken = broken
+
+    def acquire(self, uuid: str) -> int | None:
+        if uuid in self.broken:
+            raise GpuLockDirError(f"cannot open the GPU lock {self.path(uuid)}: Permission denied")
+        return super().acquire(uuid)
+
+
+def test_a_lock_that_cannot_be_taken_frees_the_others_and_says_why_until_it_works(
+    tmp_path: Path,
+) -> None:
+    locks = BrokenLocks(tmp_path, broken={GPUS[1]})
+    pool = PerGpuPool(GPUS, locks)
+
+    waiting = pool.try_grant(queued("a", gpus=2))
+    first_gpu_locked = is_locked(locks.path(GPUS[0]))
+    reason = pool.unavailable_reason()
+    locks.broken.clear()  # fixed by the operator
+    cleared = pool.unavailable_reason()
+    grant = pool.try_grant(queued("a", gpus=2))
+
+    assert waiting is None
+    assert not first_gpu_locked  # taken before the failure, then let go
+    assert reason is not None
+    assert str(locks.path(GPUS[1])) in reason
+    assert "Permission denied" in reason
+    assert cleared is None
+    assert grant == GpuGrant((GPUS[0], GPUS[1]))
+
+
+def test_a_grant_passed_to_the_next_job_names_that_job_here_and_in_its_lock_files(
+    tmp_path: Path,
+) -> None:
+    pool = PerGpuPool(GPUS, GpuLocks(tmp_path, owner="here:1"))
+    grant = pool.try_grant(queued("first", gpus=2))
+    assert grant is not None
+
+    pool.reassign(grant, "second")
+
+    assert [s.job_id for s in pool.states()] == ["second", "second", None, None]
+    others_see = GpuLocks(tmp_path, owner="elsewhere:2").holders(grant.uuids)
+    assert {(h.job_id, h.gpus) for h in others_see.values()} == {("second", grant.uuids)}
+
+
+def test_a_session_that_takes_the_next_study_run_names_it_as_the_gpus_job(
+    tmp_path: Path,
+) -> None:
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    pool = PerGpuPool(GPUS[:1], GpuLocks(tmp_path / "locks"))
+    seen: list[tuple[str, str | None]] = []
+
+    class NamingExecutor(RecordingExecutor):
+        def open(self, grant: GpuGrant) -> RecordingSession:
+            session = super().open(grant)
+            run = session.run
+
+            def noting(context: RunContext) -> RunOutcome:
+                seen.append((context.job_id, pool.states()[0].job_id))
+                return run(context)
+
+            session.run = noting  # type: ignore[method-assign]
+            return session
+
+    ids = _submit_study(store, [("a1", "model-a"), ("a2", "model-a")], reuse=True)
+    executor = NamingExecutor()
+    _run_until_done(store, tmp_path, executor, ids, pool=pool)
+
+    assert executor.sessions == [["a1", "a2"]]  # one session ran both
+    assert seen == [(ids[0], ids[0]), (ids[1], ids[1])]

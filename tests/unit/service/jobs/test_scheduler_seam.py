@@ -144,6 +144,9 @@ def test_a_job_the_pool_cannot_grant_blocks_the_jobs_behind_it(tmp_path: Path) -
         def reserve(self, grant: GpuGrant) -> None:
             self.held += 1
 
+        def reassign(self, grant: GpuGrant, job_id: str) -> None:
+            pass
+
     store = SqliteJobStore(tmp_path / "jobs.sqlite3")
     ids = [
         store.submit(make_config(name=n, model=f"m-{n}")).job.id for n in ("small", "big", "last")
