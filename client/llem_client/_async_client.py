@@ -21,7 +21,6 @@ from llem_client._client import (
     _permanent,
     _Policy,
     _remaining,
-    _transport_error,
 )
 from llem_client._client_studies import AsyncStudyMethods
 from llem_client._exceptions import (
@@ -33,6 +32,7 @@ from llem_client._exceptions import (
 from llem_client._jobs import Job, JobList, JobStatus, ModelList, ServiceInfo
 from llem_client._results import ExperimentResult
 from llem_client._sse import SSEDecoder
+from llem_client._transport import transport_error as _transport_error
 
 
 class AsyncClient(AsyncStudyMethods):

@@ -30,6 +30,7 @@ from llem_client._exceptions import (
 from llem_client._jobs import Job, JobList, JobStatus, ModelList, ProblemDetail, ServiceInfo
 from llem_client._results import ExperimentResult
 from llem_client._sse import ServerSentEvent, SSEDecoder
+from llem_client._transport import transport_error as _transport_error
 from llem_client._version import __version__
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
@@ -174,12 +175,6 @@ class _Policy:
             f"{why}, and the job could not be read after it ({error}); job {job_id} may "
             "have ended or may run when the server is back"
         )
-
-
-def _transport_error(exc: httpx.TransportError, base_url: str) -> APIConnectionError:
-    if isinstance(exc, httpx.TimeoutException):
-        return APITimeoutError(f"timed out talking to {base_url}: {exc}")
-    return APIConnectionError(f"cannot reach the llem server at {base_url}: {exc}")
 
 
 class Client(StudyMethods):

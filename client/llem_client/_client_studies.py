@@ -23,6 +23,7 @@ from llem_client._studies import (
     StudyRun,
     StudySummary,
 )
+from llem_client._transport import transport_error
 
 if TYPE_CHECKING:
     from llem_client._client import _Policy
@@ -140,7 +141,7 @@ class StudyMethods:
                     if event is not None:
                         yield event
         except httpx.TransportError as exc:
-            raise _connection_error(exc, self.base_url) from exc
+            raise transport_error(exc, self.base_url) from exc
 
     def wait_study(
         self,
@@ -149,26 +150,37 @@ class StudyMethods:
         timeout: float | None = None,
         on_update: StudyCallback | None = None,
         poll_interval_s: float = 1.0,
+        max_poll_interval_s: float = 15.0,
     ) -> Study:
-        """Block until the study ends; return it. Follows the event stream, and polls when
-        the stream breaks (a restarting server). Raises `APITimeoutError` past ``timeout``."""
+        """Block until the study ends; return it. Raises `APITimeoutError` past ``timeout``.
+
+        Follows the event stream. A study outlives a restart of the server (its interrupted
+        run is queued again), so while the server is down or shutting down this keeps
+        trying, with backoff from ``poll_interval_s`` to ``max_poll_interval_s``, until the
+        study ends or ``timeout`` passes; the last connection error is then the timeout's
+        cause. ``timeout=None`` waits for as long as that takes."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        waits = _Backoff(poll_interval_s, max_poll_interval_s)
+        error: Exception | None = None
         while True:
             try:
                 for event in self.study_events(study_id, read_timeout_s=_cap(deadline)):
                     if on_update is not None:
                         on_update(event)
                     if event.study is not None and event.study.status.terminal:
-                        return self.get_study(study_id)
-            except APITimeoutError:
-                pass
-            except (APIConnectionError, ResponseFormatError):
-                time.sleep(poll_interval_s)
-            study = self.get_study(study_id)
-            if study.status.terminal:
-                return study
+                        break
+                study = self.get_study(study_id)  # the stream ended: the study, or a shutdown
+            except APIConnectionError as exc:  # timeouts too: down, or restarting
+                error = exc
+            except ResponseFormatError as exc:
+                error = exc  # a stream cut mid-event
+            else:
+                if study.status.terminal:
+                    return study
+                waits.reset()
             if deadline is not None and time.monotonic() >= deadline:
-                raise APITimeoutError(f"study {study_id} not finished after {timeout} s")
+                raise APITimeoutError(f"study {study_id} not finished after {timeout} s") from error
+            time.sleep(waits.next(deadline))
 
 
 class AsyncStudyMethods:
@@ -256,7 +268,7 @@ class AsyncStudyMethods:
                     if event is not None:
                         yield event
         except httpx.TransportError as exc:
-            raise _connection_error(exc, self.base_url) from exc
+            raise transport_error(exc, self.base_url) from exc
 
     async def wait_study(
         self,
@@ -265,33 +277,54 @@ class AsyncStudyMethods:
         timeout: float | None = None,
         on_update: StudyCallback | None = None,
         poll_interval_s: float = 1.0,
+        max_poll_interval_s: float = 15.0,
     ) -> Study:
+        """`Client.wait_study`, awaitable."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        waits = _Backoff(poll_interval_s, max_poll_interval_s)
+        error: Exception | None = None
         while True:
             try:
                 async for event in self.study_events(study_id, read_timeout_s=_cap(deadline)):
                     if on_update is not None:
                         on_update(event)
                     if event.study is not None and event.study.status.terminal:
-                        return await self.get_study(study_id)
-            except APITimeoutError:
-                pass
-            except (APIConnectionError, ResponseFormatError):
-                await asyncio.sleep(poll_interval_s)
-            study = await self.get_study(study_id)
-            if study.status.terminal:
-                return study
+                        break
+                study = await self.get_study(study_id)
+            except APIConnectionError as exc:
+                error = exc
+            except ResponseFormatError as exc:
+                error = exc
+            else:
+                if study.status.terminal:
+                    return study
+                waits.reset()
             if deadline is not None and time.monotonic() >= deadline:
-                raise APITimeoutError(f"study {study_id} not finished after {timeout} s")
+                raise APITimeoutError(f"study {study_id} not finished after {timeout} s") from error
+            await asyncio.sleep(waits.next(deadline))
+
+
+class _Backoff:
+    """Waits between tries that grow by half each time up to a cap, and never past a
+    deadline."""
+
+    def __init__(self, first_s: float, cap_s: float) -> None:
+        self.first_s = first_s
+        self.cap_s = max(cap_s, first_s)
+        self.wait_s = first_s
+
+    def reset(self) -> None:
+        self.wait_s = self.first_s
+
+    def next(self, deadline: float | None) -> float:
+        wait_s = self.wait_s
+        self.wait_s = min(self.wait_s * 1.5, self.cap_s)
+        if deadline is not None:
+            wait_s = min(wait_s, max(0.0, deadline - time.monotonic()))
+        return wait_s
 
 
 def _cap(deadline: float | None, cap: float = 60.0) -> float:
     if deadline is None:
         return cap
     return max(0.001, min(cap, deadline - time.monotonic()))
-
-
-def _connection_error(exc: httpx.TransportError, base_url: str) -> APIConnectionError:
-    if isinstance(exc, httpx.TimeoutException):
-        return APITimeoutError(f"timed out talking to {base_url}: {exc}")
-    return APIConnectionError(f"cannot reach the llem server at {base_url}: {exc}")
