@@ -20,7 +20,11 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, get_args
+
+from pydantic import SecretStr
+
+from llem_service.settings import Settings
 
 #: States in which a job may still run (or run again, after a requeue).
 ACTIVE_STATES = frozenset(
@@ -42,8 +46,22 @@ ACTIVE_STATES = frozenset(
     }
 )
 
-#: Environment variables never handed to a Slurm job: the service's own secrets.
-PRIVATE_ENV = ("LLEM_API_TOKEN",)
+
+def _secret_variables() -> frozenset[str]:
+    """The variables of every secret setting (``SecretStr``: the API token, the slurmrestd
+    token, any added later), upper-cased: settings are read from them in any case."""
+    prefix = str(Settings.model_config.get("env_prefix") or "")
+    return frozenset(
+        f"{prefix}{name}".upper()
+        for name, field in Settings.model_fields.items()
+        if field.annotation is SecretStr or SecretStr in get_args(field.annotation)
+    )
+
+
+#: Environment variables never handed to Slurm's commands: ``sbatch`` exports the environment
+#: it runs with into the job (slurmctld keeps it with the job; every process of the job, the
+#: user's code included, sees it), and the experiment needs none of the service's secrets.
+PRIVATE_ENV = _secret_variables()
 
 _SQUEUE_FORMAT = "%i|%T|%r|%N|%l|%M"
 
@@ -149,7 +167,7 @@ class SlurmCli:
         self.bin_dir = bin_dir
         self.timeout_s = timeout_s
         base = dict(os.environ if env is None else env)
-        self.env = {k: v for k, v in base.items() if k not in PRIVATE_ENV}
+        self.env = {k: v for k, v in base.items() if k.upper() not in PRIVATE_ENV}
 
     def _command(self, name: str) -> str:
         if self.bin_dir is not None:

@@ -25,7 +25,7 @@ from llem_service.executors.slurm import (
     options_from_settings,
     sbatch_args,
 )
-from llem_service.executors.slurm_cli import SlurmUnreachable, gres_count
+from llem_service.executors.slurm_cli import PRIVATE_ENV, SlurmCli, SlurmUnreachable, gres_count
 from llem_service.executors.slurm_files import JobDir
 from llem_service.executors.slurm_rest import _job_state
 from llem_service.settings import Settings
@@ -590,3 +590,29 @@ def test_slurmrestd_answers_of_newer_apis_read_as_the_old_ones() -> None:
     )
     assert _job_state({"job_id": 8, "job_state": "COMPLETED", "exit_code": 256}).exit_code == "1:0"
     assert _job_state({"job_id": 9, "time_limit": {"set": False}}).time_limit == "UNLIMITED"
+
+
+def test_sbatch_gets_none_of_the_services_secrets(tmp_path: Path) -> None:
+    dump = tmp_path / "sbatch.env"
+    sbatch = tmp_path / "bin" / "sbatch"
+    sbatch.parent.mkdir()
+    sbatch.write_text(f'#!/bin/sh\nenv > "{dump}"\necho 4242\n')
+    sbatch.chmod(0o755)
+    service_env = {
+        "PATH": os.environ["PATH"],
+        "SLURM_CONF": "/etc/slurm/slurm.conf",
+        "LLEM_API_TOKEN": "api-secret",
+        "LLEM_SLURM_RESTD_TOKEN": "jwt-secret",
+        "llem_slurm_restd_token": "lower-case-secret",  # settings read any case
+        "LLEM_SLURM_PARTITION": "gpu",
+    }
+    cli = SlurmCli(bin_dir=sbatch.parent, env=service_env)
+
+    job_id = cli.submit(tmp_path / "job.sh", [])
+
+    seen = dict(line.split("=", 1) for line in dump.read_text().splitlines() if "=" in line)
+    assert job_id == "4242"
+    assert not {"api-secret", "jwt-secret", "lower-case-secret"} & set(seen.values())
+    assert seen["SLURM_CONF"] == "/etc/slurm/slurm.conf"
+    assert seen["LLEM_SLURM_PARTITION"] == "gpu"  # settings that are no secret still go
+    assert {"LLEM_API_TOKEN", "LLEM_SLURM_RESTD_TOKEN"} <= PRIVATE_ENV
