@@ -1,7 +1,8 @@
 """``/docs`` (Swagger UI) and ``/redoc``, with their scripts and styles served by the service
 itself from `llem_service/ui/vendor` (versions and licences in its README), so the pages work
 on a host that cannot reach a CDN. Both are open, like ``/openapi.json``: they describe the API
-and call it only with the token the reader types in."""
+and call it only with the token the reader types in, kept in the page, not in the browser's
+storage."""
 
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ def install_docs(app: FastAPI) -> None:
             swagger_js_url=f"{ASSETS_URL}/swagger-ui/swagger-ui-bundle.js",
             swagger_css_url=f"{ASSETS_URL}/swagger-ui/swagger-ui.css",
             swagger_favicon_url=favicon,
-            # Keep the token typed into "Authorize" across reloads of the page.
-            swagger_ui_parameters={"persistAuthorization": True},
+            # No persistAuthorization: it keeps the token typed into "Authorize" in the
+            # browser's localStorage, readable by any script of this origin (the dashboard's
+            # too) and left on the disk of a shared machine. The token lives in the page only.
         )
 
     @app.get("/redoc", include_in_schema=False)

@@ -135,6 +135,15 @@ def test_docs_pages_load_only_assets_the_service_serves(http: TestClient) -> Non
     assert css.headers["content-type"].startswith("text/css")
 
 
+def test_the_swagger_page_does_not_keep_the_token_in_the_browsers_storage(
+    http: TestClient,
+) -> None:
+    html = http.get("/docs").text
+
+    assert "SwaggerUIBundle(" in html  # the page that would be configured to keep it
+    assert "persistAuthorization" not in html
+
+
 def test_vendored_assets_name_their_version_and_licence() -> None:
     readme = (VENDOR_DIR / "README.md").read_text()
     assert "swagger-ui-dist` | 5.35.0 | Apache-2.0" in readme
