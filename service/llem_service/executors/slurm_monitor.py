@@ -59,7 +59,6 @@ class SlurmMonitor:
         self._states: dict[str, SlurmJobState] = {}
         self._missing_since: dict[str, float] = {}
         self._unreachable: str | None = None
-        self._rounds = 0
         self._thread: threading.Thread | None = None
 
     def watch(self, job_id: str) -> None:
@@ -91,12 +90,6 @@ class SlurmMonitor:
                 unreachable=self._unreachable,
             )
 
-    def wait_round(self, timeout_s: float) -> None:
-        """Block until the next poll has been taken (or ``timeout_s`` passed)."""
-        with self._lock:
-            seen = self._rounds
-            self._lock.wait_for(lambda: self._rounds != seen, timeout=timeout_s)
-
     def poll_once(self) -> None:
         """One query of every watched job (the thread does this every ``poll_s``)."""
         with self._lock:
@@ -119,8 +112,6 @@ class SlurmMonitor:
                 now = self.clock()
                 for job_id in self._missing_since:
                     self._missing_since[job_id] = now
-                self._rounds += 1
-                self._lock.notify_all()
             return
         with self._lock:
             self._unreachable = None
@@ -132,8 +123,6 @@ class SlurmMonitor:
                 else:
                     self._states.pop(job_id, None)
                     self._missing_since.setdefault(job_id, now)
-            self._rounds += 1
-            self._lock.notify_all()
 
     def _run(self) -> None:
         while True:

@@ -42,9 +42,6 @@ class BackfillBound:
         for job_id in waiting:
             self._overtaken[job_id] = self._overtaken.get(job_id, 0) + 1
 
-    def overtaken(self, job_id: str) -> int:
-        return self._overtaken.get(job_id, 0)
-
     def keep_only(self, queued: Collection[str]) -> None:
         """Forget jobs no longer queued (started, cancelled)."""
         for job_id in [j for j in self._overtaken if j not in queued]:

@@ -87,10 +87,8 @@ class SqliteInterrupts:
     def retry_interrupted(self, job_ids: Sequence[str]) -> list[str]:
         """Queue again, in their place, the study runs among ``job_ids`` (running jobs a
         shutdown or a crash interrupted) that were on their first attempt and whose cancel
-        nobody asked for; return those. Each becomes attempt 2 and keeps why attempt 1 ended."""
-        reason = Failures.INTERRUPTED.problem(
-            "the server stopped while this study run ran; it was queued again (attempt 2)"
-        ).model_dump_json(exclude_none=True)
+        nobody asked for; return those. Each becomes attempt 2 (which says why: only an
+        interrupted run is tried again)."""
         queued = JobProgress(phase="queued").model_dump_json()
         retried: list[str] = []
         with self._lock:
@@ -98,11 +96,11 @@ class SqliteInterrupts:
                 chunk = list(job_ids[start : start + _CHUNK])
                 rows = self._db.execute(
                     f"UPDATE jobs SET status = ?, attempt = attempt + 1, started_at = NULL,"
-                    f" progress_json = ?, retried_error_json = ?, granted_gpus = NULL,"
+                    f" progress_json = ?, granted_gpus = NULL,"
                     f" executor_ref = NULL WHERE id IN ({_marks(chunk)}) AND status = ?"
                     f" AND study_id IS NOT NULL AND attempt = 1 AND NOT {CANCEL_ASKED}"
                     " RETURNING id",
-                    (JobStatus.QUEUED.value, queued, reason, *chunk, JobStatus.RUNNING.value),
+                    (JobStatus.QUEUED.value, queued, *chunk, JobStatus.RUNNING.value),
                 ).fetchall()
                 retried.extend(row["id"] for row in rows)
         return retried

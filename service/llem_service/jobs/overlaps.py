@@ -59,11 +59,6 @@ class OverlapTracker:
         self._runs: dict[str, _Span] = {}
         self._others: dict[tuple[str, str], _Span] = {}  # (service, job id) -> span
 
-    @property
-    def active(self) -> bool:
-        with self._lock:
-            return any(span.end is None for span in self._runs.values())
-
     def begin(self, job_id: str, gpus: Iterable[str] = (), host: str | None = None) -> None:
         """A run of ``job_id`` starts now on ``gpus`` of ``host`` (this host by default)."""
         self.observe()

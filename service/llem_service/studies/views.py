@@ -28,10 +28,6 @@ def study_status(record: StudyRecord, tally: StudyTally) -> StudyStatus:
     return StudyStatus.SUCCEEDED
 
 
-def design_of(record: StudyRecord) -> StudyDesign:
-    return StudyDesign.model_validate_json(record.design_json)
-
-
 def summary(record: StudyRecord, tally: StudyTally, design: StudyDesign) -> StudySummary:
     return StudySummary(
         id=record.id,
