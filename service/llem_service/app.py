@@ -45,6 +45,7 @@ from llem_service.monitoring.gpus import GpuTelemetry, IdlePoller
 from llem_service.monitoring.http import RequestMetrics
 from llem_service.monitoring.registry import ServiceMetrics
 from llem_service.settings import Settings
+from llem_service.studies.cooldown import StudyCooldown
 from llem_service.ui import routes as ui
 
 _log = logging.getLogger("llem.service")
@@ -81,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             feed,
             make_executor,
             pool,
-            thermometer=resolve(app, get_thermometer),
+            before_run=StudyCooldown(store, resolve(app, get_thermometer)),
             backfill_limit=_backfill_limit(settings, pool),
             overlaps=overlaps,
         )

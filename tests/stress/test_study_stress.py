@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import pytest
 from llem_client import JobStatus, StudyDocument
+from llem_service.experiment.figures import run_metrics
 from llem_service.jobs.store import SqliteJobStore
 from llem_service.jobs.study_store import NewStudy, PlannedRun
 from llem_service.studies.design import expand
-from llem_service.studies.table import run_metrics
 
 from tests.chaos.conftest import body
 from tests.conftest import make_result

@@ -3,11 +3,20 @@ with it. The SQLite implementation is `llem_service.jobs.store.SqliteJobStore`."
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from llem_client import CooldownConfig, ExperimentConfig, Job, JobProgress, JobStatus, ProblemDetail
+from llem_client import (
+    CooldownConfig,
+    ExperimentConfig,
+    Job,
+    JobProgress,
+    JobStatus,
+    ProblemDetail,
+    ResultWarning,
+)
 
 from llem_service.executors.base import WHOLE_HOST, GpuGrant, RunningJob
 
@@ -149,7 +158,7 @@ class JobStore(Protocol):
         metrics: Mapping[str, float | None] | None = None,
     ) -> Job:
         """End a running job. ``metrics``: a succeeded job's headline figures, kept for study
-        tables (`llem_service.studies.table.run_metrics`)."""
+        tables (`llem_service.experiment.figures.run_metrics`)."""
         ...
 
     def cancel_queued(self, job_id: str) -> Job | None: ...
@@ -167,3 +176,20 @@ class JobStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class BeforeRun(Protocol):
+    """What the scheduler does before each claimed job's run (a study's cooldown:
+    `llem_service.studies.cooldown.StudyCooldown`), in the run's thread, inside its
+    cancellable window: it may block, and should return soon once ``cancel`` is set.
+
+    Returns:
+        A warning for the run's result when it fell short of what was asked, or None.
+    """
+
+    def __call__(
+        self,
+        job: ClaimedJob,
+        cancel: threading.Event,
+        on_progress: Callable[[JobProgress], None],
+    ) -> ResultWarning | None: ...

@@ -18,8 +18,9 @@ job comes first in line, belongs to the same reuse group (a study that allows re
 session can reuse what it holds for it (`ExecutorSession.reusable_for`: the same model and
 loading options). Otherwise the session closes and the grant goes back to the pool.
 
-Studies: before a study run the scheduler applies the study's cooldown (`studies.cooldown`),
-in the run's own cancellable window; a warning on the result says when it fell short.
+Before a run: a `BeforeRun` hook, given, runs in the run's own cancellable window (the app
+gives the studies' cooldown, `llem_service.studies.cooldown.StudyCooldown`); a warning it
+returns goes on the result. The scheduler knows nothing of studies but their store columns.
 
 Restart: jobs the store still lists as running are offered to the executor
 (`Executor.reattach`); of those it cannot follow, study runs on their first attempt are queued
@@ -56,17 +57,13 @@ from llem_service.executors.base import (
     RunningJob,
     RunOutcome,
 )
+from llem_service.experiment.figures import run_metrics
 from llem_service.experiment.results import ResultFiles
 from llem_service.jobs.backfill import BackfillBound
-from llem_service.jobs.base import ClaimedJob, JobStore
+from llem_service.jobs.base import BeforeRun, ClaimedJob, JobStore
 from llem_service.jobs.events import ChangeFeed, on_loop
 from llem_service.jobs.gpus import GpuPool, NeverFits, WholeHostPool, grant_fits
 from llem_service.jobs.overlaps import OverlapTracker, with_placement
-from llem_service.studies.cooldown import (
-    Thermometer,
-    before_study_run,
-)
-from llem_service.studies.table import run_metrics
 
 _log = logging.getLogger("llem.scheduler")
 
@@ -93,8 +90,8 @@ class Scheduler:
         backfill_limit: How many later jobs may start ahead of one that waits for GPUs
             (`llem_service.jobs.backfill`); 0: none, strict submission order.
         overlaps: Records which runs overlapped; one for this host by default.
-        thermometer: Reads GPU temperatures for studies that cool down to a temperature;
-            None: such cooldowns are not applied (a warning says so).
+        before_run: Called before each run, in its cancellable window (a study's cooldown);
+            None: runs start at once.
     """
 
     def __init__(
@@ -104,13 +101,13 @@ class Scheduler:
         feed: ChangeFeed,
         make_executor: Callable[[], Executor],
         pool: GpuPool | None = None,
-        thermometer: Thermometer | None = None,
+        before_run: BeforeRun | None = None,
         *,
         backfill_limit: int = 0,
         overlaps: OverlapTracker | None = None,
     ) -> None:
         self.store = store
-        self.thermometer = thermometer
+        self.before_run = before_run
         self.results = results
         self.feed = feed
         self.make_executor = make_executor
@@ -423,15 +420,11 @@ class Scheduler:
 
         run.executor = self.make_executor().name
         await asyncio.to_thread(self.overlaps.begin, job_id, grant.uuids)
-        if job is not None and job.study is not None and job.study.cooldown is not None:
-            cooled = await asyncio.to_thread(
-                before_study_run, job, self.store, self.thermometer, cancel, on_progress
-            )
-            if cooled.warning is not None:
-                run.warnings.append(
-                    ResultWarning(code=cooled.warning[0], message=cooled.warning[1])
-                )
-        if job is not None and self._not_started(job_id, cancel):  # told while it cooled down
+        if job is not None and self.before_run is not None:
+            warning = await asyncio.to_thread(self.before_run, job, cancel, on_progress)
+            if warning is not None:
+                run.warnings.append(warning)
+        if job is not None and self._not_started(job_id, cancel):  # told while it waited
             await asyncio.to_thread(self.overlaps.end, job_id)
             return None
         context = RunContext(

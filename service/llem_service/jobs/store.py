@@ -80,7 +80,7 @@ class SqliteJobStore(SqliteStudyQueries, SqliteInterrupts):
 
     @staticmethod
     def _job(row: sqlite3.Row) -> Job:
-        # A succeeded job's figures, as the scheduler stored them (studies' run_metrics).
+        # A succeeded job's figures, as the scheduler stored them (`figures.run_metrics`).
         figures = json.loads(row["metrics_json"]) if row["metrics_json"] else None
         metrics = None
         if figures is not None and figures.get("tokens_per_s") is not None:

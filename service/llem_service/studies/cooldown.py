@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from llem_client import CooldownConfig, JobProgress
+from llem_client import CooldownConfig, JobProgress, ResultWarning
 
 from llem_service.energy.nvml import Nvml, NvmlError, NvmlLibrary, load_pynvml
 from llem_service.jobs.base import ClaimedJob, JobStore
@@ -155,3 +155,32 @@ def before_study_run(
     on_progress(JobProgress(phase="cooldown"))
     baseline = store.study_temperatures(study.study_id)
     return cool_down(plan, devices, baseline, thermometer or _NoThermometer(), cancel)
+
+
+@dataclass
+class StudyCooldown:
+    """The scheduler's `llem_service.jobs.base.BeforeRun` hook for studies: the pause before
+    each run of a study that asks for one (`before_study_run`); other jobs start at once.
+
+    Args:
+        store: Keeps each study's temperatures before its first run.
+        thermometer: Reads GPU temperatures for cooldowns to a temperature; None: those are
+            not applied (a warning on the result says so).
+    """
+
+    store: JobStore
+    thermometer: Thermometer | None = None
+
+    def __call__(
+        self,
+        job: ClaimedJob,
+        cancel: threading.Event,
+        on_progress: Callable[[JobProgress], None],
+    ) -> ResultWarning | None:
+        if job.study is None or job.study.cooldown is None:
+            return None
+        cooled = before_study_run(job, self.store, self.thermometer, cancel, on_progress)
+        if cooled.warning is None:
+            return None
+        code, message = cooled.warning
+        return ResultWarning(code=code, message=message)

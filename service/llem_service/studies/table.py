@@ -1,8 +1,9 @@
 """A study's results table: one row per finished run and one aggregated row per point, as JSON,
 CSV or Parquet.
 
-A run's figures are taken from its result once, when it succeeds (`run_metrics`, kept by the
-store), so a table of thousands of runs is built without reading a result file.
+A run's figures are taken from its result once, when it succeeds
+(`llem_service.experiment.figures.run_metrics`, kept by the store), so a table of thousands
+of runs is built without reading a result file.
 """
 
 from __future__ import annotations
@@ -10,56 +11,15 @@ from __future__ import annotations
 import csv
 import io
 import math
-import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from llem_client import STUDY_METRICS, ExperimentResult, Interval, StudyResults, StudyRow
+from llem_client import STUDY_METRICS, Interval, StudyResults, StudyRow
 
+from llem_service.experiment.figures import Metrics
 from llem_service.experiment.summary import sample_stats
 from llem_service.jobs.study_store import RunRecord
 from llem_service.studies.design import StudyDesign
-
-Metrics = dict[str, float | None]
-
-
-def run_metrics(result: ExperimentResult) -> Metrics:
-    """The figures of one result that a study table shows (`llem_client.STUDY_METRICS`).
-
-    Per-token uncertainties are the figures' expanded (k = 2) total uncertainties; null where
-    the figure was not published (no energy meter, a single-token workload, a figure the run
-    could not bound: see the result's warnings).
-    """
-    energy = result.energy
-    itl = result.inter_token_latency_sec
-    ttft = result.time_to_first_token_sec
-    raw = energy.energy_per_output_token_j if energy is not None else None
-    adjusted = energy.adjusted_energy_per_output_token_j if energy is not None else None
-    requests = energy.requests if energy is not None else None
-    per_request = [e.value for e in requests.energy_j] if requests is not None else []
-    return {
-        "tokens_per_s": result.avg_tokens_per_second,
-        "energy_per_output_token_j": raw.value if raw is not None else None,
-        "energy_per_output_token_uncertainty_j": raw.total if raw is not None else None,
-        "adjusted_energy_per_output_token_j": adjusted.value if adjusted is not None else None,
-        "adjusted_energy_per_output_token_uncertainty_j": (
-            adjusted.total if adjusted is not None else None
-        ),
-        "ttft_p50_s": ttft.p50,
-        "ttft_p90_s": ttft.p90,
-        "ttft_p99_s": ttft.p99,
-        "itl_p50_s": itl.p50 if itl else None,
-        "itl_p90_s": itl.p90 if itl else None,
-        "itl_p99_s": itl.p99 if itl else None,
-        "energy_per_request_j": statistics.fmean(per_request) if per_request else None,
-        "mean_power_w": energy.mean_power_w if energy else None,
-        "peak_memory_bytes": (
-            float(result.peak_memory_allocated_bytes)
-            if result.peak_memory_allocated_bytes is not None
-            else None
-        ),
-        "warnings": float(len(result.warnings)),
-    }
 
 
 def build_results(study_id: str, design: StudyDesign, runs: Sequence[RunRecord]) -> StudyResults:
