@@ -80,6 +80,7 @@ def make_energy(**overrides: Any) -> EnergyResult:
         "uncertainty": {
             "figure": "adjusted_energy_per_output_token_j",
             "estimate": estimate(5.0, 0.13, 0.1),
+            **{k: v for k, v in estimate(5.0, 0.13, 0.1).items() if k != "value"},
             "coverage_factor": 2.0,
             "terms": [
                 {
