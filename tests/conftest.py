@@ -3,8 +3,8 @@
 - `make_config` / `make_result`: valid objects with small defaults; each test overrides only
   what it is about.
 - `start_server`: a real uvicorn server on a free loopback port, in a thread, running the real
-  app, scheduler and child processes, with the fakes of `tests.fakes` injected through
-  ``app.dependency_overrides``.
+  app, scheduler and child processes, with the fakes of `tests.fakes` put in the providers'
+  place (`llem_service.deps.replace`).
 - `server_process`: the same app as a separate process (`tests.server_process`), for the tiers
   that signal or kill it.
 - `figures`: the load, chaos, stress and perf tiers report what they measured; the figures
@@ -81,6 +81,7 @@ def make_energy(**overrides: Any) -> EnergyResult:
         "uncertainty": {
             "figure": "adjusted_energy_per_output_token_j",
             "estimate": estimate(5.0, 0.13, 0.1),
+            **{k: v for k, v in estimate(5.0, 0.13, 0.1).items() if k != "value"},
             "coverage_factor": 2.0,
             "terms": [
                 {
@@ -243,7 +244,7 @@ def make_result(**overrides: Any) -> ExperimentResult:
 
 @dataclass
 class LiveServer:
-    """A running server: its address, data directory and app (for its overrides)."""
+    """A running server: its address, data directory and app (for its replacements)."""
 
     base_url: str
     data_dir: Path
@@ -290,13 +291,13 @@ def build_app(
     token: str | None = None,
     thermometer: Any = None,
     hub: Any = None,
-    overrides: dict[Callable[..., Any], Callable[..., Any]] | None = None,
+    replacements: dict[Callable[..., Any], Callable[..., Any]] | None = None,
     **settings: Any,
 ) -> FastAPI:
     """The real app on ``data_dir``, with the fake backend, meter, thermometer and model hub
     injected (by default a hub that has every well-formed model id), the idle GPU poll reading
     ``readings`` (by default the scripted GPU of `tests.fakes.fake_readings`), and any other
-    ``overrides`` of dependency providers (a scripted Slurm for ``get_slurm_api``, say)."""
+    ``replacements`` of dependency providers (a scripted Slurm for ``get_slurm_api``, say)."""
     from llem_service.app import create_app
     from llem_service.deps import (
         get_energy_meter,
@@ -304,6 +305,7 @@ def build_app(
         get_model_hub,
         get_reading_source,
         get_thermometer,
+        replace,
     )
     from llem_service.settings import Settings
 
@@ -313,14 +315,15 @@ def build_app(
     fake_backend = backend if backend is not None else FakeInferenceBackend()
     meter = meter if meter is not None else fake_meter()
     thermometer = thermometer if thermometer is not None else fake_thermometer()
-    app.dependency_overrides[get_inference_backend] = lambda: fake_backend
-    app.dependency_overrides[get_energy_meter] = lambda: meter
+    replace(app, get_inference_backend, lambda: fake_backend)
+    replace(app, get_energy_meter, lambda: meter)
     source = readings if readings is not None else fake_readings()
-    app.dependency_overrides[get_reading_source] = lambda: source
-    app.dependency_overrides[get_thermometer] = lambda: thermometer
+    replace(app, get_reading_source, lambda: source)
+    replace(app, get_thermometer, lambda: thermometer)
     model_hub = hub if hub is not None else FakeHub()
-    app.dependency_overrides[get_model_hub] = lambda: model_hub
-    app.dependency_overrides.update(overrides or {})
+    replace(app, get_model_hub, lambda: model_hub)
+    for provider, factory in (replacements or {}).items():
+        replace(app, provider, factory)
     return app
 
 

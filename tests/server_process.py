@@ -3,7 +3,7 @@
 ``python -m tests.server_process`` builds the real app from ``LLEM_*`` settings (so every
 setting works as in production), injects `tests.fakes.ScriptedBackend` and
 the real NVML meter over a scripted GPU (`tests.fakes.fake_meter`) through
-``app.dependency_overrides``, and serves it with uvicorn
+`llem_service.deps.replace`, and serves it with uvicorn
 on ``LLEM_HOST``/``LLEM_PORT``. The load, chaos, stress and perf tiers drive it over loopback
 and send it real signals; `ServerProcess` starts, kills and restarts it.
 """
@@ -119,6 +119,7 @@ def main() -> None:
         get_inference_backend,
         get_model_hub,
         get_reading_source,
+        replace,
     )
     from llem_service.serve import make_server
     from llem_service.settings import Settings
@@ -152,12 +153,12 @@ def main() -> None:
         )
     # LLEM_TEST_REAL_BACKEND=1: the real PyTorch backend (tiny models built by the tests).
     if os.environ.get("LLEM_TEST_REAL_BACKEND") != "1":
-        app.dependency_overrides[get_inference_backend] = lambda: backend
-    app.dependency_overrides[get_energy_meter] = lambda: meter
+        replace(app, get_inference_backend, lambda: backend)
+    replace(app, get_energy_meter, lambda: meter)
     readings = fake_readings()
-    app.dependency_overrides[get_reading_source] = lambda: readings
+    replace(app, get_reading_source, lambda: readings)
     hub = FakeHub()
-    app.dependency_overrides[get_model_hub] = lambda: hub
+    replace(app, get_model_hub, lambda: hub)
     make_server(app, settings, access_log=False).run()
 
 

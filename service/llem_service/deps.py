@@ -1,9 +1,14 @@
 """FastAPI dependencies: how routes and the scheduler reach the service's parts.
 
-The seams (`get_inference_backend`, `get_energy_meter`) are providers that tests replace with
-``app.dependency_overrides[provider] = lambda: Fake(...)``. The scheduler resolves them through
-the same overrides (`resolve`), so one override changes both the API and the experiments.
-A provider takes either nothing or the `Settings`.
+The seams (`get_inference_backend`, `get_energy_meter`, `get_reading_source`, `get_model_hub`,
+`get_thermometer`, `get_slurm_api`) are providers that tests replace with
+``replace(app, provider, lambda: Fake(...))``. Routes and the scheduler both reach them through
+`resolve`, so one replacement changes both the API and the experiments. A provider takes
+either nothing or the `Settings`.
+
+Not ``app.dependency_overrides``: while that is non-empty, FastAPI derives every route's
+dependency tree again on every request, which took a third of the event loop's time in the load
+tier, a cost no production server pays and every served test would have measured.
 """
 
 from __future__ import annotations
@@ -78,14 +83,14 @@ def get_admission(request: Request) -> Admission:
     return admission
 
 
-def get_inference_backend(settings: SettingsDep) -> InferenceBackend:
+def get_inference_backend(settings: Settings) -> InferenceBackend:
     """The real backend: PyTorch / transformers (imports torch only inside the experiment)."""
     from llem_service.backends.pytorch import PytorchBackend
 
     return PytorchBackend.from_settings(settings)
 
 
-def get_energy_meter(settings: SettingsDep) -> EnergyMeter:
+def get_energy_meter(settings: Settings) -> EnergyMeter:
     """NVML when the nvidia-ml-py package is installed; otherwise a meter that says why not.
 
     Whether a driver and GPUs are there is the NVML meter's probe to tell (``/v1/info`` and
@@ -102,17 +107,21 @@ def get_energy_meter(settings: SettingsDep) -> EnergyMeter:
     )
 
 
-def get_model_hub(request: Request) -> ModelHub:
+def get_model_hub(settings: Settings) -> ModelHub:
+    """The Hugging Face Hub, asked with the server's probe timeout."""
+    return HuggingFaceHub(settings.hub_probe_timeout_s)
+
+
+def _app_hub(request: Request) -> ModelHub:
     """The hub as the server sees it; one per app, so its answers are remembered."""
     hub: ModelHub | None = getattr(request.app.state, "hub", None)
     if hub is None:
-        settings: Settings = request.app.state.settings
-        hub = request.app.state.hub = HuggingFaceHub(settings.hub_probe_timeout_s)
+        hub = request.app.state.hub = resolve(request.app, get_model_hub)
     return hub
 
 
 def get_model_catalog(
-    settings: SettingsDep, hub: Annotated[ModelHub, Depends(get_model_hub)]
+    settings: SettingsDep, hub: Annotated[ModelHub, Depends(_app_hub)]
 ) -> ModelCatalog:
     return ModelCatalog(settings.model_root_paths, hub)
 
@@ -127,7 +136,7 @@ bearer_scheme = HTTPBearer(
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="llem"'}
 
 
-def get_slurm_api(settings: SettingsDep) -> SlurmApi:
+def get_slurm_api(settings: Settings) -> SlurmApi:
     """Slurm through its commands, its status through slurmrestd when LLEM_SLURM_RESTD_URL is
     set (LLEM_EXECUTOR=slurm); tests put a scripted cluster here."""
     from llem_service.executors.slurm_cli import SlurmCli
@@ -146,7 +155,7 @@ def get_slurm_api(settings: SettingsDep) -> SlurmApi:
     return SlurmCli(settings.slurm_bin_dir, timeout_s=settings.slurm_command_timeout_s)
 
 
-def get_reading_source(settings: SettingsDep) -> ReadingSource | None:
+def get_reading_source(settings: Settings) -> ReadingSource | None:
     """What the idle poll reads GPUs with: NVML when nvidia-ml-py is installed, else nothing.
 
     Whether a driver and GPUs are there shows at the first poll (`IdlePoller.unavailable`)."""
@@ -160,7 +169,7 @@ def get_reading_source(settings: SettingsDep) -> ReadingSource | None:
     return NvmlReadingSource(load_pynvml, os.environ.get("CUDA_VISIBLE_DEVICES"), time.time)
 
 
-def get_thermometer(settings: SettingsDep) -> Thermometer:
+def get_thermometer(settings: Settings) -> Thermometer:
     """GPU temperatures for studies' cooldowns: NVML (without a driver, it says why not)."""
     from llem_service.studies.cooldown import NvmlThermometer
 
@@ -215,9 +224,27 @@ def require_token(
         )
 
 
+def _replacements(app: FastAPI) -> dict[Callable[..., Any], Callable[..., Any]]:
+    table: dict[Callable[..., Any], Callable[..., Any]] | None = getattr(
+        app.state, "replacements", None
+    )
+    if table is None:
+        table = app.state.replacements = {}
+    return table
+
+
+def replace(app: FastAPI, provider: Callable[..., T], factory: Callable[..., T]) -> None:
+    """Put ``factory`` in ``provider``'s place, for the routes and the scheduler alike.
+
+    ``factory`` takes nothing or the `Settings`, as providers do. Routes resolve per request
+    and the scheduler its backend and meter per job; the idle poll's reading source, the
+    thermometer and the Slurm API are resolved at start-up, so replace those before it."""
+    _replacements(app)[provider] = factory
+
+
 def resolve(app: FastAPI, provider: Callable[..., T]) -> T:
-    """Call ``provider``, or its override, outside a request (as the scheduler does)."""
-    fn: Callable[..., Any] = app.dependency_overrides.get(provider, provider)
+    """Call ``provider``, or what `replace` put in its place."""
+    fn: Callable[..., Any] = _replacements(app).get(provider, provider)
     if inspect.signature(fn).parameters:
         return fn(app.state.settings)  # type: ignore[no-any-return]
     return fn()  # type: ignore[no-any-return]
@@ -228,6 +255,12 @@ StudyStoreDep = Annotated[StudyStore, Depends(get_study_store)]
 SchedulerDep = Annotated[Scheduler, Depends(get_scheduler)]
 FeedDep = Annotated[ChangeFeed, Depends(get_feed)]
 ResultsDep = Annotated[ResultFiles, Depends(get_results)]
-MeterDep = Annotated[EnergyMeter, Depends(get_energy_meter)]
+
+
+def _meter(request: Request) -> EnergyMeter:
+    return resolve(request.app, get_energy_meter)
+
+
+MeterDep = Annotated[EnergyMeter, Depends(_meter)]
 CatalogDep = Annotated[ModelCatalog, Depends(get_model_catalog)]
 AdmissionDep = Annotated[Admission, Depends(get_admission)]

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from llem_client import Job, JobStatus
 from llem_service.app import create_app
-from llem_service.deps import get_energy_meter
+from llem_service.deps import get_energy_meter, replace
 from llem_service.energy import NullEnergyMeter
 from llem_service.settings import Settings
 
@@ -309,9 +309,9 @@ def test_openapi_describes_every_route_and_its_problems(http: TestClient) -> Non
     assert set(results) == {"application/json", "application/vnd.apache.parquet", "text/csv"}
 
 
-def test_the_seam_override_reaches_the_api(tmp_path: Path) -> None:
+def test_a_replaced_seam_reaches_the_api(tmp_path: Path) -> None:
     app: FastAPI = create_app(Settings(data_dir=tmp_path / "data"))
-    app.dependency_overrides[get_energy_meter] = lambda: NullEnergyMeter("overridden")
+    replace(app, get_energy_meter, lambda: NullEnergyMeter("overridden"))
 
     with TestClient(app) as http:
         info = http.get("/v1/info").json()

@@ -31,7 +31,7 @@ def start_slurm_service(
 ) -> LiveServer:
     return start_server(
         backend=ScriptedBackend(pid_dir=str(tmp_path)),
-        overrides={get_slurm_api: lambda: slurm},
+        replacements={get_slurm_api: lambda: slurm},
         executor="slurm",
         slurm_shared_dir=tmp_path / "shared",
         slurm_gres="",

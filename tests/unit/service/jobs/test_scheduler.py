@@ -19,7 +19,7 @@ from llem_client import (
     JobStatus,
     NotFoundError,
 )
-from llem_service.deps import get_energy_meter, get_inference_backend
+from llem_service.deps import get_energy_meter, get_inference_backend, replace
 from llem_service.energy import NullEnergyMeter
 from llem_service.jobs.store import SqliteJobStore
 
@@ -106,7 +106,7 @@ def test_a_gpu_lost_mid_run_fails_the_job_and_the_next_one_runs(
 
     with Client(server.base_url) as client:
         failed = client.wait(client.submit(make_config(n_prompts=4, batch_size=1)).id, timeout=30)
-        server.app.dependency_overrides[get_energy_meter] = lambda: fake_meter(power_w=300.0)
+        replace(server.app, get_energy_meter, lambda: fake_meter(power_w=300.0))
         ok = client.wait(client.submit(make_config(name="after")).id, timeout=30)
 
     assert failed.status is JobStatus.FAILED
@@ -179,7 +179,7 @@ def test_a_crashing_experiment_fails_its_job_and_the_next_one_runs(
         crashed = client.wait(client.submit(make_config()).id, timeout=30)
         # The seams are resolved per job: from now on the backend is a healthy one.
         healthy_backend = FakeInferenceBackend()
-        server.app.dependency_overrides[get_inference_backend] = lambda: healthy_backend
+        replace(server.app, get_inference_backend, lambda: healthy_backend)
         after = client.wait(client.submit(make_config()).id, timeout=30)
         healthy = httpx.get(f"{server.base_url}/healthz")
 
