@@ -9,13 +9,10 @@ pool) and the event streams read it through the thread pool.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import Request
 from fastapi.testclient import TestClient
-from llem_service.deps import get_store, get_study_store
 from llem_service.jobs.events import running_loop
 
 from tests.conftest import build_app, make_config
@@ -41,15 +38,6 @@ class LoopWatchingStore:
         return call
 
 
-def watching(watchers: list[LoopWatchingStore]) -> Callable[[Request], LoopWatchingStore]:
-    def provide(request: Request) -> LoopWatchingStore:
-        if not watchers or watchers[0]._inner is not request.app.state.store:
-            watchers[:] = [LoopWatchingStore(request.app.state.store)]
-        return watchers[0]
-
-    return provide
-
-
 def wait_until_ended(http: TestClient, path: str, timeout_s: float = 60) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -61,12 +49,12 @@ def wait_until_ended(http: TestClient, path: str, timeout_s: float = 60) -> dict
 
 
 def test_every_route_reads_the_store_off_the_event_loop(tmp_path: Path) -> None:
-    watchers: list[LoopWatchingStore] = []
-    provide = watching(watchers)
-    app = build_app(tmp_path / "data", overrides={get_store: provide, get_study_store: provide})
+    app = build_app(tmp_path / "data")
     body = make_config().model_dump(mode="json", exclude_unset=True)
     study = {"name": "s", "base": body, "sweep": {"n_prompts": [1, 2]}}
     with TestClient(app) as http:
+        # What the routes reach (get_store, get_study_store); the scheduler keeps the real one.
+        watcher = app.state.store = LoopWatchingStore(app.state.store)
         job_id = http.post("/v1/experiments", json=body).json()["id"]
         study_id = http.post("/v1/studies", json=study).json()["id"]
         job = wait_until_ended(http, f"/v1/experiments/{job_id}")
@@ -91,5 +79,4 @@ def test_every_route_reads_the_store_off_the_event_loop(tmp_path: Path) -> None:
     assert [a.status_code for a in answers] == [200] * 10 + [409, 409, 204]
     assert "event: job" in answers[4].text
     assert "event: study" in answers[7].text
-    (watcher,) = watchers
     assert watcher.on_loop == []
