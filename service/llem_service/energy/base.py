@@ -123,6 +123,7 @@ class DeviceMeta:
     has_energy_counter: bool
     counter_update_period_s: float | None
     power_field: Literal["instant", "average"] | None
+    power_refresh_s: float | None = None  # the instant field's probed refresh period
     compute_processes: tuple[tuple[int, int | None], ...] = ()
     counter_absent_reason: str | None = None  # why there is no counter (vGPU, pre-Volta...)
     sensor: SensorSpec = field(default_factory=lambda: SensorTable().lookup(""))

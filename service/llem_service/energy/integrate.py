@@ -6,7 +6,9 @@ identical readings are one reading, repeated: a run of them keeps only its first
 sample (the first is when the value appeared, the last shows it still held; the ones between
 add nothing), and readings of 0 W or less, which a transient read failure can produce, are
 dropped. The kept readings are joined by straight lines (the trapezoidal rule) and held at the
-first and last reading's value beyond them. Times in seconds, power in watts, energy in
+first and last reading's value beyond them; where readings are missing for longer than the
+field's refresh allows (`PowerCurve.uncovered`), that line says nothing, and the callers bound
+the stretch by the GPU's power range instead. Times in seconds, power in watts, energy in
 joules.
 """
 
@@ -48,7 +50,11 @@ def distinct_readings(
 
 
 class PowerCurve:
-    """Piecewise-linear power through a set of readings, ready for many window integrals."""
+    """Piecewise-linear power through a set of readings, ready for many window integrals.
+
+    ``read_t`` keeps the time of every positive reading (repeats of one value included): a
+    run of equal values is one straight segment of the curve but still shows that the power
+    was read all along, which `uncovered` needs to tell a steady value from a gap."""
 
     def __init__(
         self, t_s: Sequence[float], power_w: Sequence[float | None], *, dedupe: bool = True
@@ -60,6 +66,9 @@ class PowerCurve:
             self.t = [t for t, _ in points]
             self.p = [p for _, p in points]
             self.dropped = 0
+        self.read_t = sorted(
+            t for t, p in zip(t_s, power_w, strict=True) if p is not None and p > 0
+        )
         # cumulative trapezoid areas up to each reading
         self._area = [0.0]
         for i in range(1, len(self.t)):
@@ -113,12 +122,30 @@ class PowerCurve:
         """Sum of the changes between consecutive readings inside ``[t0, t1]``, watts."""
         return sum(abs(b - a) for a, b in itertools.pairwise(self.inside(t0, t1)))
 
-    def mean_standard_error_w(self, t0: float, t1: float) -> float | None:
-        """Standard error of the mean reading inside ``[t0, t1]``; None under three readings."""
-        readings = self.inside(t0, t1)
-        if len(readings) < 3:
-            return None
-        return statistics.stdev(readings) / math.sqrt(len(readings))
+    def read_between(self, t0: float, t1: float) -> bool:
+        """Whether the power was read inside ``[t0, t1]`` (repeats of one value count)."""
+        i = bisect.bisect_left(self.read_t, t0)
+        return i < len(self.read_t) and self.read_t[i] <= t1
+
+    def uncovered(self, t0: float, t1: float, max_gap_s: float) -> list[tuple[float, float]]:
+        """The stretches of ``[t0, t1]`` between two readings more than ``max_gap_s`` apart
+        (before the first reading and after the last included): where the power was not read
+        (failed reads, a field given up, a sampler that stalled), so the curve's straight line
+        or held value says nothing about it."""
+        times = self.read_t
+        out: list[tuple[float, float]] = []
+        j = bisect.bisect_right(times, t0)
+        previous = times[j - 1] if j > 0 else -math.inf
+        while True:
+            following = times[j] if j < len(times) else math.inf
+            if following - previous > max_gap_s:
+                a, b = max(previous, t0), min(following, t1)
+                if b > a:
+                    out.append((a, b))
+            if following >= t1:
+                return out
+            previous = following
+            j += 1
 
 
 class Readings:

@@ -255,6 +255,7 @@ class NvmlSession:
             has_energy_counter=has_counter,
             counter_update_period_s=probe.counter_period_s,
             power_field=probe.power_field,
+            power_refresh_s=probe.instant_refresh_s,
             compute_processes=tuple((p.pid, p.used_memory_bytes) for p in processes),
             counter_absent_reason=None if has_counter else counter_absent_reason(kind),
             sensor=self._sensors.lookup(name),

@@ -35,11 +35,7 @@ from typing import Literal
 from llem_service.energy.base import CounterMark
 from llem_service.energy.figures import PrefillRun, Work
 from llem_service.energy.uncertainty import Estimate, Source
-from llem_service.energy.windows import (
-    EnergyAccount,
-    Periodicity,
-    field_delay_s,
-)
+from llem_service.energy.windows import EnergyAccount, Periodicity
 
 
 @dataclass(frozen=True)
@@ -282,21 +278,17 @@ def _prefill_by_timeline(
     else:
         integrals = [curve.energy_j(b.span.start, b.span.first_token) for b in work.batches]
         whole = curve.energy_j(t0, t1)
-    delay = max(field_delay_s(m) for m in account.metas) + account.record.sample_interval_s
+    delay = account.delay_s + account.record.sample_interval_s
     low = (curve.low_w(t0, t1) if curve else None) or 0.0
     peak = (curve.peak_w(t0, t1) if curve else None) or 0.0
-    limits = [m.power_limit_w for m in account.metas]
+    top = sum(account.top_w(m) for m in account.metas)
     out = []
     for batch, integral in zip(work.batches, integrals, strict=True):
         share = integral / whole if whole > 0 else 0.0
         # A span shorter than the field's delay can hide a spike no reading saw: bound its
         # power by the GPUs' limits instead of the readings.
-        top = (
-            sum(x or 0.0 for x in limits)
-            if batch.prefill_s < delay and None not in limits
-            else peak
-        )
-        bound = (top - low) * min(batch.prefill_s + delay, 2 * delay)
+        high = top if batch.prefill_s < delay else peak
+        bound = (high - low) * min(batch.prefill_s + delay, 2 * delay)
         out.append(
             (window * share).with_bound(Source("timeline_share", "systematic", "prefill"), bound)
         )

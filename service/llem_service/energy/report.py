@@ -81,6 +81,9 @@ _ADVICE = {
     "counter_resolution": "the window spans too few energy-counter updates: measure longer",
     "power_integration": "this GPU has no energy counter, so energy is integrated from power "
     "samples: use a GPU with a counter (Volta or newer, not a vGPU)",
+    "power_gaps": "power readings were missing for part of the window on a GPU without an "
+    "energy counter (see the sampler_read_errors and power_field_changed warnings): free the "
+    "GPU's driver from other NVML clients, or use a GPU with a counter",
     "part_time_sensing": "the work repeats in step with the sensor's period, which this GPU "
     "senses only part of: change the batch size or output length so the rhythm drifts, or "
     "measure longer",

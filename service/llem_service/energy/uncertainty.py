@@ -51,6 +51,9 @@ TERMS: dict[str, str] = {
     "counter_resolution": "The counter counts whole millijoules.",
     "power_integration": "Energy integrated from power samples (GPUs without a counter): "
     "steps between samples and the field's refresh and lag.",
+    "power_gaps": "Stretches with no power reading (failed reads, a power field given up) on "
+    "a GPU without a counter: counted at the middle of the GPU's range (lowest reading to "
+    "power limit), +/- half of it.",
     "sensor_gain": "The sensor's stated relative accuracy for its GPU generation.",
     "sensor_offset": "The sensor's stated absolute accuracy (watts) over the window's length.",
     "part_time_sensing": "A workload periodic near the counter period, on a GPU that senses "
