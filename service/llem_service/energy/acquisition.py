@@ -290,6 +290,10 @@ def _reading_warnings(
     return out
 
 
+def _host_t(mark: CounterMark) -> float:
+    return mark.t_s if mark.host_t_s is None else mark.host_t_s
+
+
 def build_host(
     record: MeterRecord, start: CounterMark, end: CounterMark, output_tokens: int
 ) -> HostEnergy | None:
@@ -302,14 +306,16 @@ def build_host(
         return HostEnergy(available=False, reason=host.reason)
     polled = acquired.sampler.host_reads if acquired.sampler else []
     energies: list[ZoneEnergy] = []
+    # The host's window runs between the marks' own RAPL reads (microseconds after the GPUs').
+    t0, t1 = _host_t(start), _host_t(end)
     for zone in host.zones:
-        reads = [(m.t_s, m.host_uj[zone.key]) for m in record.marks if zone.key in m.host_uj]
+        reads = [(_host_t(m), m.host_uj[zone.key]) for m in record.marks if zone.key in m.host_uj]
         reads += [(t, values[zone.key]) for t, values in polled if zone.key in values]
-        found = zone_energy(zone, reads, start.t_s, end.t_s)
+        found = zone_energy(zone, reads, t0, t1)
         if isinstance(found, str):
             return HostEnergy(available=False, reason=found)
         energies.append(found)
-    window = end.t_s - start.t_s
+    window = t1 - t0
     total = sum(e.energy_j for e in energies)
     random = sum(e.random_j**2 for e in energies) ** 0.5
     systematic = sum(e.systematic_j for e in energies)  # one model: errors move together

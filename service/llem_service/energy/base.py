@@ -140,6 +140,8 @@ class CounterMark:
         foreign_pids: Processes other than the experiment's seen on each GPU at this instant.
         violations_ns: Each GPU's cumulative throttle time by cause (`throttle.read_violations`).
         host_uj: The host's RAPL counters (raw microjoules) by zone, where readable.
+        host_t_s: When those were read (session clock, taken right before the read: the
+            GPUs' reads come first, so it is later than ``t_s``).
     """
 
     label: str
@@ -148,6 +150,7 @@ class CounterMark:
     foreign_pids: dict[str, tuple[int, ...]] = field(default_factory=dict)
     violations_ns: dict[str, dict[str, int | None]] = field(default_factory=dict)
     host_uj: dict[str, int] = field(default_factory=dict)
+    host_t_s: float | None = None
 
 
 @dataclass(frozen=True)

@@ -279,6 +279,9 @@ class NvmlSession:
             device.uuid: device.energy_mj() if meta.has_energy_counter else None
             for device, meta in zip(self.devices, self.metas, strict=True)
         }
+        # Stamped right before it is read: the sampler's process reads the same counters,
+        # and a stamp taken before the GPUs' reads could sort after one of its reads.
+        host_t = self.clock()
         host = read_zones(self.host.zones) if self.host.zones else {}
         foreign = {device.uuid: self._foreign_pids(device) for device in self.devices}
         violations = {device.uuid: read_violations(device) for device in self.devices}
@@ -290,6 +293,7 @@ class NvmlSession:
                 foreign_pids=foreign,
                 violations_ns=violations,
                 host_uj=host,
+                host_t_s=host_t if host else None,
             )
         )
 

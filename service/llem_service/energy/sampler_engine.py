@@ -152,7 +152,10 @@ class SamplerEngine:
             self.processes.poll(now, self.wall())
         if self.spec.host_zones and (self._next_host is None or now >= self._next_host):
             self._next_host = now + self.spec.slow_poll_s
-            self.host_reads.append((now, read_zones(self.spec.host_zones)))
+            # Stamped right before the read, not at ``now``: listing the GPUs' processes took
+            # milliseconds, and a stale stamp could sort this read before a mark's earlier one.
+            read_at = self.clock()
+            self.host_reads.append((read_at, read_zones(self.spec.host_zones)))
 
     def flush(self) -> None:
         self.samples.flush()

@@ -10,12 +10,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from llem_client import HostEnergy
+from llem_client import EnergyConfig, HostEnergy
 from llem_service.energy.figures import Span
 from llem_service.energy.host import probe_host, zone_energy
+from llem_service.energy.meter import NvmlEnergyMeter, NvmlSession
 
 from tests.energy_sections import energy_section
-from tests.fake_nvml import FakeGpu, PowerProfile, ScriptedSession
+from tests.fake_nvml import FakeGpu, FakeNvml, PowerProfile, ScriptedSession
 from tests.fake_powercap import ScriptedPowercap
 
 
@@ -100,6 +101,77 @@ def test_wrap_arounds_between_reads_are_counted(tree: ScriptedPowercap) -> None:
     assert found.wraps == 1
     assert found.energy_j == pytest.approx(90.0)  # 10 J to the top, 20 J, then 60 J
     assert found.systematic_j == pytest.approx(90.0 * 0.05)
+
+
+def test_two_reads_that_sort_in_the_wrong_order_are_no_wrap(tree: ScriptedPowercap) -> None:
+    # 100 W for 10 s. A mark reads at 5.003 s; the sampler's poll stamped 5.000 s but read at
+    # 5.005 s: sorted by stamp, the later value comes first. That drop is no wrap-around.
+    (zone, *_) = probe_host(tree.class_root).zones
+
+    def value(t: float) -> int:
+        return round(t * 100.0 * 1e6)
+
+    reads = [(0.0, value(0.0)), (5.002, value(5.003)), (5.000, value(5.005)), (10.0, value(10.0))]
+
+    found = zone_energy(zone, reads, 0.0, 10.0)
+
+    assert not isinstance(found, str)
+    assert found.wraps == 0
+    assert found.energy_j == pytest.approx(1000.0)
+
+
+def test_a_window_that_implies_more_power_than_the_zone_can_draw_is_not_published(
+    tree: ScriptedPowercap,
+) -> None:
+    (zone, *_) = probe_host(tree.class_root).zones  # 250 W at most
+
+    found = zone_energy(zone, [(0.0, 0), (1.0, 1_000_000_000)], 0.0, 1.0)  # 1 kJ in 1 s
+
+    assert isinstance(found, str)
+    assert "cannot draw" in found
+
+
+class TickingClock:
+    """Moves on by a millisecond each time it is read: every NVML query takes time."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        self.t += 0.001
+        return self.t
+
+    def wall(self) -> float:
+        return self.t + 1.7e9
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+
+def test_every_rapl_read_is_stamped_when_it_is_made(tree: ScriptedPowercap) -> None:
+    clock = TickingClock()
+    gpus = (FakeGpu(), FakeGpu(uuid="GPU-2"))
+    meter = NvmlEnergyMeter(
+        library=FakeNvml(gpus=gpus, clock=clock, wall=clock.wall),
+        clock=clock, sleep=clock.sleep, wall=clock.wall, sampler="manual",
+        powercap_root=str(tree.class_root),
+    )  # fmt: skip
+    session = meter.open([g.uuid for g in gpus], EnergyConfig(sample_interval_ms=10))
+    assert isinstance(session, NvmlSession)
+    engine = session.sampler._engine
+    assert engine is not None
+
+    # A mark reads the GPUs' counters first: its RAPL read comes after them.
+    session.mark("a")
+    (mark,) = session.marks
+    assert mark.host_t_s is not None
+    assert mark.host_t_s > mark.t_s + 0.002
+    # The sampler lists the GPUs' processes before its RAPL read: the stamp is the read's.
+    before = clock.t
+    engine.poll_slow()
+    (read_at, _), *_ = engine.host_reads
+    assert read_at > before + 0.003
+    session.close()
 
 
 def test_reads_too_far_apart_to_count_wraps_give_no_figure(tree: ScriptedPowercap) -> None:
