@@ -7,15 +7,14 @@ measured window runs from ``warmup_end`` to the last repeat's end; the prefill p
 after it and are not part of it. The arithmetic of each part lives in its own module
 (`windows`, `phases`, `requests`, `baseline`); this one assembles and publishes.
 
-Publishing: a figure whose expanded uncertainty exceeds ``energy.max_relative_uncertainty``
-of its scale (its own value; for adjusted figures the raw one they come from) is null, and a
-warning says why and how to get it.
+Publishing (`energy.publish`): a figure whose expanded uncertainty exceeds
+``energy.max_relative_uncertainty`` of its scale (its own value; for adjusted figures the raw
+one they come from) is null, and a warning says why and how to get it.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -30,8 +29,6 @@ from llem_client import (
     RequestEnergy,
     SamplerReport,
     SteadyStateRequests,
-    UncertaintyBudget,
-    UncertaintyTerm,
 )
 from llem_client import Estimate as WireEstimate
 
@@ -41,6 +38,7 @@ from llem_service.energy.base import Baseline, MeterRecord
 from llem_service.energy.baseline import BaselineSet
 from llem_service.energy.figures import PrefillRun, Warning, Work
 from llem_service.energy.phases import PhaseSplit, periodicity, split
+from llem_service.energy.publish import Publisher, budget
 from llem_service.energy.requests import (
     DESCRIPTION,
     Percentiles,
@@ -49,7 +47,7 @@ from llem_service.energy.requests import (
     steady_state,
 )
 from llem_service.energy.trust import device_warnings, window_warnings
-from llem_service.energy.uncertainty import COVERAGE_FACTOR, TERMS, Estimate
+from llem_service.energy.uncertainty import Estimate
 from llem_service.energy.windows import EnergyAccount
 from llem_service.experiment.summary import percentile
 
@@ -72,73 +70,6 @@ class EnergySection:
     result: EnergyResult | None
     repeats: list[RepeatEnergy] = field(default_factory=list)
     warnings: list[Warning] = field(default_factory=list)
-
-
-#: How to get a figure that was null, by the term that dominated its uncertainty.
-_ADVICE = {
-    "counter_quantisation": "the window spans too few energy-counter updates: measure longer "
-    "(more prompts or repeats)",
-    "counter_resolution": "the window spans too few energy-counter updates: measure longer",
-    "power_integration": "this GPU has no energy counter, so energy is integrated from power "
-    "samples: use a GPU with a counter (Volta or newer, not a vGPU)",
-    "power_gaps": "power readings were missing for part of the window on a GPU without an "
-    "energy counter (see the sampler_read_errors and power_field_changed warnings): free the "
-    "GPU's driver from other NVML clients, or use a GPU with a counter",
-    "part_time_sensing": "the work repeats in step with the sensor's period, which this GPU "
-    "senses only part of: change the batch size or output length so the rhythm drifts, or "
-    "measure longer",
-    "sensor_gain": "the sensor's stated accuracy dominates: calibrate against a meter and set "
-    "LLEM_SENSOR_ACCURACY",
-    "sensor_offset": "the sensor's stated accuracy dominates: calibrate against a meter and "
-    "set LLEM_SENSOR_ACCURACY",
-    "baseline_quantisation": "the idle window is short: raise baseline.duration_s",
-    "baseline_drift": "idle power was still moving: let the GPU rest, raise "
-    "baseline.settle_max_s or baseline.duration_s",
-    "prefill_passes": "the prefill passes ran at another speed than prefill inside the window",
-    "between_batches_power": "the gaps between batches are too short for the power readings "
-    "to place: fewer, larger batches leave fewer gaps",
-    "timeline_share": "prefill spans are too short for the power readings: keep "
-    "energy.phase_split='counter' so prefill is measured by the counter",
-    "batch_split": "the batches' shares of decode energy are uncertain: measure longer",
-    "step_power": "requests that stop early share steps unevenly: set fixed_output_length",
-}
-
-
-class _Publisher:
-    """Turns estimates into wire figures, or null with one warning per kind of figure."""
-
-    def __init__(self, limit: float) -> None:
-        self.limit = limit
-        self.nulled: dict[str, tuple[float, str | None]] = {}
-
-    def __call__(
-        self, estimate: Estimate | None, what: str, scale: float | None = None
-    ) -> WireEstimate | None:
-        if estimate is None:
-            return None
-        relative = estimate.relative(scale)
-        if not math.isfinite(estimate.value) or relative > self.limit:
-            terms = estimate.by_term()
-            dominant = max(terms, key=lambda k: terms[k])[0] if terms else None
-            if relative >= self.nulled.get(what, (-1.0, None))[0]:
-                self.nulled[what] = (relative, dominant)
-            return None
-        return estimate.wire()
-
-    def warnings(self) -> list[Warning]:
-        out = []
-        for what, (relative, dominant) in self.nulled.items():
-            shown = "unbounded" if not math.isfinite(relative) else f"±{relative:.0%}"
-            advice = _ADVICE.get(dominant or "", "measure a longer window")
-            out.append(
-                (
-                    "energy_figure_unbounded",
-                    f"{what} is null: its uncertainty ({shown}) exceeds "
-                    f"energy.max_relative_uncertainty ({self.limit:.0%}), mostly "
-                    f"{dominant or 'unknown'}; {advice}.",
-                )
-            )
-        return out
 
 
 def counted_devices(
@@ -180,7 +111,7 @@ def build_energy(
 ) -> EnergySection:
     """The energy section of one experiment's measured window."""
     account = EnergyAccount(record, used)
-    publish = _Publisher(plan.max_relative_uncertainty)
+    publish = Publisher(plan.max_relative_uncertainty)
     start = record.mark("warmup_end")
     ends = [record.mark(f"repeat_{i}_end") for i in range(work.repeats)]
     end = ends[-1]
@@ -256,7 +187,7 @@ def build_energy(
         energy_per_output_token_j=published_raw,
         adjusted_energy_per_output_token_j=published_adjusted,
         uncertainty=(
-            _budget(
+            budget(
                 headline,
                 published_adjusted if adjusted_per_token is not None else published_raw,
                 adjusted=adjusted_per_token is not None,
@@ -332,41 +263,12 @@ def _baseline_info(
     )
 
 
-def _budget(
-    headline: Estimate, published: WireEstimate | None, *, adjusted: bool
-) -> UncertaintyBudget:
-    """What the headline's uncertainty is made of. The figure itself is the one published:
-    null when it was not (its terms still say what made it too uncertain)."""
-    whole = headline.wire()
-    variance = headline.std() ** 2
-    terms = []
-    for (name, kind), std in sorted(headline.by_term().items(), key=lambda kv: -kv[1]):
-        terms.append(
-            UncertaintyTerm(
-                name=name,
-                kind=kind,
-                contribution=COVERAGE_FACTOR * std,
-                share=min(1.0, std * std / variance) if variance > 0 else 0.0,
-                description=TERMS[name],
-            )
-        )
-    return UncertaintyBudget(
-        figure="adjusted_energy_per_output_token_j" if adjusted else "energy_per_output_token_j",
-        estimate=published,
-        random=whole.random,
-        systematic=whole.systematic,
-        total=whole.total,
-        coverage_factor=COVERAGE_FACTOR,
-        terms=terms,
-    )
-
-
 def _phases(
     account: EnergyAccount,
     record: MeterRecord,
     work: Work,
     phases: PhaseSplit,
-    publish: _Publisher,
+    publish: Publisher,
 ) -> list[PhaseEnergy]:
     out = []
     # Warm-up runs the workload's own batches: periodic as the window is.
@@ -412,7 +314,7 @@ def _phase_durations(phases: PhaseSplit) -> dict[str, float]:
     }
 
 
-def _passes(phases: PhaseSplit, publish: _Publisher) -> PrefillPasses | None:
+def _passes(phases: PhaseSplit, publish: Publisher) -> PrefillPasses | None:
     p = phases.passes
     if p is None:
         return None
@@ -435,7 +337,7 @@ def _requests(
     phases: PhaseSplit,
     account: EnergyAccount,
     idle: Estimate | None,
-    publish: _Publisher,
+    publish: Publisher,
     window_j: float,
 ) -> RequestEnergy | None:
     if not work.batches or not any(work.output_tokens_per_request):
@@ -487,7 +389,7 @@ def _requests(
 
 
 def _percentiles(
-    p: Percentiles, publish: _Publisher, scale: Percentiles | None = None
+    p: Percentiles, publish: Publisher, scale: Percentiles | None = None
 ) -> PercentileEstimates | None:
     what = "Per-request adjusted J/token" if scale else "Per-request J/token"
     values = {
