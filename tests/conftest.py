@@ -80,6 +80,9 @@ def make_energy(**overrides: Any) -> EnergyResult:
         "uncertainty": {
             "figure": "adjusted_energy_per_output_token_j",
             "estimate": estimate(5.0, 0.13, 0.1),
+            "random": 0.13,
+            "systematic": 0.1,
+            "total": (0.13**2 + 0.1**2) ** 0.5,
             "coverage_factor": 2.0,
             "terms": [
                 {

@@ -151,7 +151,8 @@ def _energy_rows(result: ExperimentResult) -> list[tuple[str, str]]:
                 _stats(jpt.mean, jpt.ci95_low, jpt.ci95_high, "J/token", ".4g"),
             )
         )
-    rows.append(("mean power", f"{energy.mean_power_w:,.1f} W"))
+    power = energy.mean_power_w
+    rows.append(("mean power", NOT_BOUNDED if power is None else f"{power:,.1f} W"))
     if energy.baseline_power_w is not None:
         rows.append(("idle power", _estimate(energy.baseline_power_w, "W", ",.1f")))
     if energy.counter_vs_integral_rel_diff is not None:

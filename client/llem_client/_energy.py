@@ -93,7 +93,10 @@ class BaselineInfo(_Wire):
     """Idle power of one GPU, subtracted from raw energy to give adjusted energy."""
 
     device_uuid: str
-    power_w: Estimate
+    power_w: Estimate | None = Field(
+        description="Null when too uncertain to publish (see the warnings); adjusted figures "
+        "are then null too."
+    )
     method: str = Field(description="How it was measured, in words.")
     duration_s: float = Field(gt=0, description="Length of the idle window.")
     measured_at: datetime
@@ -116,10 +119,14 @@ class BaselineInfo(_Wire):
     power_limit_w: float | None = Field(default=None, ge=0)
     driver_version: str | None = None
     after_power_w: Estimate | None = Field(
-        default=None, description="Idle power measured again after the window (when asked)."
+        default=None,
+        description="Idle power measured again after the window (when asked); null when not "
+        "asked or too uncertain to publish.",
     )
     drift_w: float | None = Field(
-        default=None, description="after_power_w - power_w; counted in the uncertainty."
+        default=None,
+        description="after_power_w - power_w, counted in the uncertainty; null unless both "
+        "are published.",
     )
 
 
@@ -136,12 +143,18 @@ class DeviceEnergy(_Wire):
         default=None, description="Raw minus baseline power x window; null without one."
     )
     integrated_energy_j: float | None = Field(
-        default=None, ge=0, description="Integral of the sampled power over the same window."
+        default=None,
+        ge=0,
+        description="Integral of the sampled power over the same window: the cross-check of "
+        "the counter, null unless the counter's energy_j is published.",
     )
     counter_vs_integral_rel_diff: float | None = Field(
-        default=None, description="(integrated - counter) / counter; null without both."
+        default=None,
+        description="(integrated - counter) / counter; null unless both are published.",
     )
-    mean_power_w: float = Field(ge=0, description="energy_j / window.")
+    mean_power_w: float | None = Field(
+        default=None, ge=0, description="energy_j / window; null when energy_j is."
+    )
     peak_power_w: float | None = Field(default=None, ge=0, description="Highest sample.")
     power_field: Literal["instant", "average"] | None = Field(
         default=None, description="NVML power reading behind the samples."
@@ -258,11 +271,20 @@ class EnergyResult(_Wire):
     uncertainty: UncertaintyBudget | None = Field(
         default=None, description="What the headline J/token's uncertainty is made of."
     )
-    mean_power_w: float = Field(ge=0, description="Raw energy / window.")
+    mean_power_w: float | None = Field(
+        default=None, ge=0, description="energy_j / window; null when energy_j is."
+    )
     peak_power_w: float | None = Field(default=None, ge=0, description="Highest summed sample.")
-    integrated_energy_j: float | None = Field(default=None, ge=0)
+    integrated_energy_j: float | None = Field(
+        default=None,
+        ge=0,
+        description="Integral of the sampled power over all GPUs: the counters' cross-check, "
+        "null unless every GPU has a counter and energy_j is published.",
+    )
     counter_vs_integral_rel_diff: float | None = Field(
-        default=None, description="(integrated - counter) / counter over all GPUs."
+        default=None,
+        description="(integrated - counter) / counter over all GPUs; null unless both are "
+        "published.",
     )
     cross_check_threshold: float = Field(gt=0, description="A larger difference warns.")
     devices: list[DeviceEnergy]

@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from llem_client import BaselineConfig, BaselineInfo
+from llem_client import Estimate as WireEstimate
 
 from llem_service.energy.base import Baseline, DeviceMeta, MeterRecord, MeterSession
 from llem_service.energy.figures import Warning
@@ -350,17 +351,18 @@ def power_estimate(baseline: Baseline, after: Baseline | None, meta: DeviceMeta)
 
 def info(
     baseline: Baseline,
-    estimate: Estimate,
+    power: WireEstimate | None,
     *,
     reused: bool,
     now: float,
     after: Baseline | None,
-    after_estimate: Estimate | None,
+    after_power: WireEstimate | None,
 ) -> BaselineInfo:
-    """The wire form of a baseline (``now``: when the experiment started)."""
+    """The wire form of a baseline (``now``: when the experiment started); ``power`` and
+    ``after_power`` as published (null when too uncertain, and the drift with them)."""
     return BaselineInfo(
         device_uuid=baseline.device_uuid,
-        power_w=estimate.wire(),
+        power_w=power,
         method=baseline.method,
         duration_s=baseline.duration_s,
         measured_at=datetime.fromtimestamp(baseline.measured_at, timezone.utc),
@@ -375,8 +377,12 @@ def info(
         temperature_trend_c_per_s=baseline.temperature_trend_c_per_s,
         power_limit_w=baseline.power_limit_w,
         driver_version=baseline.driver_version,
-        after_power_w=after_estimate.wire() if after_estimate is not None else None,
-        drift_w=after.power_w - baseline.power_w if after is not None else None,
+        after_power_w=after_power,
+        drift_w=(
+            after.power_w - baseline.power_w
+            if after is not None and power is not None and after_power is not None
+            else None
+        ),
     )
 
 
@@ -393,17 +399,18 @@ class BaselineCache:
 
     def update(self, infos: Sequence[BaselineInfo]) -> None:
         for item in infos:
-            if item.reused or item.contaminated or not item.settled:
+            if item.reused or item.contaminated or not item.settled or item.power_w is None:
                 continue
-            self._by_device[item.device_uuid] = from_info(item)
+            self._by_device[item.device_uuid] = from_info(item, item.power_w)
 
 
-def from_info(item: BaselineInfo) -> Baseline:
-    """A kept baseline from a result: what the reuse rule and the uncertainty need."""
-    random = item.power_w.random / 2  # expanded (k = 2) back to standard
+def from_info(item: BaselineInfo, power: WireEstimate) -> Baseline:
+    """A kept baseline from a result (``power``: its published idle power): what the reuse
+    rule and the uncertainty need."""
+    random = power.random / 2  # expanded (k = 2) back to standard
     return Baseline(
         device_uuid=item.device_uuid,
-        power_w=item.power_w.value,
+        power_w=power.value,
         random_std_w=random,
         duration_s=item.duration_s,
         measured_at=item.measured_at.timestamp(),

@@ -60,7 +60,8 @@ class Publisher:
         if estimate is None:
             return None
         relative = estimate.relative(scale)
-        if not math.isfinite(estimate.value) or relative > self.limit:
+        # Not finite (a bound nothing limits, or its arithmetic gone NaN) is never published.
+        if not (math.isfinite(estimate.value) and math.isfinite(relative)) or relative > self.limit:
             terms = estimate.by_term()
             dominant = max(terms, key=lambda k: terms[k])[0] if terms else None
             if relative >= self.nulled.get(what, (-1.0, None))[0]:

@@ -126,28 +126,32 @@ def build_energy(
     adjusted = window - idle * window_s if idle is not None else None
 
     devices = []
+    # The integral of the readings is the counter's cross-check: published beside a published
+    # counter figure only (without a counter it is the figure itself, gaps unbridged).
     integrals: list[float | None] = []
     for meta in account.metas:
         est, w = account.estimate(meta, start, end, pattern)
-        integrals.append(w.integrated_j)
         base = baselines.of(meta.uuid)
         device_idle = (
             baselines_.power_estimate(base, baselines.after_of(meta.uuid), meta) if base else None
         )
+        energy = publish(est, "A GPU's energy")
+        checked = energy is not None and w.source == "nvml_energy_counter"
+        integrals.append(w.integrated_j if checked else None)
         devices.append(
             DeviceEnergy(
                 device_uuid=meta.uuid,
                 name=meta.name,
                 source=w.source,
-                energy_j=publish(est, "A GPU's energy"),
+                energy_j=energy,
                 adjusted_energy_j=publish(
                     est - device_idle * window_s if device_idle is not None else None,
                     "A GPU's adjusted energy",
                     est.value,
                 ),
-                integrated_energy_j=w.integrated_j,
-                counter_vs_integral_rel_diff=w.rel_diff,
-                mean_power_w=w.energy_j / window_s if window_s > 0 else 0.0,
+                integrated_energy_j=w.integrated_j if checked else None,
+                counter_vs_integral_rel_diff=w.rel_diff if checked else None,
+                mean_power_w=_mean_power(energy, window_s),
                 peak_power_w=w.peak_w,
                 power_field=meta.power_field,
                 counter_update_period_s=meta.counter_update_period_s,
@@ -172,7 +176,12 @@ def build_energy(
     published_adjusted = publish(
         adjusted_per_token, "Adjusted J/token", per_token.value if per_token else None
     )
-    integrated = sum(i for i in integrals if i is not None) if None not in integrals else None
+    window_energy = publish(window, "The window's energy")
+    integrated = (
+        sum(i for i in integrals if i is not None)
+        if window_energy is not None and None not in integrals
+        else None
+    )
     requests = _requests(work, phases, account, idle, publish, window.value)
     result = EnergyResult(
         source=(
@@ -181,7 +190,7 @@ def build_energy(
             else "nvml_power_integral"
         ),
         window_s=window_s,
-        energy_j=publish(window, "The window's energy"),
+        energy_j=window_energy,
         adjusted_energy_j=publish(adjusted, "Adjusted energy", window.value),
         baseline_power_w=publish(idle, "The baseline power"),
         energy_per_output_token_j=published_raw,
@@ -195,7 +204,7 @@ def build_energy(
             if headline
             else None
         ),
-        mean_power_w=window.value / window_s if window_s > 0 else 0.0,
+        mean_power_w=_mean_power(window_energy, window_s),
         peak_power_w=account.summed.peak_w(start.t_s, end.t_s) if account.summed else None,
         integrated_energy_j=integrated,
         counter_vs_integral_rel_diff=(
@@ -205,7 +214,9 @@ def build_energy(
         ),
         cross_check_threshold=plan.cross_check_threshold,
         devices=devices,
-        baselines=[_baseline_info(b, baselines, account, now) for b in baselines.baselines],
+        baselines=[
+            _baseline_info(b, baselines, account, now, publish) for b in baselines.baselines
+        ],
         phase_split=phases.method,
         phases=_phases(account, record, work, phases, publish),
         prefill_passes=_passes(phases, publish),
@@ -248,18 +259,27 @@ def _idle_power(account: EnergyAccount, baselines: BaselineSet) -> Estimate | No
     return total
 
 
+def _mean_power(energy: WireEstimate | None, window_s: float) -> float | None:
+    """Mean power over the window from published energy: null when the energy is (it would
+    give the energy back)."""
+    return energy.value / window_s if energy is not None and window_s > 0 else None
+
+
 def _baseline_info(
-    b: Baseline, baselines: BaselineSet, account: EnergyAccount, now: float
+    b: Baseline, baselines: BaselineSet, account: EnergyAccount, now: float, publish: Publisher
 ) -> BaselineInfo:
     meta = next(m for m in account.record.devices if m.uuid == b.device_uuid)
     after = baselines.after_of(b.device_uuid)
     return baselines_.info(
         b,
-        baselines_.power_estimate(b, after, meta),
+        publish(baselines_.power_estimate(b, after, meta), "A GPU's idle baseline"),
         reused=b.device_uuid in baselines.reused,
         now=now,
         after=after,
-        after_estimate=baselines_.power_estimate(after, None, meta) if after else None,
+        after_power=publish(
+            baselines_.power_estimate(after, None, meta) if after else None,
+            "A GPU's idle power after the window",
+        ),
     )
 
 

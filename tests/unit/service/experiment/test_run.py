@@ -211,6 +211,7 @@ def test_a_measured_baseline_is_recorded_and_subtracted() -> None:
     assert baseline.reused is False
     assert baseline.settled
     assert baseline.duration_s == pytest.approx(0.3, abs=0.05)
+    assert baseline.power_w is not None
     assert baseline.power_w.value == pytest.approx(200.0, rel=0.05)
     assert baseline.temperature_c == 40
     assert baseline.power_limit_w == 700.0
@@ -245,10 +246,12 @@ def test_a_fresh_cached_baseline_is_reused_and_a_stale_one_is_not() -> None:
     assert reused.result.energy is not None
     assert remeasured.result.energy is not None
     (first,) = reused.result.energy.baselines
+    assert first.power_w is not None
     assert (first.reused, first.power_w.value) == (True, 42.0)
     assert first.age_s == pytest.approx(60, abs=5)
     (second,) = remeasured.result.energy.baselines
     assert second.reused is False
+    assert second.power_w is not None
     assert second.power_w.value == pytest.approx(300.0, rel=0.05)
     assert "not reused: it is 720" in second.method  # 7200 s, give or take the run
     assert "s old (baseline.max_age_s is 3600)" in second.method
@@ -267,6 +270,7 @@ def test_idle_is_measured_again_after_the_window_when_asked() -> None:
 
     assert result.energy is not None
     (baseline,) = result.energy.baselines
+    assert baseline.power_w is not None
     assert baseline.after_power_w is not None
     assert baseline.after_power_w.value == pytest.approx(200.0, rel=0.05)
     # The GPU's idle power did not move: the drift between the two windows stays within

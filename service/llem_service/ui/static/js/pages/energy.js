@@ -185,6 +185,13 @@ function baselineFlags(b) {
   return flags.join("; ") || "clean";
 }
 
+/** Idle power measured again after the window: only when asked, and published or not. */
+function afterWindow(result, b) {
+  if (b.after_power_w) return [estimate(b.after_power_w, "W"), h("br"), `drift ${unit(b.drift_w, "W", 3)}`];
+  if (result.config.baseline.when === "before") return "not measured";
+  return estimate(null, "W", whyNull(result, "A GPU's idle power after the window"));
+}
+
 export function baselinesSection(result) {
   const e = result.energy;
   const box = section("Idle baseline", "baseline");
@@ -200,12 +207,12 @@ export function baselinesSection(result) {
       ["GPU", "Idle power", "Window", "Settling", "Trend / drift bound", "Temperature", "After the window", "Taken", "State"],
       e.baselines.map((b) => [
         h("code", {}, b.device_uuid),
-        estimate(b.power_w, "W"),
+        estimate(b.power_w, "W", whyNull(result, "A GPU's idle baseline")),
         [seconds(b.duration_s), h("br"), h("small", {}, b.method)],
         `${seconds(b.settle_s)} ${b.settled ? "(settled)" : "(cap reached)"}`,
         `${b.trend_w_per_s === null ? "–" : `${num(b.trend_w_per_s, 3)} W/s`} / ±${num(b.drift_bound_w, 3)} W`,
         b.temperature_c === null ? "–" : `${num(b.temperature_c, 3)} °C${b.temperature_trend_c_per_s === null ? "" : ` (${num(b.temperature_trend_c_per_s, 2)} °C/s)`}`,
-        b.after_power_w ? [estimate(b.after_power_w, "W"), h("br"), `drift ${unit(b.drift_w, "W", 3)}`] : "not measured",
+        afterWindow(result, b),
         when(b.measured_at),
         baselineFlags(b),
       ]),
