@@ -9,8 +9,8 @@ integral of those profiles over what the figure claims to measure, attributed th
 figure's method documents (`tests.energy_truth.Truth`, with the coverage tallies).
 
 The library (`SCENARIOS`): steady decode, prefill-heavy, short windows, bursty work, a GPU
-still warm at baseline, work periodic at the sensor's period (and near it), multi-GPU, a GPU
-without an energy counter whose power reads fail. Each
+still warm at baseline, work periodic at the sensor's period (and near it), multi-GPU, a counter
+that fails transiently, a GPU without an energy counter whose power reads fail. Each
 `Scenario.draw(seed)` varies sensor phases, lags and calibration and the workload's timing.
 """
 
@@ -377,6 +377,12 @@ SCENARIOS: dict[str, Scenario] = {
                  step_idle_w=150.0, output_tokens=(48,)),
     ),
     "multi_gpu": Scenario("multi_gpu", n_gpus=2),
+    # The counter answers Unknown to a third of its reads (NVML polled hard by another
+    # client): every mark reads it again a few milliseconds later.
+    "flaky_counter": Scenario(
+        "flaky_counter",
+        gpu_overrides=(("flaky", (("energy", 0.3, pynvml.NVML_ERROR_UNKNOWN),)),),
+    ),
     # No energy counter (a vGPU, pre-Volta): everything is integrated from power readings,
     # 5% of which fail, and for 0.4 s in the middle of the window none answers at all.
     "no_counter_failed_reads": Scenario(

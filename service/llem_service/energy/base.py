@@ -142,6 +142,9 @@ class CounterMark:
         host_uj: The host's RAPL counters (raw microjoules) by zone, where readable.
         host_t_s: When those were read (session clock, taken right before the read: the
             GPUs' reads come first, so it is later than ``t_s``).
+        read_delay_s: How long after ``t_s`` a GPU's counter value was read, where a
+            transient error made the read be tried again (a few milliseconds at most). A
+            GPU whose counter failed every try has ``None`` in ``energy_mj`` here.
     """
 
     label: str
@@ -151,6 +154,7 @@ class CounterMark:
     violations_ns: dict[str, dict[str, int | None]] = field(default_factory=dict)
     host_uj: dict[str, int] = field(default_factory=dict)
     host_t_s: float | None = None
+    read_delay_s: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,15 @@
 """Honest readings: which power field a GPU is read through, how often it refreshes and how old
 its readings are, what a failed read means, and which readings are kept.
 
-- **Probing** (`probe_sensors`, when a session opens): each field is tried several times before
-  it is judged (NVML answers NotSupported or Unknown transiently when polled fast); then the
-  energy counter and the instant power field are polled for a moment, which gives the
-  counter's update period, the instant field's refresh period and the age of its readings
-  (NVML stamps each field value with its own time).
+- **Probing** (`probe_counter`, `probe_sensors`, when a session opens): the energy counter and
+  each power field are tried several times before they are judged (NVML answers NotSupported
+  or Unknown transiently when polled fast); then the energy counter and the instant power
+  field are polled for a moment, which gives the counter's update period, the instant field's
+  refresh period and the age of its readings (NVML stamps each field value with its own
+  time).
+- **Counter reads at marks** (`RetryPolicy.mark_tries`): tried again a few milliseconds later
+  on a transient error; a read that never answers leaves that GPU's counter out of the
+  windows that meet there (they are integrated from the readings), and never fails the run.
 - **Reading** (`PowerReader`, `OptionalReader`, each sampling round): a failed read is a gap
   (``None``), never a 0; a field is changed (instant to the 1-s average) or given up only after
   a run of failures (`RetryPolicy`), and every change is recorded with its reason. A power
@@ -23,7 +27,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from llem_service.energy.nvml import GpuDevice, NvmlError, NvmlGpuLost, PowerReading, optional
+from llem_service.energy.nvml import (
+    GpuDevice,
+    NvmlError,
+    NvmlGpuLost,
+    NvmlNotSupported,
+    PowerReading,
+    optional,
+)
 from llem_service.energy.samples import FAILED, FRESH, NO_FIELD, NONPOSITIVE, REPEAT
 
 Clock = Callable[[], float]
@@ -42,14 +53,52 @@ class RetryPolicy:
     Attributes:
         failures: Consecutive failed reads...
         min_span_s: ...spanning at least this long (so a burst at 10 ms is not a verdict).
-        probe_tries: Tries of each power field when the session opens.
+        probe_tries: Tries of each power field, and of the energy counter, when the session
+            opens.
         probe_gap_s: Pause between those tries.
+        mark_tries: Tries of a counter read at a mark (a phase edge)...
+        mark_gap_s: ...this far apart: a few milliseconds in all, so the value read is still
+            the mark's (the lateness is counted in its uncertainty).
     """
 
     failures: int = 10
     min_span_s: float = 0.5
     probe_tries: int = 5
     probe_gap_s: float = 0.01
+    mark_tries: int = 5
+    mark_gap_s: float = 0.002
+
+
+#: A counter answering errors other than NotSupported is tried this many times longer.
+_TRANSIENT_TRIES_FACTOR = 4
+
+
+def probe_counter(
+    device: GpuDevice, policy: RetryPolicy, sleep: Callable[[float], None]
+) -> tuple[bool, str | None]:
+    """Whether the GPU has an energy counter. NVML answers NotSupported or Unknown transiently
+    when polled fast, so one failure is no verdict: the counter is absent after
+    ``probe_tries`` NotSupported answers, or after four times as many tries of other errors
+    (a counter that keeps failing cannot be read at the marks either). Without one, why, in
+    words (None where NotSupported says it: the GPU's kind then tells why)."""
+    last: NvmlError | None = None
+    unsupported = 0
+    tries = policy.probe_tries * _TRANSIENT_TRIES_FACTOR
+    for attempt in range(tries):
+        try:
+            device.energy_mj()
+        except NvmlGpuLost:
+            raise
+        except NvmlError as exc:
+            last = exc
+            unsupported += isinstance(exc, NvmlNotSupported)
+            if unsupported >= policy.probe_tries:
+                return False, None
+            if attempt + 1 < tries:
+                sleep(policy.probe_gap_s)
+            continue
+        return True, None
+    return False, f"its energy counter failed {tries} reads in a row (last: {last})"
 
 
 @dataclass(frozen=True)

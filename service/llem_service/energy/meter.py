@@ -35,7 +35,13 @@ from llem_service.energy.devices import (
     unmeterable_reason,
     visible_devices,
 )
-from llem_service.energy.field_readers import Clock, SensorProbe, probe_sensors
+from llem_service.energy.field_readers import (
+    Clock,
+    RetryPolicy,
+    SensorProbe,
+    probe_counter,
+    probe_sensors,
+)
 from llem_service.energy.host import DEFAULT_ROOT, HostProbe, probe_host, read_zones
 from llem_service.energy.nvml import (
     NVML_ERROR_NOT_FOUND,
@@ -43,6 +49,7 @@ from llem_service.energy.nvml import (
     GpuProcess,
     Nvml,
     NvmlError,
+    NvmlGpuLost,
     NvmlLibrary,
     load_pynvml,
     optional,
@@ -188,7 +195,12 @@ class NvmlSession:
         self.devices = [resolve_metered(nvml, uuid) for uuid in device_uuids]
         self._own_pid = os.getpid()
         kinds = {d.uuid: describe(d) for d in self.devices}
-        counters = [optional(d.energy_mj) is not None for d in self.devices]
+        self._policy = RetryPolicy()
+        counted = [probe_counter(d, self._policy, sleep) for d in self.devices]
+        counters = [has for has, _ in counted]
+        self._counter_failures = {
+            d.uuid: why for d, (_, why) in zip(self.devices, counted, strict=True) if why
+        }
         probes = probe_sensors(self.devices, counters, clock, options.wall, sleep)
         for device, has_counter, probe in zip(self.devices, counters, probes, strict=True):
             if not has_counter and probe.power_field is None:
@@ -257,7 +269,11 @@ class NvmlSession:
             power_field=probe.power_field,
             power_refresh_s=probe.instant_refresh_s,
             compute_processes=tuple((p.pid, p.used_memory_bytes) for p in processes),
-            counter_absent_reason=None if has_counter else counter_absent_reason(kind),
+            counter_absent_reason=(
+                None
+                if has_counter
+                else self._counter_failures.get(device.uuid) or counter_absent_reason(kind)
+            ),
             sensor=self._sensors.lookup(name),
         )
 
@@ -275,10 +291,14 @@ class NvmlSession:
             raise MeterError(str(self.sampler.error))
         # Counters first, all together at t; the host's and the slower queries after.
         t = self.clock()
-        energy: dict[str, int | None] = {
-            device.uuid: device.energy_mj() if meta.has_energy_counter else None
-            for device, meta in zip(self.devices, self.metas, strict=True)
-        }
+        energy: dict[str, int | None] = {}
+        late: dict[str, float] = {}
+        for device, meta in zip(self.devices, self.metas, strict=True):
+            energy[device.uuid] = None
+            if meta.has_energy_counter:
+                energy[device.uuid], retried = self._read_counter(device)
+                if retried:
+                    late[device.uuid] = self.clock() - t
         # Stamped right before it is read: the sampler's process reads the same counters,
         # and a stamp taken before the GPUs' reads could sort after one of its reads.
         host_t = self.clock()
@@ -294,8 +314,25 @@ class NvmlSession:
                 violations_ns=violations,
                 host_uj=host,
                 host_t_s=host_t if host else None,
+                read_delay_s=late,
             )
         )
+
+    def _read_counter(self, device: GpuDevice) -> tuple[int | None, bool]:
+        """The counter now, tried again a few milliseconds later on a transient error (one
+        failed read must not fail an hours-long run); None when every try failed (the
+        windows that meet here are then integrated from the readings). Also whether it
+        took more than one try."""
+        policy = self._policy
+        for attempt in range(policy.mark_tries):
+            try:
+                return device.energy_mj(), attempt > 0
+            except NvmlGpuLost:
+                raise
+            except NvmlError:
+                if attempt + 1 < policy.mark_tries:
+                    self.sleep(policy.mark_gap_s)
+        return None, True
 
     def _foreign_pids(self, device: GpuDevice) -> tuple[int, ...]:
         """Processes on the GPU other than this one. In a container NVML may report host PIDs,

@@ -273,7 +273,11 @@ class EnergyAccount:
             for mark, sign in ((a, -1.0), (b, 1.0)):
                 read = Source("counter_quantisation", "random", f"{uuid}@{mark.label}")
                 top = max(self._edge_power(meta, mark.t_s, period), mean)
-                est = est + Estimate.bounded(0.0, read, counter_read_bound_j(top, period)) * sign
+                # A read tried again after a transient error came that much after the mark:
+                # it may hold energy from after it, as a lagging read misses some before.
+                late = mark.read_delay_s.get(uuid, 0.0)
+                bound = counter_read_bound_j(top, period + late)
+                est = est + Estimate.bounded(0.0, read, bound) * sign
                 resolution = Source("counter_resolution", "random", f"{uuid}@{mark.label}")
                 est = est + Estimate.bounded(0.0, resolution, READ_RESOLUTION_J) * sign
         else:
