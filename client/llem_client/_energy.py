@@ -114,6 +114,12 @@ class BaselineInfo(_Wire):
     drift_bound_w: float = Field(
         default=0.0, ge=0, description="How far idle power may still move (trend x horizon)."
     )
+    reuse_bound_w: float = Field(
+        default=0.0,
+        ge=0,
+        description="Reused only: how far idle power may have moved since it was taken, from "
+        "the GPU's temperature now against then (counted in power_w's systematic part).",
+    )
     temperature_c: float | None = Field(default=None, description="GPU temperature, mean.")
     temperature_trend_c_per_s: float | None = None
     power_limit_w: float | None = Field(default=None, ge=0)

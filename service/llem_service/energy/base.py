@@ -83,6 +83,8 @@ class Baseline:
         temperature_trend_c_per_s: Its slope.
         power_limit_w: Enforced power limit when measured.
         driver_version: NVIDIA driver when measured.
+        reuse_bound_w: Set when reused: how far idle power may have moved since, from the
+            GPU's temperature now against then (`baseline.reuse_bound_w`).
     """
 
     device_uuid: str
@@ -100,6 +102,7 @@ class Baseline:
     temperature_trend_c_per_s: float | None = None
     power_limit_w: float | None = None
     driver_version: str | None = None
+    reuse_bound_w: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,12 @@ thermal time over which idle power keeps falling; with ``baseline.when='before_a
 also the measured drift. The trend is fitted over ``TREND_WINDOW_S`` because idle readings
 are noisy: over a few seconds the fit could not rule out a slope worth many watts a minute
 later.
+
+A kept baseline reused by a later experiment adds a systematic ``baseline_reuse`` term: idle
+power rises with the GPU's temperature (leakage), so the difference between its temperature
+now and when the baseline was taken, times `IDLE_POWER_PER_C_REL` of idle power, bounds how
+far idle power has moved since (the reuse rule's ``max_temperature_diff_c`` where either
+temperature is unknown).
 """
 
 from __future__ import annotations
@@ -46,6 +52,11 @@ BASELINE_BUSY_PCT = 10
 _STEPS_PER_WINDOW = 4
 #: Power limits that differ by less than this are the same limit, watts.
 _SAME_LIMIT_W = 1.0
+#: Bound of how much idle power changes per degree C, relative to it. Leakage current grows
+#: with temperature (roughly doubling every 20-30 C in CMOS) and is at most about half of a
+#: data-centre GPU's idle power, so idle rises by up to about 1.5% per C; 2% is the bound
+#: taken (assumed; hardware can measure it: idle power against temperature as a GPU cools).
+IDLE_POWER_PER_C_REL = 0.02
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,17 @@ def refusal(
     return None
 
 
+def reuse_bound_w(kept: Baseline, temperature_c: float | None, plan: BaselineConfig) -> float:
+    """How far idle power may have moved since ``kept`` was measured, from the GPU's
+    temperature now against then (watts); the reuse rule's largest difference where either
+    is unknown."""
+    if temperature_c is None or kept.temperature_c is None:
+        diff = plan.max_temperature_diff_c
+    else:
+        diff = abs(temperature_c - kept.temperature_c)
+    return IDLE_POWER_PER_C_REL * diff * kept.power_w
+
+
 def take_baselines(
     session: MeterSession,
     plan: BaselineConfig,
@@ -132,7 +154,12 @@ def take_baselines(
             driver_version=session.driver_version,
         )
         if why is None:
-            chosen[meta.uuid] = candidate
+            chosen[meta.uuid] = replace(
+                candidate,
+                reuse_bound_w=reuse_bound_w(
+                    candidate, device.temperature_c if device else None, plan
+                ),
+            )
         else:
             refused[meta.uuid] = why
     missing = [m for m in session.metas if m.uuid not in chosen]
@@ -346,6 +373,7 @@ def power_estimate(baseline: Baseline, after: Baseline | None, meta: DeviceMeta)
         )
         .with_std(Source("baseline_quantisation", "random", uuid), baseline.random_std_w)
         .with_bound(Source("baseline_drift", "systematic", uuid), drift)
+        .with_bound(Source("baseline_reuse", "systematic", uuid), baseline.reuse_bound_w)
     )
 
 
@@ -373,6 +401,7 @@ def info(
         settled=baseline.settled,
         trend_w_per_s=baseline.trend_w_per_s,
         drift_bound_w=baseline.drift_bound_w,
+        reuse_bound_w=baseline.reuse_bound_w,
         temperature_c=baseline.temperature_c,
         temperature_trend_c_per_s=baseline.temperature_trend_c_per_s,
         power_limit_w=baseline.power_limit_w,

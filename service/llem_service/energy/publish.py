@@ -37,6 +37,8 @@ ADVICE = {
     "baseline_quantisation": "the idle window is short: raise baseline.duration_s",
     "baseline_drift": "idle power was still moving: let the GPU rest, raise "
     "baseline.settle_max_s or baseline.duration_s",
+    "baseline_reuse": "the reused idle baseline was taken at another temperature: lower "
+    "baseline.max_temperature_diff_c so it is measured again",
     "prefill_passes": "the prefill passes ran at another speed than prefill inside the window",
     "between_batches_power": "the gaps between batches are too short for the power readings "
     "to place: fewer, larger batches leave fewer gaps",

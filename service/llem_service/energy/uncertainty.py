@@ -61,6 +61,9 @@ TERMS: dict[str, str] = {
     "baseline_quantisation": "The idle window's own counter quantisation.",
     "baseline_drift": "Idle power still moving when measured (trend over the settling "
     "horizon), or drifting between the baselines before and after the window.",
+    "baseline_reuse": "A baseline reused from an earlier experiment: idle power moves with "
+    "temperature (up to 2% per degree C assumed) and the GPU's temperature now differs from "
+    "then.",
     "prefill_passes": "Prefill-only passes that differ from prefill inside the window: the "
     "difference in time x the passes' power.",
     "between_batches_power": "Power during the gaps between batches, bounded by the samples.",

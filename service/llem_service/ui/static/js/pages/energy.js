@@ -179,7 +179,7 @@ export function energySection(result) {
 
 function baselineFlags(b) {
   const flags = [];
-  if (b.reused) flags.push(`reused (taken ${seconds(b.age_s)} before)`);
+  if (b.reused) flags.push(`reused (taken ${seconds(b.age_s)} before; ±${num(b.reuse_bound_w, 3)} W for the temperature since)`);
   if (b.contaminated) flags.push("contaminated: the GPU was busy (see warnings)");
   if (!b.settled) flags.push("not settled (see warnings)");
   return flags.join("; ") || "clean";
