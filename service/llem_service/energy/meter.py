@@ -36,6 +36,7 @@ from llem_service.energy.devices import (
     visible_devices,
 )
 from llem_service.energy.field_readers import (
+    COUNTER_PROBE_MAX_S,
     Clock,
     RetryPolicy,
     SensorProbe,
@@ -202,6 +203,15 @@ class NvmlSession:
             d.uuid: why for d, (_, why) in zip(self.devices, counted, strict=True) if why
         }
         probes = probe_sensors(self.devices, counters, clock, options.wall, sleep)
+        for i, (device, probe) in enumerate(zip(self.devices, probes, strict=True)):
+            if counters[i] and probe.counter_period_s is None:
+                # It answers but hardly moves: no period to bound a window's reads with.
+                counters[i] = False
+                self._counter_failures[device.uuid] = (
+                    f"its energy counter changed {probe.counter_changes} time(s) in "
+                    f"{COUNTER_PROBE_MAX_S:g} s while the GPU drew power: too slow, or stuck, "
+                    "to bound a window's energy"
+                )
         for device, has_counter, probe in zip(self.devices, counters, probes, strict=True):
             if not has_counter and probe.power_field is None:
                 raise DeviceNotMetered(unmeterable_reason(device, kinds[device.uuid]))
