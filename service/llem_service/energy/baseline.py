@@ -17,6 +17,11 @@ also the measured drift. The trend is fitted over ``TREND_WINDOW_S`` because idl
 are noisy: over a few seconds the fit could not rule out a slope worth many watts a minute
 later.
 
+Without a counter, idle power is integrated from the idle window's own readings and bounded
+as any window without a counter is (`EnergyAccount.integration_bound_j`); a stretch without
+readings is bounded by the range of the window's readings (the GPU is kept idle). The load
+before the window has no say in it.
+
 A kept baseline reused by a later experiment adds a systematic ``baseline_reuse`` term: idle
 power rises with the GPU's temperature (leakage), so the difference between its temperature
 now and when the baseline was taken, times `IDLE_POWER_PER_C_REL` of idle power, bounds how
@@ -37,9 +42,13 @@ from llem_client import Estimate as WireEstimate
 
 from llem_service.energy.base import Baseline, DeviceMeta, MeterRecord, MeterSession
 from llem_service.energy.figures import Warning
-from llem_service.energy.integrate import integrate_power
 from llem_service.energy.uncertainty import Estimate, Source
-from llem_service.energy.windows import DEFAULT_COUNTER_PERIOD_S, FIELD_REFRESH_S
+from llem_service.energy.windows import (
+    DEFAULT_COUNTER_PERIOD_S,
+    FIELD_REFRESH_S,
+    READINGS_TAIL_S,
+    EnergyAccount,
+)
 
 #: How far ahead a trend in idle power is extrapolated to bound what is still to come: the
 #: thermal time constant of a GPU and its heatsink, tens of seconds (MEASUREMENT.md).
@@ -208,6 +217,10 @@ def measure(
         waited = clock_s - first - trend_s
         if settled or waited + step > plan.settle_max_s:
             break
+    # Readings run late: the power just before the last mark shows only after it, in a
+    # reading stamped when the field refreshed.
+    session.wait(READINGS_TAIL_S + FIELD_REFRESH_S)
+    record = session.snapshot()
     start, end = record.mark(f"{prefix}_{k - _STEPS_PER_WINDOW}"), record.mark(f"{prefix}_{k}")
     return {
         m.uuid: _baseline(
@@ -275,13 +288,23 @@ def _baseline(
         random_std = math.sqrt(2) * power * period / math.sqrt(3) / window
         method = "energy counter over an idle window"
     else:
-        energy = integrate_power(rows.t_s, rows.power_w, start.t_s, end.t_s)
-        if energy is None:
+        # Bounded as any window without a counter: by the idle window's own readings (the
+        # load before it, or a failed read of 0 W, says nothing about idle power).
+        account = EnergyAccount(record, [meta.uuid])
+        curve = account.curves[meta.uuid]
+        if not curve:
             raise ValueError(f"no power readings from {meta.uuid} to take a baseline")
+        energy = curve.energy_j(start.t_s, end.t_s)
         power = energy / window
-        readings = [p for t, p in zip(rows.t_s, rows.power_w, strict=True) if p is not None]
-        peak = max(readings, default=power)
-        random_std = (peak * record.sample_interval_s / window + (peak - power)) / math.sqrt(3)
+        integration_j = account.integration_bound_j(meta, start.t_s, end.t_s, energy)
+        # A stretch without readings: the caller keeps the GPU idle (work would show in its
+        # utilisation and process list), so it drew within the range of the window's readings.
+        gaps = curve.uncovered(start.t_s, end.t_s, account.max_gap_s(meta))
+        spread_w = (curve.peak_w(start.t_s, end.t_s) or power) - (
+            curve.low_w(start.t_s, end.t_s) or power
+        )
+        gaps_j = sum(b - a for a, b in gaps) * spread_w
+        random_std = math.hypot(integration_j, gaps_j) / math.sqrt(3) / window
         method = "integrated power samples over an idle window"
     drift = (abs(trend[0]) + 2 * trend[1]) * DRIFT_HORIZON_S if trend else 0.0
     temps = [

@@ -286,7 +286,7 @@ class EnergyAccount:
                 Estimate(w.energy_j)
                 .with_bound(
                     Source("power_integration", "random", scope),
-                    self._integration_bound(meta, a.t_s, b.t_s, w.energy_j),
+                    self.integration_bound_j(meta, a.t_s, b.t_s, w.energy_j),
                 )
                 .with_bound(Source("power_gaps", "systematic", scope), w.gap_bound_j)
             )
@@ -344,7 +344,7 @@ class EnergyAccount:
             return self.top_w(meta)
         return max(curve.power_at(t), curve.peak_w(t0, t1) or 0.0)
 
-    def _integration_bound(self, meta: DeviceMeta, t0: float, t1: float, energy: float) -> float:
+    def integration_bound_j(self, meta: DeviceMeta, t0: float, t1: float, energy: float) -> float:
         """Integrated samples misplace each power step by up to the sampling interval plus the
         field's delay: (top power + the readings' total variation) x that time."""
         curve = self.curves[meta.uuid]

@@ -171,6 +171,27 @@ def test_idle_again_after_the_window_gives_the_drift_and_widens_the_baseline() -
     assert with_drift.expanded() >= 6.0  # the drift is inside the stated uncertainty
 
 
+def test_idle_after_a_loaded_window_without_a_counter_is_bounded_by_its_own_readings() -> None:
+    # No counter: idle is integrated from the readings of the idle window alone. The full-load
+    # peak before it (500 W) and a 0 W reading inside it have no say in its uncertainty.
+    gpu = FakeGpu(
+        profile=PowerProfile(((10.0, 500.0), (1000.0, 80.0))),
+        unsupported=frozenset({"energy"}),
+        zero_readings=(("power_instant", 0.05),),
+    )
+    scripted = session(gpu)
+    scripted.advance(12.0)
+    plan = BaselineConfig(duration_s=4.0, settle_max_s=0)
+
+    (after,) = take_after(scripted.session, plan, now=NOW)
+    estimate = power_estimate(after, None, scripted.session.metas[0])
+
+    assert "integrated power samples" in after.method
+    assert after.power_w == pytest.approx(80.0, rel=0.02)
+    assert estimate.expanded("random") < 5.0  # was +/- hundreds of watts
+    assert abs(estimate.value - 80.0) <= estimate.expanded()
+
+
 def test_the_cache_keeps_only_clean_settled_measured_baselines() -> None:
     def info(uuid: str, **flags: bool) -> BaselineInfo:
         return BaselineInfo(
