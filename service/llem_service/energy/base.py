@@ -211,6 +211,11 @@ class MeterSession(Protocol):
         """What the session has recorded so far, without stopping it."""
         ...
 
+    def counter_marks(self) -> tuple[CounterMark, ...]:
+        """The counter marks so far: what the session holds already, read without a round
+        trip to the sampler (cheap enough to sit between repeats)."""
+        ...
+
     def device_state(self) -> dict[str, DeviceState]:
         """Each GPU's temperature and power limit now (None where unreadable)."""
         ...

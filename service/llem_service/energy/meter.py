@@ -383,6 +383,9 @@ class NvmlSession:
         """The record so far, while sampling goes on (the baseline reads its window)."""
         return self._record(self.sampler.snapshot())
 
+    def counter_marks(self) -> tuple[CounterMark, ...]:
+        return tuple(self.marks)
+
     def _record(
         self, timeline: Timeline, acquisition: AcquisitionRecord | None = None
     ) -> MeterRecord:

@@ -34,7 +34,7 @@ from llem_client import Estimate as WireEstimate
 
 from llem_service.energy import baseline as baselines_
 from llem_service.energy.acquisition import build_acquisition, build_host
-from llem_service.energy.base import Baseline, MeterRecord
+from llem_service.energy.base import Baseline, DeviceMeta, MeterRecord
 from llem_service.energy.baseline import BaselineSet
 from llem_service.energy.figures import PrefillRun, Warning, Work
 from llem_service.energy.phases import PhaseSplit, periodicity, split
@@ -73,13 +73,14 @@ class EnergySection:
 
 
 def counted_devices(
-    record: MeterRecord, loaded: Sequence[str], prepared: Sequence[str], *, explicit: bool
+    devices: Sequence[DeviceMeta], loaded: Sequence[str], prepared: Sequence[str], *, explicit: bool
 ) -> tuple[list[str], list[Warning]]:
-    """Which metered GPUs count, and a warning for any GPU the model occupies unmetered.
+    """Which of the metered ``devices`` count, and a warning for any GPU the model occupies
+    unmetered.
 
     Explicit ``energy.devices`` are metered as asked; otherwise the GPUs the model occupies
     (those it was prepared on, when it reports none)."""
-    metered = {d.uuid for d in record.devices}
+    metered = {d.uuid for d in devices}
     used = [u for u in loaded if u in metered]
     chosen = list(prepared) if explicit or not used else used
     warnings: list[Warning] = []

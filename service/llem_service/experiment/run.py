@@ -64,7 +64,7 @@ from llem_service.energy.windows import READINGS_TAIL_S, passes_window_s
 from llem_service.experiment.repeats import (
     RepeatPolicy,
     RepeatStop,
-    repeat_statistic,
+    StopFigure,
     summarise,
 )
 from llem_service.experiment.summary import latency_stats
@@ -154,7 +154,7 @@ def run_experiment(
         report(JobProgress(phase="warmup"))
         run.warm = backend.warmup(config)
         mark("warmup_end")
-        _measure(config, backend, session, run, report, mark)
+        _measure(config, backend, session, run, report, mark, uuids)
         if session is not None and config.energy.phase_split == "counter":
             report(JobProgress(phase="prefill"))
             run.prefill = _prefill_passes(config, backend, session, mark)
@@ -188,25 +188,37 @@ def _measure(
     run: _Run,
     report: ProgressSink,
     mark: Callable[[str], None],
+    prepared: Sequence[str],
 ) -> None:
-    """The measured window: repeats until the policy says stop."""
+    """The measured window: repeats until the policy says stop. ``prepared``: the GPUs the
+    backend was prepared on."""
     policy = RepeatPolicy(config.repeats)
     total = config.n_prompts * policy.max
     report(JobProgress(phase="measuring", completed=0, total=total, unit="requests"))
+    # Fixed before the first repeat: the statistic, and the GPUs that count (as the energy
+    # section will count them).
+    figure: StopFigure | None = None
+    if policy.adaptive:
+        metas = session.metas if session is not None else ()
+        loaded = run.loaded.device_uuids if run.loaded is not None else ()
+        used, _ = counted_devices(metas, loaded, prepared, explicit=bool(config.energy.devices))
+        figure = StopFigure.choose(metas, used, run.baselines)
     values: list[float] = []
-    floors: list[float] = []
+    floors: list[float] = [0.0]
     while True:
         repeat = len(run.workloads)
         progress = _MeasuringProgress(report, repeat * config.n_prompts, total)
         run.workloads.append(backend.run(config, progress))
         mark(f"repeat_{repeat}_end")
-        record = session.snapshot() if session is not None else None
-        statistic, value, floor = repeat_statistic(
-            record, run.workloads[repeat], repeat, run.baselines
+        if figure is not None:
+            marks = session.counter_marks() if session is not None else ()
+            measured = figure.value(marks, run.workloads[repeat], repeat)
+            if measured is not None:
+                values.append(measured[0])
+                floors.append(measured[1])
+        run.stop = policy.decide(
+            figure.statistic if figure else None, values, max(floors), done=repeat + 1
         )
-        values.append(value)
-        floors.append(floor)
-        run.stop = policy.decide(statistic, values, max(floors))
         if run.stop is not None:
             break
     warning = policy.warning(run.stop)
@@ -334,7 +346,7 @@ def _assemble(
     if record is not None:
         work = _work(workloads)
         used, device_warnings = counted_devices(
-            record, loaded.device_uuids, uuids, explicit=bool(config.energy.devices)
+            record.devices, loaded.device_uuids, uuids, explicit=bool(config.energy.devices)
         )
         section = build_energy(
             record,

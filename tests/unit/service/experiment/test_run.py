@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import pytest
 from llem_client import JobProgress
 from llem_service.backends.base import BackendError
 from llem_service.energy import MeterError, NullEnergyMeter
-from llem_service.energy.base import Baseline
+from llem_service.energy.base import Baseline, MeterProbe, MeterRecord, MeterSession
 from llem_service.energy.meter import NvmlEnergyMeter
 from llem_service.experiment.run import ExperimentOutput, run_experiment
 
@@ -187,6 +188,53 @@ def test_repeats_stop_when_the_interval_is_narrow_enough() -> None:
     assert capped.repeats.stop_reason == "max_reached"
     assert len(capped.repeats.per_repeat) == 3
     assert "repeats_target_not_reached" in [w.code for w in capped.warnings]
+
+
+class RecordingSession:
+    """A real session that notes every mark and snapshot, in order."""
+
+    def __init__(self, inner: MeterSession, calls: list[str]) -> None:
+        self._inner = inner
+        self.calls = calls
+
+    def mark(self, label: str) -> None:
+        self.calls.append(label)
+        self._inner.mark(label)
+
+    def snapshot(self) -> MeterRecord:
+        self.calls.append("snapshot")
+        return self._inner.snapshot()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class RecordingMeter:
+    """The fake NVML meter whose sessions are `RecordingSession`s."""
+
+    name = "nvml"
+
+    def __init__(self) -> None:
+        self.inner = fake_meter()
+        self.calls: list[str] = []
+
+    def probe(self) -> MeterProbe:
+        return self.inner.probe()
+
+    def open(self, *args: Any, **kwargs: Any) -> MeterSession:
+        return RecordingSession(self.inner.open(*args, **kwargs), self.calls)
+
+
+@pytest.mark.parametrize("repeats", [3, {"min": 3, "max": 3, "target_ci_rel": 1e-9}])
+def test_nothing_but_the_marks_runs_between_the_repeats(repeats: object) -> None:
+    meter = RecordingMeter()
+
+    result = run(meter=meter, repeats=repeats, n_prompts=2, batch_size=1).result
+
+    calls = meter.calls
+    window = calls[calls.index("warmup_end") : calls.index("repeat_2_end") + 1]
+    assert window == ["warmup_end", "repeat_0_end", "repeat_1_end", "repeat_2_end"]
+    assert len(result.repeats.per_repeat) == 3
 
 
 def test_without_a_meter_repeats_stop_on_tokens_per_second() -> None:
