@@ -149,11 +149,12 @@ class PowerCurve:
 
 
 class Readings:
-    """Raw readings (repeats kept) for the mean power over a span and its standard error.
+    """Power readings for the mean power over a span and its standard error: one value per
+    sampling round, each GPU's latest reading held until its field refreshes
+    (`summed_readings`).
 
-    Repeats are kept here because a steady load reads the same value refresh after refresh:
-    de-duplicated, it would look like one reading. The error counts one independent reading
-    per ``refresh_s`` of the span at most (NVML refreshes about every 100 ms)."""
+    The error counts one independent reading per ``refresh_s`` of the span at most (NVML
+    refreshes about every 100 ms, however often it is read)."""
 
     def __init__(self, t_s: Sequence[float], power_w: Sequence[float], refresh_s: float) -> None:
         pairs = sorted(zip(t_s, power_w, strict=True))
@@ -178,16 +179,36 @@ def summed_readings(
     power_w: Sequence[float | None],
     devices: Sequence[str],
     refresh_s: float,
+    hold_s: float = 0.0,
 ) -> Readings:
-    """Total power of ``devices`` per sampling round, over the rounds where every one of them
-    has a positive reading (a failed read is a gap, never 0 W)."""
+    """Total power of ``devices`` per sampling round.
+
+    The timeline keeps only a GPU's fresh readings: a read of the same refresh is stored as
+    no reading, and GPUs refresh at their own phases, so in most rounds some GPU has none.
+    Each GPU's latest positive reading therefore stands for it until ``hold_s`` after the
+    round it came in (its field's refresh plus a sampling interval); a round where some GPU
+    has none that recent (failed reads, a field given up) is left out: a gap, never 0 W."""
     wanted = set(devices)
-    rounds: dict[float, dict[str, float]] = {}
-    for t, uuid, p in zip(t_s, device_uuid, power_w, strict=True):
-        if uuid in wanted and p is not None and p > 0:
-            rounds.setdefault(t, {})[uuid] = p
-    full = [(t, sum(v.values())) for t, v in rounds.items() if len(v) == len(wanted)]
-    return Readings([t for t, _ in full], [p for _, p in full], refresh_s)
+    rows = sorted(
+        (
+            (t, uuid, p)
+            for t, uuid, p in zip(t_s, device_uuid, power_w, strict=True)
+            if uuid in wanted
+        ),
+        key=lambda row: row[0],
+    )
+    latest: dict[str, tuple[float, float]] = {}
+    times: list[float] = []
+    sums: list[float] = []
+    for t, group in itertools.groupby(rows, key=lambda row: row[0]):
+        for _, uuid, p in group:
+            if p is not None and p > 0:
+                latest[uuid] = (t, p)
+        held = [latest.get(uuid) for uuid in wanted]
+        if all(h is not None and t - h[0] <= hold_s + 1e-9 for h in held):
+            times.append(t)
+            sums.append(sum(h[1] for h in held if h is not None))
+    return Readings(times, sums, refresh_s)
 
 
 def summed_curve(curves: Sequence[PowerCurve]) -> PowerCurve:

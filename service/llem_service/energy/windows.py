@@ -189,6 +189,8 @@ class EnergyAccount:
             timeline.power_w,
             [m.uuid for m in self.metas],
             FIELD_REFRESH_S,
+            hold_s=max(max(m.power_refresh_s or 0.0, FIELD_REFRESH_S) for m in self.metas)
+            + record.sample_interval_s,
         )
         #: Each GPU's slowest power field over the session.
         self.fields = {m.uuid: session_power_field(record, m) for m in self.metas}

@@ -217,3 +217,30 @@ def test_periodicity_of_the_window_feeds_the_part_time_term() -> None:
     assert ("part_time_sensing", "systematic") not in plain.by_term()
     assert aliased.by_term()[("part_time_sensing", "systematic")] > 0
     assert aliased.value == plain.value
+
+
+def test_two_gpus_refreshing_at_their_own_phases_still_give_summed_readings() -> None:
+    # Each field refreshes every 100 ms, read every 50 ms, half a period apart: in every round
+    # one of the two holds a value it already gave. Each one's latest reading stands for it.
+    def busy(base_w: float) -> PowerProfile:
+        return PowerProfile(tuple((0.1 * (k + 1), base_w + k % 7) for k in range(200)))
+
+    gpus = [
+        FakeGpu(uuid="GPU-a", profile=busy(300.0), instant_refresh_s=0.1, instant_phase_s=0.0),
+        FakeGpu(uuid="GPU-b", profile=busy(200.0), instant_refresh_s=0.1, instant_phase_s=0.05),
+    ]
+    scripted = ScriptedSession(gpus, interval_ms=50, sensors=EXACT)
+    scripted.run_until(1.0)
+    scripted.mark("a")
+    scripted.run_until(11.0)
+    scripted.mark("b")
+    scripted.run_for(0.3)
+    record = scripted.close()
+    t0, t1 = record.mark("a").t_s, record.mark("b").t_s
+
+    stats = EnergyAccount(record, ["GPU-a", "GPU-b"]).readings.stats(t0, t1)
+
+    assert stats is not None  # was: no round with both fresh, so no readings at all
+    mean, error = stats
+    assert mean == pytest.approx(300.0 + 200.0 + 2 * 3.0, abs=1.0)
+    assert error < 1.0
