@@ -60,6 +60,15 @@ class Truth:
         out["phase.between_batches"] = raw - prefill - decode
         out["phase.load"] = self.energy(record_marks["load_start"], record_marks["load_end"])
         out["phase.warmup"] = self.energy(record_marks["load_end"], record_marks["warmup_end"])
+        # A phase the result leaves out (a reused model's load; gaps too short to place,
+        # which decode then keeps) has no truth of its own to cover.
+        energy = self.result.energy
+        shown = {p.phase for p in energy.phases} if energy is not None else set()
+        if "between_batches" not in shown:
+            out["phase.decode"] = raw - prefill
+        for phase in ("load", "between_batches"):
+            if phase not in shown:
+                del out[f"phase.{phase}"]
         per_request, times = self._requests(start, end)
         out["requests.energy_j"] = per_request
         out["requests.adjusted_energy_j"] = [

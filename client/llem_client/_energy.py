@@ -183,7 +183,11 @@ class PhaseEnergy(_Wire):
     - ``prefill_passes``: the workload's batches run again after the window with one output
       token (the counter over many passes, as optimum-benchmark does), per pass x repeats.
     - ``window_minus_prefill``: decode = the window's counter energy - prefill - gaps.
-    - ``gap_power``: time between batches x the sampled power there.
+    - ``gap_power``: time between batches x the sampled power there. Where the gaps are too
+      short for the power readings to place, there is no ``between_batches`` phase: decode
+      keeps them (its ``duration_s`` includes them), and the phases still add up.
+
+    There is no ``load`` phase when the model was reused (``model_reused_from``).
     - ``timeline_share``: the fallback without prefill passes: the window's counter energy
       shared in proportion to the integrated power samples, with an uncertainty that counts
       the power field's refresh period and lag.

@@ -56,6 +56,8 @@ class Work:
 
     batches: tuple[Batch, ...]
     repeats: int = 1
+    #: The model was kept from the previous experiment, not loaded: there is no load phase.
+    model_reused: bool = False
 
     @property
     def spans(self) -> tuple[Span, ...]:

@@ -54,28 +54,40 @@ class Publisher:
 
     def __init__(self, limit: float) -> None:
         self.limit = limit
-        self.nulled: dict[str, tuple[float, str | None]] = {}
+        self.nulled: dict[str, tuple[float, str | None, str | None]] = {}
 
-    def __call__(
-        self, estimate: Estimate | None, what: str, scale: float | None = None
-    ) -> WireEstimate | None:
-        if estimate is None:
-            return None
+    def publishable(self, estimate: Estimate, scale: float | None = None) -> bool:
+        """Whether ``estimate`` would be published rather than null."""
         relative = estimate.relative(scale)
         # Not finite (a bound nothing limits, or its arithmetic gone NaN) is never published.
-        if not (math.isfinite(estimate.value) and math.isfinite(relative)) or relative > self.limit:
+        return math.isfinite(estimate.value) and math.isfinite(relative) and relative <= self.limit
+
+    def __call__(
+        self,
+        estimate: Estimate | None,
+        what: str,
+        scale: float | None = None,
+        *,
+        advice: str | None = None,
+    ) -> WireEstimate | None:
+        """The wire figure, or None (noting why). ``advice``: how to get this figure when
+        null, where the dominant term's general advice would mislead."""
+        if estimate is None:
+            return None
+        if not self.publishable(estimate, scale):
+            relative = estimate.relative(scale)
             terms = estimate.by_term()
             dominant = max(terms, key=lambda k: terms[k])[0] if terms else None
-            if relative >= self.nulled.get(what, (-1.0, None))[0]:
-                self.nulled[what] = (relative, dominant)
+            if relative >= self.nulled.get(what, (-1.0, None, None))[0]:
+                self.nulled[what] = (relative, dominant, advice)
             return None
         return estimate.wire()
 
     def warnings(self) -> list[Warning]:
         out = []
-        for what, (relative, dominant) in self.nulled.items():
+        for what, (relative, dominant, own_advice) in self.nulled.items():
             shown = "unbounded" if not math.isfinite(relative) else f"±{relative:.0%}"
-            advice = ADVICE.get(dominant or "", "measure a longer window")
+            advice = own_advice or ADVICE.get(dominant or "", "measure a longer window")
             out.append(
                 (
                     "energy_figure_unbounded",

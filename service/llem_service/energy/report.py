@@ -48,7 +48,7 @@ from llem_service.energy.requests import (
 )
 from llem_service.energy.trust import device_warnings, window_warnings
 from llem_service.energy.uncertainty import Estimate
-from llem_service.energy.windows import EnergyAccount
+from llem_service.energy.windows import EnergyAccount, Periodicity
 from llem_service.experiment.summary import percentile
 
 
@@ -291,30 +291,45 @@ def _phases(
     phases: PhaseSplit,
     publish: Publisher,
 ) -> list[PhaseEnergy]:
+    """Load (absent when the model was reused: nothing was loaded), warm-up, prefill, decode
+    and the gaps between batches. Gaps too short for the readings to place (host work of
+    milliseconds: a figure that would always be null) are no phase of their own: decode
+    keeps them, as the window less prefill, and the phases still add up to the window."""
     out = []
+    edges: list[tuple[str, str, str, Periodicity | None]] = [
+        ("warmup", "load_end", "warmup_end", periodicity(work))
+    ]
+    if not work.model_reused:
+        edges.insert(0, ("load", "load_start", "load_end", None))
     # Warm-up runs the workload's own batches: periodic as the window is.
-    for name, a, b, pattern in (
-        ("load", "load_start", "load_end", None),
-        ("warmup", "load_end", "warmup_end", periodicity(work)),
-    ):
+    for name, a, b, pattern in edges:
         first, second = record.mark(a), record.mark(b)
+        duration = second.t_s - first.t_s
         out.append(
             PhaseEnergy(
                 phase=name,
-                duration_s=second.t_s - first.t_s,
+                duration_s=duration,
                 energy_j=publish(
-                    account.total(first, second, pattern), f"The {name} phase's energy"
+                    account.total(first, second, pattern),
+                    f"The {name} phase's energy",
+                    advice=_edge_advice(account, name, duration),
                 ),
                 method="counter",
             )
         )
     timeline = phases.method == "timeline_share"
+    durations = _phase_durations(phases)
+    decode = phases.decode
+    separate_gaps = publish.publishable(phases.between)
+    if not separate_gaps:
+        decode = decode + phases.between
+        durations["decode"] += durations.pop("between_batches")
     batches = [
         ("prefill", phases.prefill, "timeline_share" if timeline else "prefill_passes"),
-        ("decode", phases.decode, "timeline_share" if timeline else "window_minus_prefill"),
-        ("between_batches", phases.between, "gap_power"),
+        ("decode", decode, "timeline_share" if timeline else "window_minus_prefill"),
     ]
-    durations = _phase_durations(phases)
+    if separate_gaps:
+        batches.append(("between_batches", phases.between, "gap_power"))
     for name, estimate, method in batches:
         out.append(
             PhaseEnergy(
@@ -325,6 +340,19 @@ def _phases(
             )
         )
     return out
+
+
+def _edge_advice(account: EnergyAccount, name: str, duration_s: float) -> str | None:
+    """Why a phase outside the window measured by the counter is null: not "measure longer"
+    (the window's length does not change it)."""
+    if not all(m.has_energy_counter for m in account.metas):
+        return None
+    counter_s = max(account.period_s(m) for m in account.metas)
+    return (
+        f"the {name} phase ({duration_s:.2f} s) spans too few updates of the energy counter "
+        f"(every {counter_s:.2g} s) for the reads at its edges to bound it; it lies outside "
+        "the measured window, whose figures it does not affect"
+    )
 
 
 def _phase_durations(phases: PhaseSplit) -> dict[str, float]:

@@ -96,6 +96,7 @@ class _Run:
     prefill: PrefillRun | None = None
     record: MeterRecord | None = None
     unmetered: str | None = None
+    model_reused: bool = False
     warnings: list[Warning] = field(default_factory=list)
 
 
@@ -128,7 +129,7 @@ def run_experiment(
     """
     started_at = datetime.now(timezone.utc)
     probe = meter.probe()
-    run = _Run()
+    run = _Run(model_reused=reused_from is not None)
     session: MeterSession | None = None
     completed = False
 
@@ -279,7 +280,7 @@ class _MeasuringProgress:
         )
 
 
-def _work(workloads: Sequence[WorkloadReport]) -> Work:
+def _work(workloads: Sequence[WorkloadReport], *, model_reused: bool) -> Work:
     """The measured window batch by batch, for the energy figures."""
     batches = []
     for repeat, w in enumerate(workloads):
@@ -298,7 +299,7 @@ def _work(workloads: Sequence[WorkloadReport]) -> Work:
                 )
             )
             offset += size
-    return Work(batches=tuple(batches), repeats=len(workloads))
+    return Work(batches=tuple(batches), repeats=len(workloads), model_reused=model_reused)
 
 
 def _even_sizes(n_requests: int, n_batches: int) -> tuple[int, ...]:
@@ -344,7 +345,7 @@ def _assemble(
     section = EnergySection(None)
     timeseries = None
     if record is not None:
-        work = _work(workloads)
+        work = _work(workloads, model_reused=run.model_reused)
         used, device_warnings = counted_devices(
             record.devices, loaded.device_uuids, uuids, explicit=bool(config.energy.devices)
         )

@@ -15,8 +15,9 @@ from llem_service.energy.baseline import BaselineCache, BaselineSet, take_baseli
 from llem_service.energy.figures import Batch, Span, Work
 from llem_service.energy.meter import NvmlEnergyMeter
 from llem_service.energy.report import build_energy
+from llem_service.experiment.run import run_experiment
 
-from tests.energy_scenarios import SCENARIOS
+from tests.energy_scenarios import SCENARIOS, SimulatedBackend
 from tests.fake_nvml import FakeGpu, FakeNvml, PowerProfile, ScriptedSession
 
 BUSY = PowerProfile(((100.0, 300.0),))
@@ -274,3 +275,31 @@ def test_an_idle_baseline_too_uncertain_to_publish_is_null_and_not_kept() -> Non
     cache = BaselineCache()
     cache.update([baseline.model_copy(update={"settled": True})])
     assert cache.all() == ()
+
+
+def test_a_reused_model_and_gaps_too_short_to_place_leave_no_always_null_phase() -> None:
+    # Host gaps of milliseconds between batches could only be bounded by the whole power
+    # range, and a reused model loads nothing: neither is a phase that is null every time.
+    scenario = SCENARIOS["steady_decode"]
+    run = scenario.draw(2)
+    scripted = ScriptedSession(run.gpus, interval_ms=50, sensors=run.sensors)
+    backend = SimulatedBackend(scripted, run.profiles, scenario.workload, run.rng)
+
+    result = run_experiment(
+        "e1", scenario.config(), backend, scripted.meter(), lambda _: None, reused_from="e0"
+    ).result
+
+    energy = result.energy
+    assert energy is not None
+    assert energy.energy_j is not None
+    phases = {p.phase: p for p in energy.phases}
+    assert sorted(phases) == ["decode", "prefill", "warmup"]
+    assert not [w.message for w in result.warnings if "phase" in w.message]
+    prefill, decode = phases["prefill"].energy_j, phases["decode"].energy_j
+    assert prefill is not None
+    assert decode is not None
+    # the gaps stay in decode: prefill and decode still make up the window
+    assert prefill.value + decode.value == pytest.approx(energy.energy_j.value)
+    assert phases["prefill"].duration_s + phases["decode"].duration_s == pytest.approx(
+        energy.window_s, rel=1e-3
+    )
