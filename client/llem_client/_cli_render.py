@@ -17,7 +17,7 @@ from llem_client._text import escape_controls
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from llem_client._energy import Estimate
+    from llem_client._estimate import Estimate
     from llem_client._jobs import Job, JobProgress, ModelInfo, ProblemDetail, ServiceInfo
     from llem_client._results import ExperimentResult, LatencyStats
 

@@ -24,24 +24,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llem_client._acquisition import Acquisition, HostEnergy
+from llem_client._estimate import Estimate
 
 EnergySource = Literal["nvml_energy_counter", "nvml_power_integral"]
 
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class Estimate(_Wire):
-    """A measured value and its expanded uncertainty (k = 2, about 95%), in the unit its field
-    name gives. ``total`` = sqrt(``random``^2 + ``systematic``^2)."""
-
-    value: float
-    random: float = Field(ge=0, description="Run-to-run part (quantisation, sampling, spread).")
-    systematic: float = Field(
-        ge=0, description="Part that does not average away (sensor accuracy, baseline drift)."
-    )
-    total: float = Field(ge=0)
 
 
 class UncertaintyTerm(_Wire):

@@ -22,13 +22,17 @@ from llem_client import (
     ThrottleCause,
     Throttling,
 )
+from llem_client import Estimate as WireEstimate
 
 from llem_service.energy.base import CounterMark, DeviceMeta, MeterRecord
 from llem_service.energy.host import RAPL_SYSTEMATIC_REL, ZoneEnergy, zone_energy
 from llem_service.energy.processes import ProcessReport
+from llem_service.energy.publish import Publisher
 from llem_service.energy.sampler import DeviceReadReport
 from llem_service.energy.samples import Timeline
 from llem_service.energy.throttle import throttle_fractions, throttle_warnings
+from llem_service.energy.uncertainty import Estimate, Source
+from llem_service.energy.uncertainty import total as sum_estimates
 from llem_service.experiment.summary import percentile
 
 Warning = tuple[str, str]
@@ -295,9 +299,15 @@ def _host_t(mark: CounterMark) -> float:
 
 
 def build_host(
-    record: MeterRecord, start: CounterMark, end: CounterMark, output_tokens: int
+    record: MeterRecord,
+    start: CounterMark,
+    end: CounterMark,
+    output_tokens: int,
+    publish: Publisher,
 ) -> HostEnergy | None:
-    """CPU package and DRAM energy over ``start``..``end``, or why it is unavailable."""
+    """CPU package and DRAM energy over ``start``..``end``, or why it is unavailable; every
+    figure an `Estimate` published by ``publish`` (null when too uncertain, and the mean
+    power with it)."""
     acquired = record.acquisition
     if acquired is None:
         return None
@@ -316,39 +326,58 @@ def build_host(
             return HostEnergy(available=False, reason=found)
         energies.append(found)
     window = t1 - t0
-    total = sum(e.energy_j for e in energies)
-    random = sum(e.random_j**2 for e in energies) ** 0.5
-    systematic = sum(e.systematic_j for e in energies)  # one model: errors move together
-    uncertainty = (random**2 + systematic**2) ** 0.5
-    return HostEnergy(
-        available=True,
-        window_s=window,
-        energy_j=total,
-        energy_uncertainty_j=uncertainty,
-        cpu_energy_j=sum(e.energy_j for e in energies if e.zone.kind == "package"),
-        dram_energy_j=(
-            sum(e.energy_j for e in energies if e.zone.kind == "dram")
-            if any(e.zone.kind == "dram" for e in energies)
-            else None
-        ),
-        energy_per_output_token_j=total / output_tokens if output_tokens else None,
-        mean_power_w=total / window if window > 0 else None,
-        domains=[
+    zones = {e.zone.key: _zone_estimate(e, start.label, end.label) for e in energies}
+    total = sum_estimates(zones.values())
+    dram = [zones[e.zone.key] for e in energies if e.zone.kind == "dram"]
+    energy = publish(total, "Host energy")
+
+    def power(estimate: WireEstimate | None) -> float | None:
+        return estimate.value / window if estimate is not None and window > 0 else None
+
+    domains = []
+    for e in energies:
+        published = publish(zones[e.zone.key], "A RAPL zone's energy")
+        domains.append(
             HostDomain(
                 name=e.zone.label,
                 kind=e.zone.kind,
                 zone=e.zone.key,
-                energy_j=e.energy_j,
-                energy_uncertainty_j=e.uncertainty_j,
-                mean_power_w=e.energy_j / window if window > 0 else 0.0,
+                energy_j=published,
+                mean_power_w=power(published),
                 wraps=e.wraps,
             )
-            for e in energies
-        ],
+        )
+    return HostEnergy(
+        available=True,
+        window_s=window,
+        energy_j=energy,
+        cpu_energy_j=publish(
+            sum_estimates(zones[e.zone.key] for e in energies if e.zone.kind == "package"),
+            "Host CPU energy",
+        ),
+        dram_energy_j=publish(sum_estimates(dram), "Host DRAM energy") if dram else None,
+        energy_per_output_token_j=(
+            publish(total / output_tokens, "Host energy per output token")
+            if output_tokens and energy is not None
+            else None
+        ),
+        mean_power_w=power(energy),
+        domains=domains,
         method=(
             "RAPL counters (powercap sysfs) read at the window's edges and about once a second "
             "between (wrap-arounds counted); +/- one 1-ms update of power at each edge and "
-            f"1 uJ resolution (random), +/- {RAPL_SYSTEMATIC_REL:.0%} for RAPL's own estimate "
-            "(systematic, assumed)"
+            f"1 uJ resolution (random, rapl_edge), +/- {RAPL_SYSTEMATIC_REL:.0%} for RAPL's "
+            "own estimate (systematic, rapl_model, assumed); expanded k = 2 as every figure"
         ),
     )
+
+
+def _zone_estimate(found: ZoneEnergy, start: str, end: str) -> Estimate:
+    """One zone's energy with its sources: a read at each edge (its own), and RAPL's model
+    (one source for every zone: the CPU's estimate errs the same way in all)."""
+    key = found.zone.key
+    return Estimate(found.energy_j).with_bound(
+        Source("rapl_edge", "random", f"{key}@{start}"), found.edge_bound_j
+    ).with_bound(
+        Source("rapl_edge", "random", f"{key}@{end}"), found.edge_bound_j
+    ) + Estimate.bounded(0.0, Source("rapl_model", "systematic", "rapl"), found.systematic_j)

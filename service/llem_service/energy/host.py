@@ -26,7 +26,6 @@ setting (``LLEM_POWERCAP_ROOT``).
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import re
 from collections.abc import Sequence
@@ -200,13 +199,9 @@ class ZoneEnergy:
 
     zone: RaplZone
     energy_j: float
-    random_j: float
-    systematic_j: float
+    edge_bound_j: float  # what the read at either edge can miss (one update, 1 uJ): +/-
+    systematic_j: float  # bound of RAPL's own estimate against the truth: +/-
     wraps: int
-
-    @property
-    def uncertainty_j(self) -> float:
-        return math.hypot(self.random_j, self.systematic_j)
 
 
 def zone_energy(
@@ -247,7 +242,7 @@ def zone_energy(
             f"{zone.max_power_w or FALLBACK_MAX_POWER_W:.0f} W): its reads are inconsistent, "
             "so host energy is not published"
         )
-    # Each edge may miss one update of the counter; a read resolves 1 uJ; and the estimate's
-    # own error against a wall meter is the systematic part.
-    random_j = math.hypot(mean_w * RAPL_UPDATE_S, mean_w * RAPL_UPDATE_S, 2e-6)
-    return ZoneEnergy(zone, energy_j, random_j, energy_j * RAPL_SYSTEMATIC_REL, wraps)
+    # Each edge may miss one update of the counter and resolves 1 uJ; the estimate's own
+    # error against a wall meter is the systematic part.
+    edge_j = mean_w * RAPL_UPDATE_S + 1e-6
+    return ZoneEnergy(zone, energy_j, edge_j, energy_j * RAPL_SYSTEMATIC_REL, wraps)

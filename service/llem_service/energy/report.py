@@ -224,7 +224,7 @@ def build_energy(
         requests=requests,
         sampler=_sampler_report(record),
         acquisition=acquisition,
-        host=build_host(record, start, end, tokens),
+        host=build_host(record, start, end, tokens, publish),
     )
     repeat_energy = []
     previous = start

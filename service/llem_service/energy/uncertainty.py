@@ -71,6 +71,10 @@ TERMS: dict[str, str] = {
     "period and lag at every span edge.",
     "batch_split": "Each batch's share of the decode energy, from the sampled power over it.",
     "step_power": "Per-request split assumes constant power over a batch's decoding steps.",
+    "rapl_edge": "Host energy: a RAPL counter read at a window's edge misses up to one 1-ms "
+    "update of the zone's power (and resolves 1 uJ).",
+    "rapl_model": "Host energy: RAPL is the CPU's own model of its energy, assumed within 5% "
+    "of the truth; one bound for every zone (their errors move together).",
 }
 
 

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 from llem_client import EnergyConfig, HostEnergy
+from llem_service.energy.acquisition import build_host
 from llem_service.energy.figures import Span
 from llem_service.energy.host import probe_host, zone_energy
 from llem_service.energy.meter import NvmlEnergyMeter, NvmlSession
+from llem_service.energy.publish import Publisher
 
 from tests.energy_sections import energy_section
 from tests.fake_nvml import FakeGpu, FakeNvml, PowerProfile, ScriptedSession
@@ -101,6 +103,7 @@ def test_wrap_arounds_between_reads_are_counted(tree: ScriptedPowercap) -> None:
     assert found.wraps == 1
     assert found.energy_j == pytest.approx(90.0)  # 10 J to the top, 20 J, then 60 J
     assert found.systematic_j == pytest.approx(90.0 * 0.05)
+    assert found.edge_bound_j == pytest.approx(45.0 * 0.001 + 1e-6)  # one 1-ms update at 45 W
 
 
 def test_two_reads_that_sort_in_the_wrong_order_are_no_wrap(tree: ScriptedPowercap) -> None:
@@ -183,9 +186,12 @@ def test_reads_too_far_apart_to_count_wraps_give_no_figure(tree: ScriptedPowerca
     assert "wrap more than once unseen" in found
 
 
-def host_energy(tree: ScriptedPowercap, steps: list[tuple[float, float]]) -> HostEnergy:
+def host_energy(
+    tree: ScriptedPowercap, steps: list[tuple[float, float]], *, limit: float | None = None
+) -> HostEnergy:
     """A session with ``powercap_root`` on the tree: for each (seconds, package watts) step
-    the tree advances, then time passes (DRAM draws a tenth of the package)."""
+    the tree advances, then time passes (DRAM draws a tenth of the package). ``limit``:
+    ``energy.max_relative_uncertainty``, where not the default."""
     gpu = FakeGpu(profile=PowerProfile(((100.0, 300.0),)))
     scripted = ScriptedSession([gpu], powercap_root=str(tree.class_root))
     for label in ("load_start", "load_end", "warmup_end"):
@@ -197,7 +203,13 @@ def host_energy(tree: ScriptedPowercap, steps: list[tuple[float, float]]) -> Hos
         scripted.run_for(seconds)
     scripted.mark("repeat_0_end")
     span = Span(start, start + 0.1, scripted.clock())
-    energy, _ = energy_section(scripted.close(), [gpu.uuid], span, output_tokens=100)
+    record = scripted.close()
+    if limit is not None:
+        start_mark, end_mark = record.mark("warmup_end"), record.mark("repeat_0_end")
+        host = build_host(record, start_mark, end_mark, 100, Publisher(limit))
+        assert host is not None
+        return host
+    energy, _ = energy_section(record, [gpu.uuid], span, output_tokens=100)
     assert energy.host is not None
     return energy.host
 
@@ -212,17 +224,39 @@ def test_host_energy_over_the_measured_window_beside_the_gpus(tmp_path: Path) ->
     host = host_energy(tree, [(1.0, 60.0)] * 10)
 
     assert host.available
-    assert host.cpu_energy_j == pytest.approx(600.0)
-    assert host.dram_energy_j == pytest.approx(60.0)
-    assert host.energy_j == pytest.approx(660.0)
-    assert host.energy_per_output_token_j == pytest.approx(6.6)
+    assert host.cpu_energy_j is not None
+    assert host.dram_energy_j is not None
+    assert host.energy_j is not None
+    assert host.energy_per_output_token_j is not None
+    assert host.cpu_energy_j.value == pytest.approx(600.0)
+    assert host.dram_energy_j.value == pytest.approx(60.0)
+    assert host.energy_j.value == pytest.approx(660.0)
+    assert host.energy_per_output_token_j.value == pytest.approx(6.6)
     assert host.window_s == pytest.approx(10.0)
     (package, dram) = host.domains
     assert (package.name, package.wraps) == ("package-0", 2)
     assert (dram.name, dram.kind, dram.wraps) == ("dram-0", "dram", 0)
     assert package.mean_power_w == pytest.approx(60.0)
-    assert host.energy_uncertainty_j is not None
-    assert 0.05 * 660 <= host.energy_uncertainty_j < 0.06 * 660  # RAPL's own 5% dominates
+    # k = 2 over RAPL's own 5% (rectangular), one source for every zone, as any Estimate
+    assert host.energy_j.systematic == pytest.approx(2 * 0.05 * 660 / 3**0.5)
+    assert 0 < host.energy_j.random < 0.01 * 660
+    assert host.energy_per_output_token_j.total == pytest.approx(host.energy_j.total / 100)
+
+
+def test_host_energy_follows_the_null_rule_of_every_energy_figure(tmp_path: Path) -> None:
+    tree = ScriptedPowercap(
+        tmp_path / "powercap", max_energy_range_uj=250_000_000, max_power_w=60.0
+    )
+
+    # RAPL's own 5% (k = 2: 5.8%) is more than a 1% limit allows
+    host = host_energy(tree, [(1.0, 60.0)] * 3, limit=0.01)
+
+    assert host.available
+    assert host.energy_j is None
+    assert host.mean_power_w is None  # it would give the energy back
+    assert host.cpu_energy_j is None
+    assert host.energy_per_output_token_j is None
+    assert all(d.energy_j is None and d.mean_power_w is None for d in host.domains)
 
 
 def test_a_window_whose_reads_were_too_sparse_is_unavailable_with_the_reason(

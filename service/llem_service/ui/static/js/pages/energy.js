@@ -129,12 +129,13 @@ function hostBlock(result) {
     box.append(h("p", { class: "note" }, `Not measured: ${host.reason || "no reason given"}.`));
     return box;
   }
-  const u = host.energy_uncertainty_j;
+  const why = (label) => whyNull(result, label);
   box.append(
     facts([
-      ["Energy (packages + DRAM)", u === null ? unit(host.energy_j, "J") : `${num(host.energy_j)} ± ${num(u, 2)} J`],
-      ["CPU packages / DRAM", `${unit(host.cpu_energy_j, "J")} / ${unit(host.dram_energy_j, "J")}`],
-      ["Per output token", unit(host.energy_per_output_token_j, "J")],
+      ["Energy (packages + DRAM)", estimate(host.energy_j, "J", why("Host energy"))],
+      ["CPU packages", estimate(host.cpu_energy_j, "J", why("Host CPU energy"))],
+      ["DRAM", host.dram_energy_j === null ? "–" : estimate(host.dram_energy_j, "J", why("Host DRAM energy"))],
+      ["Per output token", estimate(host.energy_per_output_token_j, "J", why(["Host energy per output token", "Host energy"]))],
       ["Mean power", unit(host.mean_power_w, "W")],
       ["Window", seconds(host.window_s)],
       ["Method", host.method],
@@ -143,7 +144,7 @@ function hostBlock(result) {
       ? table(
           "RAPL zones",
           ["Zone", "Kind", "Energy", "Mean power", "Wrap-arounds"],
-          host.domains.map((z) => [`${z.name} (${z.zone})`, z.kind, `${num(z.energy_j)} ± ${num(z.energy_uncertainty_j, 2)} J`, unit(z.mean_power_w, "W"), z.wraps]),
+          host.domains.map((z) => [`${z.name} (${z.zone})`, z.kind, estimate(z.energy_j, "J", why("A RAPL zone's energy")), unit(z.mean_power_w, "W"), z.wraps]),
         )
       : null,
   );
