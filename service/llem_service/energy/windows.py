@@ -115,7 +115,9 @@ def part_time_bound(
 
     Work slower than the counter (whole batches): the readings see it, and only its changes
     fall partly outside a sensed window, each off by up to (1 - f) x ``visible_swing_w`` x
-    period, independently: two changes per period, summed in quadrature.
+    period, independently: two changes per period, summed in quadrature. Returned as the
+    half-width of the rectangle with that sum's standard deviation (the caller takes it as a
+    rectangular bound, as every bound here), not as a two-sigma bound expanded again.
     """
     if not sensor.part_time or period_s is None or period_s <= 0 or window_s <= 0:
         return 0.0
@@ -123,8 +125,9 @@ def part_time_bound(
     if period_s >= counter_period_s:
         changes = 2 * max(1.0, window_s / period_s)
         swing = swing_w if visible_swing_w is None else visible_swing_w
-        # rectangular per change: sum of n has std sqrt(n) x b / sqrt(3); as a bound, 2 sigma
-        return 2 * math.sqrt(changes / 3) * (1.0 - fraction) * max(swing, 0.0) * counter_period_s
+        # rectangular per change: a sum of n has std sqrt(n) x b / sqrt(3), which a rectangle
+        # of half-width sqrt(n) x b has too
+        return math.sqrt(changes) * (1.0 - fraction) * max(swing, 0.0) * counter_period_s
     coherent = min(coherence_s(period_s, jitter_s, counter_period_s), window_s)
     return (1.0 - fraction) * max(swing_w, 0.0) * coherent
 
