@@ -404,6 +404,11 @@ class FakeNvml:
             self._owner_pid = os.getpid()
         self._inits += 1
 
+    @property
+    def initialised(self) -> int:
+        """nvmlInit calls not yet matched by nvmlShutdown."""
+        return self._inits
+
     def nvmlShutdown(self) -> None:
         self._inits = max(0, self._inits - 1)
         if self._inits == 0:

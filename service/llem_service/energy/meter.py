@@ -7,6 +7,7 @@ counters.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -229,31 +230,38 @@ class NvmlSession:
             if options.powercap_root
             else HostProbe((), "host energy is off (LLEM_POWERCAP_ROOT is empty)")
         )
-        spec = SamplerSpec(
-            library=options.library,
-            device_uuids=tuple(d.uuid for d in self.devices),
-            interval_s=interval_s,
-            power_fields=tuple(p.power_field for p in probes),
-            refresh_s=tuple(p.instant_refresh_s for p in probes),
-            directory=make_directory(options.samples_dir),
-            own_pid=self._own_pid,
-            host_zones=self.host.zones,
-        )
-        self.sampler = PowerSampler(
-            spec,
-            mode=options.sampler,
-            clock=clock,
-            wall=options.wall,
-            devices=self.devices,
-            on_failure=on_failure,
-        )
         self._probes = {d.uuid: p for d, p in zip(self.devices, probes, strict=True)}
         self._kinds = kinds
         self._sensors = options.sensors
+        # Described before the samples' directory is made: a GPU that fails to answer here
+        # leaves nothing behind in the temporary directory.
         self.metas = tuple(
             self._describe(d, has_counter, probe, kinds[d.uuid])
             for d, has_counter, probe in zip(self.devices, counters, probes, strict=True)
         )
+        directory = make_directory(options.samples_dir)
+        try:
+            spec = SamplerSpec(
+                library=options.library,
+                device_uuids=tuple(d.uuid for d in self.devices),
+                interval_s=interval_s,
+                power_fields=tuple(p.power_field for p in probes),
+                refresh_s=tuple(p.instant_refresh_s for p in probes),
+                directory=directory,
+                own_pid=self._own_pid,
+                host_zones=self.host.zones,
+            )
+            self.sampler = PowerSampler(
+                spec,
+                mode=options.sampler,
+                clock=clock,
+                wall=options.wall,
+                devices=self.devices,
+                on_failure=on_failure,
+            )
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
         self.marks: list[CounterMark] = []
         self._versions = (
             optional(nvml.driver_version),
