@@ -65,6 +65,12 @@ class PowerReadings(_Wire):
     )
     nonpositive_dropped: int = Field(ge=0, description="Readings of 0 W or less.")
     failed: int = Field(ge=0, description="Failed reads: gaps in the curve, never 0 W.")
+    untrusted_timestamps: int = Field(
+        default=0,
+        ge=0,
+        description="Readings whose NVML timestamp was in the future or over 5 s old (a wall "
+        "clock that jumped): placed at the time they were read instead.",
+    )
 
 
 class FieldChange(_Wire):

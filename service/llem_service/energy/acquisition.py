@@ -84,6 +84,7 @@ def build_acquisition(
                 repeats_dropped=stats.repeats if stats else 0,
                 nonpositive_dropped=stats.nonpositive if stats else 0,
                 failed=stats.failed if stats else 0,
+                untrusted_timestamps=stats.untrusted_timestamps if stats else 0,
             )
         )
     changes = [
