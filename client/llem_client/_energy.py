@@ -214,8 +214,11 @@ class PercentileEstimates(_Wire):
 
 
 class SteadyStateRequests(_Wire):
-    """ML.ENERGY's per-request figure, for comparison: decode J/token (steady state, prefill
-    excluded) x the request's output tokens. It does not add up to the window's energy."""
+    """ML.ENERGY's per-request figure, for comparison: decode J/token x the request's output
+    tokens. The J/token is the window's decode energy over every decoding step's tokens
+    (prefill excluded), the steps of a batch draining as its requests finish included: a mean
+    over the whole decode phase, not a full batch's steady rate. It does not add up to the
+    window's energy."""
 
     method: Literal["steady_state_j_per_token_x_tokens"] = "steady_state_j_per_token_x_tokens"
     energy_per_output_token_j: Estimate

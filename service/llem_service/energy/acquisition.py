@@ -25,6 +25,7 @@ from llem_client import (
 from llem_client import Estimate as WireEstimate
 
 from llem_service.energy.base import CounterMark, DeviceMeta, MeterRecord
+from llem_service.energy.figures import Warning
 from llem_service.energy.host import RAPL_SYSTEMATIC_REL, ZoneEnergy, zone_energy
 from llem_service.energy.processes import ProcessReport
 from llem_service.energy.publish import Publisher
@@ -34,8 +35,6 @@ from llem_service.energy.throttle import throttle_fractions, throttle_warnings
 from llem_service.energy.uncertainty import Estimate, Source
 from llem_service.energy.uncertainty import total as sum_estimates
 from llem_service.experiment.summary import percentile
-
-Warning = tuple[str, str]
 
 #: The sampler's achieved interval is "much longer" than asked beyond these factors.
 SLOW_P50_FACTOR = 1.5

@@ -173,7 +173,6 @@ class MeterRecord:
     driver_version: str | None
     nvml_version: str | None
     cuda_driver_version: str | None
-    failed_reads: int = 0
     warnings: tuple[tuple[str, str], ...] = ()
     acquisition: AcquisitionRecord | None = None  # how the readings were taken (issue 11)
 

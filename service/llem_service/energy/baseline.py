@@ -48,6 +48,7 @@ from llem_service.energy.windows import (
     FIELD_REFRESH_S,
     READINGS_TAIL_S,
     EnergyAccount,
+    counter_window_std_j,
 )
 
 #: How far ahead a trend in idle power is extrapolated to bound what is still to come: the
@@ -284,8 +285,7 @@ def _baseline(
     if a is not None and b is not None and b >= a and meta.has_energy_counter:
         power = (b - a) / 1e3 / window
         period = meta.counter_update_period_s or DEFAULT_COUNTER_PERIOD_S
-        # two reads, each lagging by up to one period at this power (rectangular)
-        random_std = math.sqrt(2) * power * period / math.sqrt(3) / window
+        random_std = counter_window_std_j(power, period) / window
         method = "energy counter over an idle window"
     else:
         # Bounded as any window without a counter: by the idle window's own readings (the

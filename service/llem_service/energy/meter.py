@@ -231,7 +231,6 @@ class NvmlSession:
             else HostProbe((), "host energy is off (LLEM_POWERCAP_ROOT is empty)")
         )
         self._probes = {d.uuid: p for d, p in zip(self.devices, probes, strict=True)}
-        self._kinds = kinds
         self._sensors = options.sensors
         # Described before the samples' directory is made: a GPU that fails to answer here
         # leaves nothing behind in the temporary directory.
@@ -406,7 +405,6 @@ class NvmlSession:
             sample_interval_s=self.sampler.interval_s,
             round_starts_s=starts,
             round_costs_s=costs,
-            failed_reads=self.sampler.failed_reads,
             driver_version=driver,
             nvml_version=nvml_version,
             cuda_driver_version=cuda,
@@ -426,7 +424,6 @@ class NvmlSession:
             sampler_mode=self.sampler.mode,
             sampler_pid=self.sampler.pid,
             probes=self._probes,
-            kinds=self._kinds,
             sampler=self.sampler.report,
             host=self.host,
             samples_bytes=self.sampler.samples_bytes,

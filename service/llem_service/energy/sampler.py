@@ -335,10 +335,6 @@ class PowerSampler:
         return list(self._round_columns["cpu_s"])
 
     @property
-    def failed_reads(self) -> int:
-        return self.report.failed_reads if self.report else 0
-
-    @property
     def samples_bytes(self) -> int:
         """Bytes of samples read from the sampler's files so far."""
         row = sum(array(code).itemsize for _, code in SAMPLE_COLUMNS)

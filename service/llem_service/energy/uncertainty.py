@@ -86,10 +86,6 @@ class Estimate:
     terms: Mapping[Source, float] = field(default_factory=dict)
 
     @classmethod
-    def exact(cls, value: float) -> Estimate:
-        return cls(value)
-
-    @classmethod
     def bounded(cls, value: float, source: Source, bound: float) -> Estimate:
         """``value`` known to within +/- ``bound`` (rectangular) from ``source``."""
         return cls(value, {source: bound / _SQRT3} if bound else {})

@@ -60,7 +60,11 @@ from llem_service.energy.report import (
     unavailable_warning,
 )
 from llem_service.energy.timeseries import Columns, timeline_table
-from llem_service.energy.windows import READINGS_TAIL_S, passes_window_s
+from llem_service.energy.windows import (
+    DEFAULT_COUNTER_PERIOD_S,
+    READINGS_TAIL_S,
+    passes_window_s,
+)
 from llem_service.experiment.repeats import (
     RepeatPolicy,
     RepeatStop,
@@ -240,7 +244,7 @@ def _prefill_passes(
     if not periods:
         return None  # no counter: the passes could only be measured as the timeline is
     plan = config.energy
-    target_s = plan.prefill_counter_periods * max(p or 0.1 for p in periods)
+    target_s = plan.prefill_counter_periods * max(p or DEFAULT_COUNTER_PERIOD_S for p in periods)
     mark("prefill_start")
     latencies: list[tuple[float, ...]] = []
     elapsed = 0.0
