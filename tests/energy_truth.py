@@ -38,8 +38,10 @@ class Truth:
         """True idle power of the host's GPUs, settled (what a baseline should find)."""
         return self.run.scenario.idle_w * len(self.run.profiles)
 
-    def values(self) -> dict[str, float | list[float]]:
-        """figure name -> true value (lists for per-request figures)."""
+    def values(self, *, as_published: bool = True) -> dict[str, float | list[float]]:
+        """figure name -> true value (lists for per-request figures). ``as_published``: the
+        phases the result lists, decode holding the gaps when it lists none for them; else
+        every phase, each on its own."""
         record_marks = {m: t for m, t in self._marks().items()}
         start, end = record_marks["warmup_end"], record_marks[self._last_repeat()]
         window_s = end - start
@@ -64,6 +66,8 @@ class Truth:
         # which decode then keeps) has no truth of its own to cover.
         energy = self.result.energy
         shown = {p.phase for p in energy.phases} if energy is not None else set()
+        if not as_published:
+            shown |= {"load", "between_batches"}
         if "between_batches" not in shown:
             out["phase.decode"] = raw - prefill
         for phase in ("load", "between_batches"):
