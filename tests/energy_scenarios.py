@@ -9,7 +9,8 @@ integral of those profiles over what the figure claims to measure, attributed th
 figure's method documents (`tests.energy_truth.Truth`, with the coverage tallies).
 
 The library (`SCENARIOS`): steady decode, prefill-heavy, short windows, bursty work, a GPU
-still warm at baseline, work periodic at the sensor's period (and near it), multi-GPU. Each
+still warm at baseline, work periodic at the sensor's period (and near it), multi-GPU, a counter
+that fails transiently, a GPU without an energy counter whose power reads fail. Each
 `Scenario.draw(seed)` varies sensor phases, lags and calibration and the workload's timing.
 """
 
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pynvml
 from llem_client import ExperimentConfig, ExperimentResult
 from llem_service.backends.base import (
     LoadReport,
@@ -105,6 +107,8 @@ class Scenario:
     )
     energy: dict[str, Any] = field(default_factory=lambda: {"sample_interval_ms": 50})
     unbounded: frozenset[str] = frozenset()
+    #: `FakeGpu` fields set on every GPU after its sensor is drawn (faults, no counter...).
+    gpu_overrides: tuple[tuple[str, Any], ...] = ()
 
     def config(self) -> ExperimentConfig:
         w = self.workload
@@ -145,6 +149,7 @@ class Scenario:
             gpu = realistic_sensor(gpu, rng, part_time=self.part_time)
             if self.aligned_sensing:  # the workload's steps start in phase with the sensor
                 gpu = dataclasses.replace(gpu, counter_phase_s=0.0, instant_phase_s=0.0)
+            gpu = dataclasses.replace(gpu, **dict(self.gpu_overrides))
             gpus.append(gpu)
         gain = SCENARIO_GAIN_REL if calibrated else 0.0
         sensors = SensorTable.with_overrides(
@@ -372,4 +377,20 @@ SCENARIOS: dict[str, Scenario] = {
                  step_idle_w=150.0, output_tokens=(48,)),
     ),
     "multi_gpu": Scenario("multi_gpu", n_gpus=2),
+    # The counter answers Unknown to a third of its reads (NVML polled hard by another
+    # client): every mark reads it again a few milliseconds later.
+    "flaky_counter": Scenario(
+        "flaky_counter",
+        gpu_overrides=(("flaky", (("energy", 0.3, pynvml.NVML_ERROR_UNKNOWN),)),),
+    ),
+    # No energy counter (a vGPU, pre-Volta): everything is integrated from power readings,
+    # 5% of which fail, and for 0.4 s in the middle of the window none answers at all.
+    "no_counter_failed_reads": Scenario(
+        "no_counter_failed_reads",
+        gpu_overrides=(
+            ("unsupported", frozenset({"energy"})),
+            ("flaky", (("power_instant", 0.05, pynvml.NVML_ERROR_UNKNOWN),)),
+            ("failing", (("power_instant", 21.0, 21.4, pynvml.NVML_ERROR_UNKNOWN),)),
+        ),
+    ),
 }  # fmt: skip

@@ -38,8 +38,10 @@ class Truth:
         """True idle power of the host's GPUs, settled (what a baseline should find)."""
         return self.run.scenario.idle_w * len(self.run.profiles)
 
-    def values(self) -> dict[str, float | list[float]]:
-        """figure name -> true value (lists for per-request figures)."""
+    def values(self, *, as_published: bool = True) -> dict[str, float | list[float]]:
+        """figure name -> true value (lists for per-request figures). ``as_published``: the
+        phases the result lists, decode holding the gaps when it lists none for them; else
+        every phase, each on its own."""
         record_marks = {m: t for m, t in self._marks().items()}
         start, end = record_marks["warmup_end"], record_marks[self._last_repeat()]
         window_s = end - start
@@ -60,6 +62,17 @@ class Truth:
         out["phase.between_batches"] = raw - prefill - decode
         out["phase.load"] = self.energy(record_marks["load_start"], record_marks["load_end"])
         out["phase.warmup"] = self.energy(record_marks["load_end"], record_marks["warmup_end"])
+        # A phase the result leaves out (a reused model's load; gaps too short to place,
+        # which decode then keeps) has no truth of its own to cover.
+        energy = self.result.energy
+        shown = {p.phase for p in energy.phases} if energy is not None else set()
+        if not as_published:
+            shown |= {"load", "between_batches"}
+        if "between_batches" not in shown:
+            out["phase.decode"] = raw - prefill
+        for phase in ("load", "between_batches"):
+            if phase not in shown:
+                del out[f"phase.{phase}"]
         per_request, times = self._requests(start, end)
         out["requests.energy_j"] = per_request
         out["requests.adjusted_energy_j"] = [

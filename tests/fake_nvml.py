@@ -18,7 +18,8 @@ all of them at once by `realistic_sensor`):
 - **The averaged field** (``nvmlDeviceGetPowerUsage``) is a moving average over
   ``average_window_s`` (1 s), refreshed every ``average_refresh_s`` when that is set.
 - **Faults**: fields can answer NotSupported for good (``unsupported``) or any error for good
-  (``errors``); transiently, each read of a query can fail with some probability (``flaky``:
+  (``errors``), or from one time to another (``failing``: a burst, or a field that dies);
+  transiently, each read of a query can fail with some probability (``flaky``:
   NotSupported, Unknown, Timeout...) or answer 0 (``zero_readings``), drawn from a seeded
   generator so a run is reproducible. A driver can predate a query (``old_driver``), the counter
   can reset (``counter_reset_at_s``), the GPU can be lost (``lost_at_s``), another process can
@@ -158,6 +159,10 @@ class FakeGpu:
     # The first ``n`` reads of a query fail with NVML ``code``: (query, n, code), e.g. a field
     # that answers NotSupported once when first polled and then works.
     fail_first: tuple[tuple[str, int, int], ...] = ()
+    # Reads of a query fail with NVML ``code`` while fake time is in ``[from_s, until_s)``:
+    # (query, from_s, until_s, code), e.g. a burst of Unknown from the counter, or the instant
+    # field that stops answering for good (``until_s=math.inf``).
+    failing: tuple[tuple[str, float, float, int], ...] = ()
     # Processes a simulated run starts as it goes (a `ProcessSchedule` it appends to).
     live_processes: ProcessSchedule | None = None
     sensor_gain: float = 1.0  # calibration error: every reading is gain x the truth
@@ -347,7 +352,17 @@ class FakeNvml:
         if transient is not None:
             raise pynvml.NVMLError(transient)
         self._fail_first(gpu, what)
+        failing = self._failing(gpu, what, t)
+        if failing is not None:
+            raise pynvml.NVMLError(failing)
         return gpu, t
+
+    @staticmethod
+    def _failing(gpu: FakeGpu, what: str, t: float) -> int | None:
+        for query, from_s, until_s, code in gpu.failing:
+            if query == what and from_s <= t < until_s:
+                return code
+        return None
 
     def _fail_first(self, gpu: FakeGpu, what: str) -> None:
         for query, n, code in gpu.fail_first:
@@ -388,6 +403,11 @@ class FakeNvml:
             self._wall0 = self.wall()
             self._owner_pid = os.getpid()
         self._inits += 1
+
+    @property
+    def initialised(self) -> int:
+        """nvmlInit calls not yet matched by nvmlShutdown."""
+        return self._inits
 
     def nvmlShutdown(self) -> None:
         self._inits = max(0, self._inits - 1)
@@ -470,6 +490,7 @@ class FakeNvml:
                     self._fail_first(gpu, "power_instant")
                 except pynvml.NVMLError as exc:
                     code = exc.value
+                code = self._failing(gpu, "power_instant", t) or code
                 value.nvmlReturn = pynvml.NVML_SUCCESS if code is None else code
                 value.timestamp = self.wall_us(gpu.instant_refresh_at(t))
                 zero = self._zero(gpu, "power_instant")

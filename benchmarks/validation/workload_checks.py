@@ -229,7 +229,9 @@ def check_end_to_end(rig: Rig, state: State) -> CheckResult:
         "window_s": energy.window_s,
         "seconds": time.perf_counter() - started,
         "warnings": [w.code for w in result.warnings],
-        "host_energy_j": energy.host.energy_j if energy.host else None,
+        "host_energy_j": (
+            energy.host.energy_j.value if energy.host and energy.host.energy_j else None
+        ),
         "true_j": getattr(reference, "truth_j", None),
     }
     check.summary = (
@@ -257,7 +259,7 @@ def check_prefill(rig: Rig, state: State) -> CheckResult:
         return check
     counter = counted[0].energy_j
     # The same window split by the timeline, as llem does when it runs no prefill passes.
-    work = work_of(reports)
+    work = work_of(reports, model_reused=False)
     account = EnergyAccount(record, [d.device_uuid for d in energy.devices])
     shared = split(account, work, record.mark("warmup_end"), _last_repeat(record), None)
     share, share_u = shared.prefill.value, shared.prefill.expanded()

@@ -43,7 +43,6 @@ if TYPE_CHECKING:
         BaselineInfo,
         DeviceEnergy,
         EnergyResult,
-        Estimate,
         PercentileEstimates,
         PhaseEnergy,
         PrefillPasses,
@@ -57,6 +56,7 @@ if TYPE_CHECKING:
         UncertaintyBudget,
         UncertaintyTerm,
     )
+    from llem_client._estimate import Estimate
     from llem_client._exceptions import (
         APIConnectionError,
         APIStatusError,
@@ -139,6 +139,7 @@ _LAZY: dict[str, str] = {
         "_acquisition",
     ),
     "AsyncClient": "_async_client",
+    "Estimate": "_estimate",
     "Client": "_client",
     **dict.fromkeys(
         [
@@ -202,7 +203,6 @@ _LAZY: dict[str, str] = {
             "BaselineInfo",
             "DeviceEnergy",
             "EnergyResult",
-            "Estimate",
             "PercentileEstimates",
             "PhaseEnergy",
             "PrefillPasses",

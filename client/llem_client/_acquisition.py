@@ -16,6 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llem_client._estimate import Estimate
+
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -63,6 +65,12 @@ class PowerReadings(_Wire):
     )
     nonpositive_dropped: int = Field(ge=0, description="Readings of 0 W or less.")
     failed: int = Field(ge=0, description="Failed reads: gaps in the curve, never 0 W.")
+    untrusted_timestamps: int = Field(
+        default=0,
+        ge=0,
+        description="Readings whose NVML timestamp was in the future or over 5 s old (a wall "
+        "clock that jumped): placed at the time they were read instead.",
+    )
 
 
 class FieldChange(_Wire):
@@ -137,9 +145,8 @@ class HostDomain(_Wire):
     name: str = Field(description="package-0, dram-0, ...")
     kind: Literal["package", "dram"]
     zone: str = Field(description="The powercap zone (intel-rapl:0, intel-rapl:0:2).")
-    energy_j: float = Field(ge=0)
-    energy_uncertainty_j: float = Field(ge=0)
-    mean_power_w: float = Field(ge=0)
+    energy_j: Estimate | None = Field(description="Null when too uncertain to publish.")
+    mean_power_w: float | None = Field(ge=0, description="Null when energy_j is.")
     wraps: int = Field(ge=0, description="Counter wrap-arounds counted in the window.")
 
 
@@ -148,19 +155,19 @@ class HostEnergy(_Wire):
 
     ``available`` is false, with ``reason``, where the counters cannot be read (not root since
     CVE-2020-8694, a container without the read-only mount, no RAPL); every figure is then
-    null. RAPL is the CPU's own estimate: ``energy_uncertainty_j`` combines the counters'
-    resolution and update period (random) with an assumed 5% bound on the estimate itself
-    (systematic)."""
+    null. Each energy figure is an `Estimate` (k = 2, as every energy figure): the counters'
+    update period and resolution at the edges (random) and an assumed 5% bound on RAPL's own
+    estimate (systematic); null, with an ``energy_figure_unbounded`` warning, beyond
+    ``energy.max_relative_uncertainty`` (and ``mean_power_w`` with it)."""
 
     available: bool
     reason: str | None = None
     source: Literal["rapl_powercap"] = "rapl_powercap"
     window_s: float | None = Field(default=None, ge=0)
-    energy_j: float | None = Field(default=None, ge=0, description="Packages + DRAM.")
-    energy_uncertainty_j: float | None = Field(default=None, ge=0)
-    cpu_energy_j: float | None = Field(default=None, ge=0, description="Packages.")
-    dram_energy_j: float | None = Field(default=None, ge=0)
-    energy_per_output_token_j: float | None = Field(default=None, ge=0)
+    energy_j: Estimate | None = Field(default=None, description="Packages + DRAM.")
+    cpu_energy_j: Estimate | None = Field(default=None, description="Packages.")
+    dram_energy_j: Estimate | None = None
+    energy_per_output_token_j: Estimate | None = None
     mean_power_w: float | None = Field(default=None, ge=0)
     domains: list[HostDomain] = Field(default_factory=list)
     method: str | None = None

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from llem_client._energy import Estimate
+    from llem_client._estimate import Estimate
     from llem_client._results import ExperimentResult
 
 

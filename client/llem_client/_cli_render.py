@@ -17,7 +17,7 @@ from llem_client._text import escape_controls
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from llem_client._energy import Estimate
+    from llem_client._estimate import Estimate
     from llem_client._jobs import Job, JobProgress, ModelInfo, ProblemDetail, ServiceInfo
     from llem_client._results import ExperimentResult, LatencyStats
 
@@ -151,7 +151,8 @@ def _energy_rows(result: ExperimentResult) -> list[tuple[str, str]]:
                 _stats(jpt.mean, jpt.ci95_low, jpt.ci95_high, "J/token", ".4g"),
             )
         )
-    rows.append(("mean power", f"{energy.mean_power_w:,.1f} W"))
+    power = energy.mean_power_w
+    rows.append(("mean power", NOT_BOUNDED if power is None else f"{power:,.1f} W"))
     if energy.baseline_power_w is not None:
         rows.append(("idle power", _estimate(energy.baseline_power_w, "W", ",.1f")))
     if energy.counter_vs_integral_rel_diff is not None:

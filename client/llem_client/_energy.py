@@ -24,24 +24,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llem_client._acquisition import Acquisition, HostEnergy
+from llem_client._estimate import Estimate
 
 EnergySource = Literal["nvml_energy_counter", "nvml_power_integral"]
 
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class Estimate(_Wire):
-    """A measured value and its expanded uncertainty (k = 2, about 95%), in the unit its field
-    name gives. ``total`` = sqrt(``random``^2 + ``systematic``^2)."""
-
-    value: float
-    random: float = Field(ge=0, description="Run-to-run part (quantisation, sampling, spread).")
-    systematic: float = Field(
-        ge=0, description="Part that does not average away (sensor accuracy, baseline drift)."
-    )
-    total: float = Field(ge=0)
 
 
 class UncertaintyTerm(_Wire):
@@ -93,7 +82,10 @@ class BaselineInfo(_Wire):
     """Idle power of one GPU, subtracted from raw energy to give adjusted energy."""
 
     device_uuid: str
-    power_w: Estimate
+    power_w: Estimate | None = Field(
+        description="Null when too uncertain to publish (see the warnings); adjusted figures "
+        "are then null too."
+    )
     method: str = Field(description="How it was measured, in words.")
     duration_s: float = Field(gt=0, description="Length of the idle window.")
     measured_at: datetime
@@ -111,15 +103,25 @@ class BaselineInfo(_Wire):
     drift_bound_w: float = Field(
         default=0.0, ge=0, description="How far idle power may still move (trend x horizon)."
     )
+    reuse_bound_w: float = Field(
+        default=0.0,
+        ge=0,
+        description="Reused only: how far idle power may have moved since it was taken, from "
+        "the GPU's temperature now against then (counted in power_w's systematic part).",
+    )
     temperature_c: float | None = Field(default=None, description="GPU temperature, mean.")
     temperature_trend_c_per_s: float | None = None
     power_limit_w: float | None = Field(default=None, ge=0)
     driver_version: str | None = None
     after_power_w: Estimate | None = Field(
-        default=None, description="Idle power measured again after the window (when asked)."
+        default=None,
+        description="Idle power measured again after the window (when asked); null when not "
+        "asked or too uncertain to publish.",
     )
     drift_w: float | None = Field(
-        default=None, description="after_power_w - power_w; counted in the uncertainty."
+        default=None,
+        description="after_power_w - power_w, counted in the uncertainty; null unless both "
+        "are published.",
     )
 
 
@@ -136,12 +138,18 @@ class DeviceEnergy(_Wire):
         default=None, description="Raw minus baseline power x window; null without one."
     )
     integrated_energy_j: float | None = Field(
-        default=None, ge=0, description="Integral of the sampled power over the same window."
+        default=None,
+        ge=0,
+        description="Integral of the sampled power over the same window: the cross-check of "
+        "the counter, null unless the counter's energy_j is published.",
     )
     counter_vs_integral_rel_diff: float | None = Field(
-        default=None, description="(integrated - counter) / counter; null without both."
+        default=None,
+        description="(integrated - counter) / counter; null unless both are published.",
     )
-    mean_power_w: float = Field(ge=0, description="energy_j / window.")
+    mean_power_w: float | None = Field(
+        default=None, ge=0, description="energy_j / window; null when energy_j is."
+    )
     peak_power_w: float | None = Field(default=None, ge=0, description="Highest sample.")
     power_field: Literal["instant", "average"] | None = Field(
         default=None, description="NVML power reading behind the samples."
@@ -164,7 +172,11 @@ class PhaseEnergy(_Wire):
     - ``prefill_passes``: the workload's batches run again after the window with one output
       token (the counter over many passes, as optimum-benchmark does), per pass x repeats.
     - ``window_minus_prefill``: decode = the window's counter energy - prefill - gaps.
-    - ``gap_power``: time between batches x the sampled power there.
+    - ``gap_power``: time between batches x the sampled power there. Where the gaps are too
+      short for the power readings to place, there is no ``between_batches`` phase: decode
+      keeps them (its ``duration_s`` includes them), and the phases still add up.
+
+    There is no ``load`` phase when the model was reused (``model_reused_from``).
     - ``timeline_share``: the fallback without prefill passes: the window's counter energy
       shared in proportion to the integrated power samples, with an uncertainty that counts
       the power field's refresh period and lag.
@@ -202,8 +214,11 @@ class PercentileEstimates(_Wire):
 
 
 class SteadyStateRequests(_Wire):
-    """ML.ENERGY's per-request figure, for comparison: decode J/token (steady state, prefill
-    excluded) x the request's output tokens. It does not add up to the window's energy."""
+    """ML.ENERGY's per-request figure, for comparison: decode J/token x the request's output
+    tokens. The J/token is the window's decode energy over every decoding step's tokens
+    (prefill excluded), the steps of a batch draining as its requests finish included: a mean
+    over the whole decode phase, not a full batch's steady rate. It does not add up to the
+    window's energy."""
 
     method: Literal["steady_state_j_per_token_x_tokens"] = "steady_state_j_per_token_x_tokens"
     energy_per_output_token_j: Estimate
@@ -258,11 +273,20 @@ class EnergyResult(_Wire):
     uncertainty: UncertaintyBudget | None = Field(
         default=None, description="What the headline J/token's uncertainty is made of."
     )
-    mean_power_w: float = Field(ge=0, description="Raw energy / window.")
+    mean_power_w: float | None = Field(
+        default=None, ge=0, description="energy_j / window; null when energy_j is."
+    )
     peak_power_w: float | None = Field(default=None, ge=0, description="Highest summed sample.")
-    integrated_energy_j: float | None = Field(default=None, ge=0)
+    integrated_energy_j: float | None = Field(
+        default=None,
+        ge=0,
+        description="Integral of the sampled power over all GPUs: the counters' cross-check, "
+        "null unless every GPU has a counter and energy_j is published.",
+    )
     counter_vs_integral_rel_diff: float | None = Field(
-        default=None, description="(integrated - counter) / counter over all GPUs."
+        default=None,
+        description="(integrated - counter) / counter over all GPUs; null unless both are "
+        "published.",
     )
     cross_check_threshold: float = Field(gt=0, description="A larger difference warns.")
     devices: list[DeviceEnergy]

@@ -407,9 +407,11 @@ def _check_acquisition(p: Page, energy: dict[str, Any]) -> None:
     assert "No other experiment overlapped this one." in placement
     host = energy["host"]
     assert host["available"] is True
-    assert host["cpu_energy_j"] == pytest.approx(45 * energy["window_s"], rel=0.05)
+    assert host["cpu_energy_j"]["value"] == pytest.approx(45 * energy["window_s"], rel=0.05)
     shown = p.driver.find_element(By.ID, "host").text
-    assert f"{host['energy_j']:,.4g} ± {host['energy_uncertainty_j']:.2g} J" in shown
+    # packages + DRAM first, an Estimate like any other energy figure
+    first = p.js("return {...document.querySelector('#host dd .estimate').dataset}")
+    assert {k: float(v) for k, v in first.items()} == _as_shown(host["energy_j"])
     assert "package-0" in shown
     assert "dram-0" in shown
 

@@ -102,6 +102,8 @@ def check_energy_figures(result: ExperimentResult) -> None:
 
     # A settled baseline, with what the reuse rule needs.
     (baseline,) = energy.baselines
+    assert baseline.power_w is not None
+    assert energy.mean_power_w is not None
     assert 0 < baseline.power_w.value < energy.mean_power_w
     assert baseline.temperature_c is not None
     assert baseline.power_limit_w is not None

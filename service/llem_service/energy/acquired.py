@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llem_service.energy.devices import DeviceKind
 from llem_service.energy.field_readers import SensorProbe
 from llem_service.energy.host import HostProbe
 from llem_service.energy.sampler import SamplerMode, SamplerReport
@@ -19,7 +18,6 @@ class AcquisitionRecord:
         sampler_mode: ``process`` (the default), ``thread`` or ``manual``.
         sampler_pid: The sampler's process, when it ran in one.
         probes: Each GPU's sensor probe at session open, by UUID.
-        kinds: Each GPU's kind (vGPU, MIG mode, compute capability), by UUID.
         sampler: The sampler's own report (None when it never reported: it was killed).
         host: Which RAPL zones could be read, or why none.
         samples_bytes: Bytes of samples the sampler wrote to disk.
@@ -28,7 +26,6 @@ class AcquisitionRecord:
     sampler_mode: SamplerMode
     sampler_pid: int | None
     probes: dict[str, SensorProbe]
-    kinds: dict[str, DeviceKind]
     sampler: SamplerReport | None
     host: HostProbe
     samples_bytes: int = 0

@@ -22,16 +22,19 @@ from llem_client import (
     ThrottleCause,
     Throttling,
 )
+from llem_client import Estimate as WireEstimate
 
 from llem_service.energy.base import CounterMark, DeviceMeta, MeterRecord
+from llem_service.energy.figures import Warning
 from llem_service.energy.host import RAPL_SYSTEMATIC_REL, ZoneEnergy, zone_energy
 from llem_service.energy.processes import ProcessReport
+from llem_service.energy.publish import Publisher
 from llem_service.energy.sampler import DeviceReadReport
 from llem_service.energy.samples import Timeline
 from llem_service.energy.throttle import throttle_fractions, throttle_warnings
+from llem_service.energy.uncertainty import Estimate, Source
+from llem_service.energy.uncertainty import total as sum_estimates
 from llem_service.experiment.summary import percentile
-
-Warning = tuple[str, str]
 
 #: The sampler's achieved interval is "much longer" than asked beyond these factors.
 SLOW_P50_FACTOR = 1.5
@@ -80,6 +83,7 @@ def build_acquisition(
                 repeats_dropped=stats.repeats if stats else 0,
                 nonpositive_dropped=stats.nonpositive if stats else 0,
                 failed=stats.failed if stats else 0,
+                untrusted_timestamps=stats.untrusted_timestamps if stats else 0,
             )
         )
     changes = [
@@ -290,10 +294,20 @@ def _reading_warnings(
     return out
 
 
+def _host_t(mark: CounterMark) -> float:
+    return mark.t_s if mark.host_t_s is None else mark.host_t_s
+
+
 def build_host(
-    record: MeterRecord, start: CounterMark, end: CounterMark, output_tokens: int
+    record: MeterRecord,
+    start: CounterMark,
+    end: CounterMark,
+    output_tokens: int,
+    publish: Publisher,
 ) -> HostEnergy | None:
-    """CPU package and DRAM energy over ``start``..``end``, or why it is unavailable."""
+    """CPU package and DRAM energy over ``start``..``end``, or why it is unavailable; every
+    figure an `Estimate` published by ``publish`` (null when too uncertain, and the mean
+    power with it)."""
     acquired = record.acquisition
     if acquired is None:
         return None
@@ -302,47 +316,68 @@ def build_host(
         return HostEnergy(available=False, reason=host.reason)
     polled = acquired.sampler.host_reads if acquired.sampler else []
     energies: list[ZoneEnergy] = []
+    # The host's window runs between the marks' own RAPL reads (microseconds after the GPUs').
+    t0, t1 = _host_t(start), _host_t(end)
     for zone in host.zones:
-        reads = [(m.t_s, m.host_uj[zone.key]) for m in record.marks if zone.key in m.host_uj]
+        reads = [(_host_t(m), m.host_uj[zone.key]) for m in record.marks if zone.key in m.host_uj]
         reads += [(t, values[zone.key]) for t, values in polled if zone.key in values]
-        found = zone_energy(zone, reads, start.t_s, end.t_s)
+        found = zone_energy(zone, reads, t0, t1)
         if isinstance(found, str):
             return HostEnergy(available=False, reason=found)
         energies.append(found)
-    window = end.t_s - start.t_s
-    total = sum(e.energy_j for e in energies)
-    random = sum(e.random_j**2 for e in energies) ** 0.5
-    systematic = sum(e.systematic_j for e in energies)  # one model: errors move together
-    uncertainty = (random**2 + systematic**2) ** 0.5
-    return HostEnergy(
-        available=True,
-        window_s=window,
-        energy_j=total,
-        energy_uncertainty_j=uncertainty,
-        cpu_energy_j=sum(e.energy_j for e in energies if e.zone.kind == "package"),
-        dram_energy_j=(
-            sum(e.energy_j for e in energies if e.zone.kind == "dram")
-            if any(e.zone.kind == "dram" for e in energies)
-            else None
-        ),
-        energy_per_output_token_j=total / output_tokens if output_tokens else None,
-        mean_power_w=total / window if window > 0 else None,
-        domains=[
+    window = t1 - t0
+    zones = {e.zone.key: _zone_estimate(e, start.label, end.label) for e in energies}
+    total = sum_estimates(zones.values())
+    dram = [zones[e.zone.key] for e in energies if e.zone.kind == "dram"]
+    energy = publish(total, "Host energy")
+
+    def power(estimate: WireEstimate | None) -> float | None:
+        return estimate.value / window if estimate is not None and window > 0 else None
+
+    domains = []
+    for e in energies:
+        published = publish(zones[e.zone.key], "A RAPL zone's energy")
+        domains.append(
             HostDomain(
                 name=e.zone.label,
                 kind=e.zone.kind,
                 zone=e.zone.key,
-                energy_j=e.energy_j,
-                energy_uncertainty_j=e.uncertainty_j,
-                mean_power_w=e.energy_j / window if window > 0 else 0.0,
+                energy_j=published,
+                mean_power_w=power(published),
                 wraps=e.wraps,
             )
-            for e in energies
-        ],
+        )
+    return HostEnergy(
+        available=True,
+        window_s=window,
+        energy_j=energy,
+        cpu_energy_j=publish(
+            sum_estimates(zones[e.zone.key] for e in energies if e.zone.kind == "package"),
+            "Host CPU energy",
+        ),
+        dram_energy_j=publish(sum_estimates(dram), "Host DRAM energy") if dram else None,
+        energy_per_output_token_j=(
+            publish(total / output_tokens, "Host energy per output token")
+            if output_tokens and energy is not None
+            else None
+        ),
+        mean_power_w=power(energy),
+        domains=domains,
         method=(
             "RAPL counters (powercap sysfs) read at the window's edges and about once a second "
             "between (wrap-arounds counted); +/- one 1-ms update of power at each edge and "
-            f"1 uJ resolution (random), +/- {RAPL_SYSTEMATIC_REL:.0%} for RAPL's own estimate "
-            "(systematic, assumed)"
+            f"1 uJ resolution (random, rapl_edge), +/- {RAPL_SYSTEMATIC_REL:.0%} for RAPL's "
+            "own estimate (systematic, rapl_model, assumed); expanded k = 2 as every figure"
         ),
     )
+
+
+def _zone_estimate(found: ZoneEnergy, start: str, end: str) -> Estimate:
+    """One zone's energy with its sources: a read at each edge (its own), and RAPL's model
+    (one source for every zone: the CPU's estimate errs the same way in all)."""
+    key = found.zone.key
+    return Estimate(found.energy_j).with_bound(
+        Source("rapl_edge", "random", f"{key}@{start}"), found.edge_bound_j
+    ).with_bound(
+        Source("rapl_edge", "random", f"{key}@{end}"), found.edge_bound_j
+    ) + Estimate.bounded(0.0, Source("rapl_model", "systematic", "rapl"), found.systematic_j)

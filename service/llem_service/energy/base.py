@@ -83,6 +83,8 @@ class Baseline:
         temperature_trend_c_per_s: Its slope.
         power_limit_w: Enforced power limit when measured.
         driver_version: NVIDIA driver when measured.
+        reuse_bound_w: Set when reused: how far idle power may have moved since, from the
+            GPU's temperature now against then (`baseline.reuse_bound_w`).
     """
 
     device_uuid: str
@@ -100,6 +102,7 @@ class Baseline:
     temperature_trend_c_per_s: float | None = None
     power_limit_w: float | None = None
     driver_version: str | None = None
+    reuse_bound_w: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,7 @@ class DeviceMeta:
     has_energy_counter: bool
     counter_update_period_s: float | None
     power_field: Literal["instant", "average"] | None
+    power_refresh_s: float | None = None  # the instant field's probed refresh period
     compute_processes: tuple[tuple[int, int | None], ...] = ()
     counter_absent_reason: str | None = None  # why there is no counter (vGPU, pre-Volta...)
     sensor: SensorSpec = field(default_factory=lambda: SensorTable().lookup(""))
@@ -139,6 +143,11 @@ class CounterMark:
         foreign_pids: Processes other than the experiment's seen on each GPU at this instant.
         violations_ns: Each GPU's cumulative throttle time by cause (`throttle.read_violations`).
         host_uj: The host's RAPL counters (raw microjoules) by zone, where readable.
+        host_t_s: When those were read (session clock, taken right before the read: the
+            GPUs' reads come first, so it is later than ``t_s``).
+        read_delay_s: How long after ``t_s`` a GPU's counter value was read, where a
+            transient error made the read be tried again (a few milliseconds at most). A
+            GPU whose counter failed every try has ``None`` in ``energy_mj`` here.
     """
 
     label: str
@@ -147,6 +156,8 @@ class CounterMark:
     foreign_pids: dict[str, tuple[int, ...]] = field(default_factory=dict)
     violations_ns: dict[str, dict[str, int | None]] = field(default_factory=dict)
     host_uj: dict[str, int] = field(default_factory=dict)
+    host_t_s: float | None = None
+    read_delay_s: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -162,7 +173,6 @@ class MeterRecord:
     driver_version: str | None
     nvml_version: str | None
     cuda_driver_version: str | None
-    failed_reads: int = 0
     warnings: tuple[tuple[str, str], ...] = ()
     acquisition: AcquisitionRecord | None = None  # how the readings were taken (issue 11)
 
@@ -198,6 +208,11 @@ class MeterSession(Protocol):
 
     def snapshot(self) -> MeterRecord:
         """What the session has recorded so far, without stopping it."""
+        ...
+
+    def counter_marks(self) -> tuple[CounterMark, ...]:
+        """The counter marks so far: what the session holds already, read without a round
+        trip to the sampler (cheap enough to sit between repeats)."""
         ...
 
     def device_state(self) -> dict[str, DeviceState]:

@@ -16,6 +16,17 @@ thermal time over which idle power keeps falling; with ``baseline.when='before_a
 also the measured drift. The trend is fitted over ``TREND_WINDOW_S`` because idle readings
 are noisy: over a few seconds the fit could not rule out a slope worth many watts a minute
 later.
+
+Without a counter, idle power is integrated from the idle window's own readings and bounded
+as any window without a counter is (`EnergyAccount.integration_bound_j`); a stretch without
+readings is bounded by the range of the window's readings (the GPU is kept idle). The load
+before the window has no say in it.
+
+A kept baseline reused by a later experiment adds a systematic ``baseline_reuse`` term: idle
+power rises with the GPU's temperature (leakage), so the difference between its temperature
+now and when the baseline was taken, times `IDLE_POWER_PER_C_REL` of idle power, bounds how
+far idle power has moved since (the reuse rule's ``max_temperature_diff_c`` where either
+temperature is unknown).
 """
 
 from __future__ import annotations
@@ -27,12 +38,18 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from llem_client import BaselineConfig, BaselineInfo
+from llem_client import Estimate as WireEstimate
 
 from llem_service.energy.base import Baseline, DeviceMeta, MeterRecord, MeterSession
 from llem_service.energy.figures import Warning
-from llem_service.energy.integrate import integrate_power
 from llem_service.energy.uncertainty import Estimate, Source
-from llem_service.energy.windows import DEFAULT_COUNTER_PERIOD_S, FIELD_REFRESH_S
+from llem_service.energy.windows import (
+    DEFAULT_COUNTER_PERIOD_S,
+    FIELD_REFRESH_S,
+    READINGS_TAIL_S,
+    EnergyAccount,
+    counter_window_std_j,
+)
 
 #: How far ahead a trend in idle power is extrapolated to bound what is still to come: the
 #: thermal time constant of a GPU and its heatsink, tens of seconds (MEASUREMENT.md).
@@ -45,6 +62,11 @@ BASELINE_BUSY_PCT = 10
 _STEPS_PER_WINDOW = 4
 #: Power limits that differ by less than this are the same limit, watts.
 _SAME_LIMIT_W = 1.0
+#: Bound of how much idle power changes per degree C, relative to it. Leakage current grows
+#: with temperature (roughly doubling every 20-30 C in CMOS) and is at most about half of a
+#: data-centre GPU's idle power, so idle rises by up to about 1.5% per C; 2% is the bound
+#: taken (assumed; hardware can measure it: idle power against temperature as a GPU cools).
+IDLE_POWER_PER_C_REL = 0.02
 
 
 @dataclass(frozen=True)
@@ -102,6 +124,17 @@ def refusal(
     return None
 
 
+def reuse_bound_w(kept: Baseline, temperature_c: float | None, plan: BaselineConfig) -> float:
+    """How far idle power may have moved since ``kept`` was measured, from the GPU's
+    temperature now against then (watts); the reuse rule's largest difference where either
+    is unknown."""
+    if temperature_c is None or kept.temperature_c is None:
+        diff = plan.max_temperature_diff_c
+    else:
+        diff = abs(temperature_c - kept.temperature_c)
+    return IDLE_POWER_PER_C_REL * diff * kept.power_w
+
+
 def take_baselines(
     session: MeterSession,
     plan: BaselineConfig,
@@ -131,7 +164,12 @@ def take_baselines(
             driver_version=session.driver_version,
         )
         if why is None:
-            chosen[meta.uuid] = candidate
+            chosen[meta.uuid] = replace(
+                candidate,
+                reuse_bound_w=reuse_bound_w(
+                    candidate, device.temperature_c if device else None, plan
+                ),
+            )
         else:
             refused[meta.uuid] = why
     missing = [m for m in session.metas if m.uuid not in chosen]
@@ -180,6 +218,10 @@ def measure(
         waited = clock_s - first - trend_s
         if settled or waited + step > plan.settle_max_s:
             break
+    # Readings run late: the power just before the last mark shows only after it, in a
+    # reading stamped when the field refreshed.
+    session.wait(READINGS_TAIL_S + FIELD_REFRESH_S)
+    record = session.snapshot()
     start, end = record.mark(f"{prefix}_{k - _STEPS_PER_WINDOW}"), record.mark(f"{prefix}_{k}")
     return {
         m.uuid: _baseline(
@@ -243,17 +285,26 @@ def _baseline(
     if a is not None and b is not None and b >= a and meta.has_energy_counter:
         power = (b - a) / 1e3 / window
         period = meta.counter_update_period_s or DEFAULT_COUNTER_PERIOD_S
-        # two reads, each lagging by up to one period at this power (rectangular)
-        random_std = math.sqrt(2) * power * period / math.sqrt(3) / window
+        random_std = counter_window_std_j(power, period) / window
         method = "energy counter over an idle window"
     else:
-        energy = integrate_power(rows.t_s, rows.power_w, start.t_s, end.t_s)
-        if energy is None:
+        # Bounded as any window without a counter: by the idle window's own readings (the
+        # load before it, or a failed read of 0 W, says nothing about idle power).
+        account = EnergyAccount(record, [meta.uuid])
+        curve = account.curves[meta.uuid]
+        if not curve:
             raise ValueError(f"no power readings from {meta.uuid} to take a baseline")
+        energy = curve.energy_j(start.t_s, end.t_s)
         power = energy / window
-        readings = [p for t, p in zip(rows.t_s, rows.power_w, strict=True) if p is not None]
-        peak = max(readings, default=power)
-        random_std = (peak * record.sample_interval_s / window + (peak - power)) / math.sqrt(3)
+        integration_j = account.integration_bound_j(meta, start.t_s, end.t_s, energy)
+        # A stretch without readings: the caller keeps the GPU idle (work would show in its
+        # utilisation and process list), so it drew within the range of the window's readings.
+        gaps = curve.uncovered(start.t_s, end.t_s, account.max_gap_s(meta))
+        spread_w = (curve.peak_w(start.t_s, end.t_s) or power) - (
+            curve.low_w(start.t_s, end.t_s) or power
+        )
+        gaps_j = sum(b - a for a, b in gaps) * spread_w
+        random_std = math.hypot(integration_j, gaps_j) / math.sqrt(3) / window
         method = "integrated power samples over an idle window"
     drift = (abs(trend[0]) + 2 * trend[1]) * DRIFT_HORIZON_S if trend else 0.0
     temps = [
@@ -345,22 +396,24 @@ def power_estimate(baseline: Baseline, after: Baseline | None, meta: DeviceMeta)
         )
         .with_std(Source("baseline_quantisation", "random", uuid), baseline.random_std_w)
         .with_bound(Source("baseline_drift", "systematic", uuid), drift)
+        .with_bound(Source("baseline_reuse", "systematic", uuid), baseline.reuse_bound_w)
     )
 
 
 def info(
     baseline: Baseline,
-    estimate: Estimate,
+    power: WireEstimate | None,
     *,
     reused: bool,
     now: float,
     after: Baseline | None,
-    after_estimate: Estimate | None,
+    after_power: WireEstimate | None,
 ) -> BaselineInfo:
-    """The wire form of a baseline (``now``: when the experiment started)."""
+    """The wire form of a baseline (``now``: when the experiment started); ``power`` and
+    ``after_power`` as published (null when too uncertain, and the drift with them)."""
     return BaselineInfo(
         device_uuid=baseline.device_uuid,
-        power_w=estimate.wire(),
+        power_w=power,
         method=baseline.method,
         duration_s=baseline.duration_s,
         measured_at=datetime.fromtimestamp(baseline.measured_at, timezone.utc),
@@ -371,12 +424,17 @@ def info(
         settled=baseline.settled,
         trend_w_per_s=baseline.trend_w_per_s,
         drift_bound_w=baseline.drift_bound_w,
+        reuse_bound_w=baseline.reuse_bound_w,
         temperature_c=baseline.temperature_c,
         temperature_trend_c_per_s=baseline.temperature_trend_c_per_s,
         power_limit_w=baseline.power_limit_w,
         driver_version=baseline.driver_version,
-        after_power_w=after_estimate.wire() if after_estimate is not None else None,
-        drift_w=after.power_w - baseline.power_w if after is not None else None,
+        after_power_w=after_power,
+        drift_w=(
+            after.power_w - baseline.power_w
+            if after is not None and power is not None and after_power is not None
+            else None
+        ),
     )
 
 
@@ -393,17 +451,18 @@ class BaselineCache:
 
     def update(self, infos: Sequence[BaselineInfo]) -> None:
         for item in infos:
-            if item.reused or item.contaminated or not item.settled:
+            if item.reused or item.contaminated or not item.settled or item.power_w is None:
                 continue
-            self._by_device[item.device_uuid] = from_info(item)
+            self._by_device[item.device_uuid] = from_info(item, item.power_w)
 
 
-def from_info(item: BaselineInfo) -> Baseline:
-    """A kept baseline from a result: what the reuse rule and the uncertainty need."""
-    random = item.power_w.random / 2  # expanded (k = 2) back to standard
+def from_info(item: BaselineInfo, power: WireEstimate) -> Baseline:
+    """A kept baseline from a result (``power``: its published idle power): what the reuse
+    rule and the uncertainty need."""
+    random = power.random / 2  # expanded (k = 2) back to standard
     return Baseline(
         device_uuid=item.device_uuid,
-        power_w=item.power_w.value,
+        power_w=power.value,
         random_std_w=random,
         duration_s=item.duration_s,
         measured_at=item.measured_at.timestamp(),

@@ -1,11 +1,15 @@
 """Honest readings: which power field a GPU is read through, how often it refreshes and how old
 its readings are, what a failed read means, and which readings are kept.
 
-- **Probing** (`probe_sensors`, when a session opens): each field is tried several times before
-  it is judged (NVML answers NotSupported or Unknown transiently when polled fast); then the
-  energy counter and the instant power field are polled for a moment, which gives the
-  counter's update period, the instant field's refresh period and the age of its readings
-  (NVML stamps each field value with its own time).
+- **Probing** (`probe_counter`, `probe_sensors`, when a session opens): the energy counter and
+  each power field are tried several times before they are judged (NVML answers NotSupported
+  or Unknown transiently when polled fast); then the energy counter and the instant power
+  field are polled for a moment, which gives the counter's update period, the instant field's
+  refresh period and the age of its readings (NVML stamps each field value with its own
+  time).
+- **Counter reads at marks** (`RetryPolicy.mark_tries`): tried again a few milliseconds later
+  on a transient error; a read that never answers leaves that GPU's counter out of the
+  windows that meet there (they are integrated from the readings), and never fails the run.
 - **Reading** (`PowerReader`, `OptionalReader`, each sampling round): a failed read is a gap
   (``None``), never a 0; a field is changed (instant to the 1-s average) or given up only after
   a run of failures (`RetryPolicy`), and every change is recorded with its reason. A power
@@ -23,7 +27,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from llem_service.energy.nvml import GpuDevice, NvmlError, NvmlGpuLost, PowerReading, optional
+from llem_service.energy.nvml import (
+    GpuDevice,
+    NvmlError,
+    NvmlGpuLost,
+    NvmlNotSupported,
+    PowerReading,
+    optional,
+)
 from llem_service.energy.samples import FAILED, FRESH, NO_FIELD, NONPOSITIVE, REPEAT
 
 Clock = Callable[[], float]
@@ -33,6 +44,11 @@ PowerField = Literal["instant", "average"]
 MAX_READING_AGE_S = 5.0
 #: Assumed refresh period of a power field that could not be probed (NVML's typical 100 ms).
 DEFAULT_REFRESH_S = 0.1
+#: The energy counter is watched at most this long for the changes its period is measured
+#: from (a 100-ms counter needs 0.4 s; a slower one takes longer, never past this).
+COUNTER_PROBE_MAX_S = 3.0
+#: Changes of the counter wanted: three gaps to take the median of.
+_COUNTER_CHANGES = 4
 
 
 @dataclass(frozen=True)
@@ -42,14 +58,52 @@ class RetryPolicy:
     Attributes:
         failures: Consecutive failed reads...
         min_span_s: ...spanning at least this long (so a burst at 10 ms is not a verdict).
-        probe_tries: Tries of each power field when the session opens.
+        probe_tries: Tries of each power field, and of the energy counter, when the session
+            opens.
         probe_gap_s: Pause between those tries.
+        mark_tries: Tries of a counter read at a mark (a phase edge)...
+        mark_gap_s: ...this far apart: a few milliseconds in all, so the value read is still
+            the mark's (the lateness is counted in its uncertainty).
     """
 
     failures: int = 10
     min_span_s: float = 0.5
     probe_tries: int = 5
     probe_gap_s: float = 0.01
+    mark_tries: int = 5
+    mark_gap_s: float = 0.002
+
+
+#: A counter answering errors other than NotSupported is tried this many times longer.
+_TRANSIENT_TRIES_FACTOR = 4
+
+
+def probe_counter(
+    device: GpuDevice, policy: RetryPolicy, sleep: Callable[[float], None]
+) -> tuple[bool, str | None]:
+    """Whether the GPU has an energy counter. NVML answers NotSupported or Unknown transiently
+    when polled fast, so one failure is no verdict: the counter is absent after
+    ``probe_tries`` NotSupported answers, or after four times as many tries of other errors
+    (a counter that keeps failing cannot be read at the marks either). Without one, why, in
+    words (None where NotSupported says it: the GPU's kind then tells why)."""
+    last: NvmlError | None = None
+    unsupported = 0
+    tries = policy.probe_tries * _TRANSIENT_TRIES_FACTOR
+    for attempt in range(tries):
+        try:
+            device.energy_mj()
+        except NvmlGpuLost:
+            raise
+        except NvmlError as exc:
+            last = exc
+            unsupported += isinstance(exc, NvmlNotSupported)
+            if unsupported >= policy.probe_tries:
+                return False, None
+            if attempt + 1 < tries:
+                sleep(policy.probe_gap_s)
+            continue
+        return True, None
+    return False, f"its energy counter failed {tries} reads in a row (last: {last})"
 
 
 @dataclass(frozen=True)
@@ -85,6 +139,9 @@ class SensorProbe:
             read); None where the field carries no timestamp. The sensor's own averaging
             window comes on top (measured on hardware by benchmarks/gpu_validation.py).
         probe_failures: Transient failures met while probing.
+        counter_changes: How often the counter changed while probed (a counter that changed
+            fewer than twice in ``COUNTER_PROBE_MAX_S`` has no measurable period:
+            ``counter_period_s`` is None then).
     """
 
     counter_period_s: float | None
@@ -93,6 +150,7 @@ class SensorProbe:
     instant_refresh_s: float | None = None
     instant_lag_s: float | None = None
     probe_failures: int = 0
+    counter_changes: int = 0
 
 
 def _choose_power_field(
@@ -137,10 +195,14 @@ class _Watch:
         self.last: PowerReading | None = None
         self.failures = 0
 
-    def enough(self) -> bool:
-        return (not self.has_counter or len(self.counter_changes) >= 4) and (
-            not self.instant or len(self.instant_changes) >= 4
+    def enough(self, now: float, instant_until: float, counter_until: float) -> bool:
+        counter = (
+            not self.has_counter
+            or len(self.counter_changes) >= _COUNTER_CHANGES
+            or now >= counter_until
         )
+        instant = not self.instant or len(self.instant_changes) >= 4 or now >= instant_until
+        return counter and instant
 
     def poll(self, now: float, wall: Clock) -> None:
         if self.has_counter:
@@ -171,13 +233,14 @@ class _Watch:
         if (previous is None or changed) and stamp is not None:
             self.stamps.append(stamp)
 
-    def counter_period(self, max_s: float) -> float | None:
+    def counter_period(self) -> float | None:
+        """The median gap between the counter's changes; the one gap where it changed only
+        twice; None where it changed less (no period can be told: not a lower bound such
+        as the time watched over the changes, which would understate the period)."""
         if not self.has_counter:
             return None
         gaps = [b - a for a, b in itertools.pairwise(self.counter_changes)]
-        if len(gaps) >= 2:
-            return statistics.median(gaps)
-        return max_s / max(1, len(self.counter_changes))
+        return statistics.median(gaps) if gaps else None
 
     def refresh(self) -> float | None:
         if len(self.stamps) >= 3:  # NVML's own clock: better than when we happened to look
@@ -200,13 +263,15 @@ def probe_sensors(
     policy: RetryPolicy | None = None,
     *,
     max_s: float = 0.6,
+    counter_max_s: float = COUNTER_PROBE_MAX_S,
     poll_s: float = 0.002,
 ) -> list[SensorProbe]:
     """Choose each GPU's power field, then poll counters and instant fields together.
 
-    The counter's period is the median gap between its changes (where it changed fewer than
-    three times within ``max_s`` the period is long, and ``max_s`` / changes is taken as a
-    conservative estimate). The instant field's refresh period is the median gap between its
+    The counter's period is the median gap between its changes, watched until it changed
+    four times or ``counter_max_s`` passed (the single gap where it changed only twice; None
+    where it changed less: a counter that slow, or stuck, cannot bound a window). The instant
+    field is watched for ``max_s`` at most: its refresh period is the median gap between its
     distinct timestamps (between value changes where it carries none; None when the value did
     not change), and its lag the median of (our read's wall time - NVML's timestamp).
     """
@@ -216,20 +281,23 @@ def probe_sensors(
         _Watch(d, c, field_name)
         for d, c, (field_name, _, _) in zip(devices, has_counter, chosen, strict=True)
     ]
-    deadline = clock() + max_s
-    while clock() < deadline and not all(w.enough() for w in watches):
+    started = clock()
+    instant_until, counter_until = started + max_s, started + counter_max_s
+    now = started
+    while not all(w.enough(now, instant_until, counter_until) for w in watches):
         sleep(poll_s)
         now = clock()
         for watch in watches:
             watch.poll(now, wall)
     return [
         SensorProbe(
-            counter_period_s=watch.counter_period(max_s),
+            counter_period_s=watch.counter_period(),
             power_field=field_name,
             power_field_reason=why,
             instant_refresh_s=watch.refresh(),
             instant_lag_s=watch.lag(),
             probe_failures=failures + watch.failures,
+            counter_changes=len(watch.counter_changes),
         )
         for watch, (field_name, why, failures) in zip(watches, chosen, strict=True)
     ]

@@ -56,6 +56,8 @@ class Work:
 
     batches: tuple[Batch, ...]
     repeats: int = 1
+    #: The model was kept from the previous experiment, not loaded: there is no load phase.
+    model_reused: bool = False
 
     @property
     def spans(self) -> tuple[Span, ...]:
@@ -100,13 +102,21 @@ class PrefillRun:
 
 @dataclass(frozen=True)
 class Window:
-    """One GPU's counter or integrated energy over one window, before any uncertainty."""
+    """One GPU's counter or integrated energy over one window, before any uncertainty.
+
+    Attributes:
+        energy_j: The counter's difference, or (without one) the integral of the readings
+            with every gap in them bridged by the middle of the GPU's power range.
+        integrated_j: The plain integral of the readings (the cross-check).
+        gap_bound_j: Without a counter: how far the bridged gaps may be off (joules).
+    """
 
     energy_j: float
     source: Literal["nvml_energy_counter", "nvml_power_integral"]
     integrated_j: float | None
     peak_w: float | None
     counter_reset: bool
+    gap_bound_j: float = 0.0
 
     @property
     def rel_diff(self) -> float | None:

@@ -9,9 +9,13 @@ Counted: every package and every ``dram`` sub-zone. Not counted: ``core`` and ``
 (already inside their package) and ``psys`` (the whole platform, which includes the others).
 
 The files are read at the session's marks and about once a second by the sampler's process,
-so every wrap-around between two marks is seen (a wrap between two reads is one when the
-later read is lower). Where the reads are too far apart for that to be certain, the figure is
-null with the reason. Since CVE-2020-8694 only root can read ``energy_uj``; a container sees
+so every wrap-around between two marks is seen. Each read is stamped right before it is made;
+two processes reading within microseconds can still sort in the wrong order, so only a drop
+of more than half the counter's range is a wrap (reads that close to the safe gap accrue less
+than that), and a smaller drop is the two reads swapped: its negative difference cancels
+against the next one's. Where the reads are too far apart for wraps to be certain, or the
+energy found implies more than twice the zone's stated maximum power, the figure is null with
+the reason. Since CVE-2020-8694 only root can read ``energy_uj``; a container sees
 the tree only when it is mounted (``compose.yaml``). Unreadable files make host energy
 "unavailable" with the reason, never 0.
 
@@ -22,7 +26,6 @@ setting (``LLEM_POWERCAP_ROOT``).
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import re
 from collections.abc import Sequence
@@ -39,6 +42,10 @@ RAPL_UPDATE_S = 0.001
 RAPL_SYSTEMATIC_REL = 0.05
 #: Power assumed when a zone states no maximum, to bound the time between safe reads.
 FALLBACK_MAX_POWER_W = 1000.0
+#: A window's mean power above this many times the zone's stated maximum (its long-term
+#: limit; the short-term one runs about a quarter higher) is no measurement: an arithmetic or
+#: ordering fault, never published.
+IMPLAUSIBLE_POWER_FACTOR = 2.0
 
 
 @dataclass(frozen=True)
@@ -192,13 +199,9 @@ class ZoneEnergy:
 
     zone: RaplZone
     energy_j: float
-    random_j: float
-    systematic_j: float
+    edge_bound_j: float  # what the read at either edge can miss (one update, 1 uJ): +/-
+    systematic_j: float  # bound of RAPL's own estimate against the truth: +/-
     wraps: int
-
-    @property
-    def uncertainty_j(self) -> float:
-        return math.hypot(self.random_j, self.systematic_j)
 
 
 def zone_energy(
@@ -218,10 +221,10 @@ def zone_energy(
     wrap_at = zone.max_energy_range_uj  # the counter runs 0..max, then starts again at 0
     for (ta, a), (tb, b) in itertools.pairwise(inside):
         longest = max(longest, tb - ta)
-        if b < a:
+        if a - b > wrap_at // 2:
             wraps += 1
             total += b + wrap_at - a
-        else:
+        else:  # a small drop is two reads swapped: it cancels against the next difference
             total += b - a
     if longest > zone.safe_gap_s():
         return (
@@ -231,7 +234,15 @@ def zone_energy(
     energy_j = total / 1e6
     window = t1 - t0
     mean_w = energy_j / window if window > 0 else 0.0
-    # Each edge may miss one update of the counter; a read resolves 1 uJ; and the estimate's
-    # own error against a wall meter is the systematic part.
-    random_j = math.hypot(mean_w * RAPL_UPDATE_S, mean_w * RAPL_UPDATE_S, 2e-6)
-    return ZoneEnergy(zone, energy_j, random_j, energy_j * RAPL_SYSTEMATIC_REL, wraps)
+    most_w = IMPLAUSIBLE_POWER_FACTOR * (zone.max_power_w or FALLBACK_MAX_POWER_W)
+    if mean_w > most_w or energy_j < 0:
+        return (
+            f"{zone.label}'s counter gave {energy_j:.0f} J over {window:.1f} s, a mean of "
+            f"{mean_w:.0f} W, which the zone cannot draw (its stated maximum is "
+            f"{zone.max_power_w or FALLBACK_MAX_POWER_W:.0f} W): its reads are inconsistent, "
+            "so host energy is not published"
+        )
+    # Each edge may miss one update of the counter and resolves 1 uJ; the estimate's own
+    # error against a wall meter is the systematic part.
+    edge_j = mean_w * RAPL_UPDATE_S + 1e-6
+    return ZoneEnergy(zone, energy_j, edge_j, energy_j * RAPL_SYSTEMATIC_REL, wraps)

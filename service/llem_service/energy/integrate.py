@@ -6,7 +6,9 @@ identical readings are one reading, repeated: a run of them keeps only its first
 sample (the first is when the value appeared, the last shows it still held; the ones between
 add nothing), and readings of 0 W or less, which a transient read failure can produce, are
 dropped. The kept readings are joined by straight lines (the trapezoidal rule) and held at the
-first and last reading's value beyond them. Times in seconds, power in watts, energy in
+first and last reading's value beyond them; where readings are missing for longer than the
+field's refresh allows (`PowerCurve.uncovered`), that line says nothing, and the callers bound
+the stretch by the GPU's power range instead. Times in seconds, power in watts, energy in
 joules.
 """
 
@@ -48,7 +50,11 @@ def distinct_readings(
 
 
 class PowerCurve:
-    """Piecewise-linear power through a set of readings, ready for many window integrals."""
+    """Piecewise-linear power through a set of readings, ready for many window integrals.
+
+    ``read_t`` keeps the time of every positive reading (repeats of one value included): a
+    run of equal values is one straight segment of the curve but still shows that the power
+    was read all along, which `uncovered` needs to tell a steady value from a gap."""
 
     def __init__(
         self, t_s: Sequence[float], power_w: Sequence[float | None], *, dedupe: bool = True
@@ -60,6 +66,9 @@ class PowerCurve:
             self.t = [t for t, _ in points]
             self.p = [p for _, p in points]
             self.dropped = 0
+        self.read_t = sorted(
+            t for t, p in zip(t_s, power_w, strict=True) if p is not None and p > 0
+        )
         # cumulative trapezoid areas up to each reading
         self._area = [0.0]
         for i in range(1, len(self.t)):
@@ -113,20 +122,39 @@ class PowerCurve:
         """Sum of the changes between consecutive readings inside ``[t0, t1]``, watts."""
         return sum(abs(b - a) for a, b in itertools.pairwise(self.inside(t0, t1)))
 
-    def mean_standard_error_w(self, t0: float, t1: float) -> float | None:
-        """Standard error of the mean reading inside ``[t0, t1]``; None under three readings."""
-        readings = self.inside(t0, t1)
-        if len(readings) < 3:
-            return None
-        return statistics.stdev(readings) / math.sqrt(len(readings))
+    def read_between(self, t0: float, t1: float) -> bool:
+        """Whether the power was read inside ``[t0, t1]`` (repeats of one value count)."""
+        i = bisect.bisect_left(self.read_t, t0)
+        return i < len(self.read_t) and self.read_t[i] <= t1
+
+    def uncovered(self, t0: float, t1: float, max_gap_s: float) -> list[tuple[float, float]]:
+        """The stretches of ``[t0, t1]`` between two readings more than ``max_gap_s`` apart
+        (before the first reading and after the last included): where the power was not read
+        (failed reads, a field given up, a sampler that stalled), so the curve's straight line
+        or held value says nothing about it."""
+        times = self.read_t
+        out: list[tuple[float, float]] = []
+        j = bisect.bisect_right(times, t0)
+        previous = times[j - 1] if j > 0 else -math.inf
+        while True:
+            following = times[j] if j < len(times) else math.inf
+            if following - previous > max_gap_s:
+                a, b = max(previous, t0), min(following, t1)
+                if b > a:
+                    out.append((a, b))
+            if following >= t1:
+                return out
+            previous = following
+            j += 1
 
 
 class Readings:
-    """Raw readings (repeats kept) for the mean power over a span and its standard error.
+    """Power readings for the mean power over a span and its standard error: one value per
+    sampling round, each GPU's latest reading held until its field refreshes
+    (`summed_readings`).
 
-    Repeats are kept here because a steady load reads the same value refresh after refresh:
-    de-duplicated, it would look like one reading. The error counts one independent reading
-    per ``refresh_s`` of the span at most (NVML refreshes about every 100 ms)."""
+    The error counts one independent reading per ``refresh_s`` of the span at most (NVML
+    refreshes about every 100 ms, however often it is read)."""
 
     def __init__(self, t_s: Sequence[float], power_w: Sequence[float], refresh_s: float) -> None:
         pairs = sorted(zip(t_s, power_w, strict=True))
@@ -151,16 +179,36 @@ def summed_readings(
     power_w: Sequence[float | None],
     devices: Sequence[str],
     refresh_s: float,
+    hold_s: float = 0.0,
 ) -> Readings:
-    """Total power of ``devices`` per sampling round, over the rounds where every one of them
-    has a positive reading (a failed read is a gap, never 0 W)."""
+    """Total power of ``devices`` per sampling round.
+
+    The timeline keeps only a GPU's fresh readings: a read of the same refresh is stored as
+    no reading, and GPUs refresh at their own phases, so in most rounds some GPU has none.
+    Each GPU's latest positive reading therefore stands for it until ``hold_s`` after the
+    round it came in (its field's refresh plus a sampling interval); a round where some GPU
+    has none that recent (failed reads, a field given up) is left out: a gap, never 0 W."""
     wanted = set(devices)
-    rounds: dict[float, dict[str, float]] = {}
-    for t, uuid, p in zip(t_s, device_uuid, power_w, strict=True):
-        if uuid in wanted and p is not None and p > 0:
-            rounds.setdefault(t, {})[uuid] = p
-    full = [(t, sum(v.values())) for t, v in rounds.items() if len(v) == len(wanted)]
-    return Readings([t for t, _ in full], [p for _, p in full], refresh_s)
+    rows = sorted(
+        (
+            (t, uuid, p)
+            for t, uuid, p in zip(t_s, device_uuid, power_w, strict=True)
+            if uuid in wanted
+        ),
+        key=lambda row: row[0],
+    )
+    latest: dict[str, tuple[float, float]] = {}
+    times: list[float] = []
+    sums: list[float] = []
+    for t, group in itertools.groupby(rows, key=lambda row: row[0]):
+        for _, uuid, p in group:
+            if p is not None and p > 0:
+                latest[uuid] = (t, p)
+        held = [latest.get(uuid) for uuid in wanted]
+        if all(h is not None and t - h[0] <= hold_s + 1e-9 for h in held):
+            times.append(t)
+            sums.append(sum(h[1] for h in held if h is not None))
+    return Readings(times, sums, refresh_s)
 
 
 def summed_curve(curves: Sequence[PowerCurve]) -> PowerCurve:

@@ -7,6 +7,7 @@ counters.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,14 @@ from llem_service.energy.devices import (
     unmeterable_reason,
     visible_devices,
 )
-from llem_service.energy.field_readers import Clock, SensorProbe, probe_sensors
+from llem_service.energy.field_readers import (
+    COUNTER_PROBE_MAX_S,
+    Clock,
+    RetryPolicy,
+    SensorProbe,
+    probe_counter,
+    probe_sensors,
+)
 from llem_service.energy.host import DEFAULT_ROOT, HostProbe, probe_host, read_zones
 from llem_service.energy.nvml import (
     NVML_ERROR_NOT_FOUND,
@@ -43,6 +51,7 @@ from llem_service.energy.nvml import (
     GpuProcess,
     Nvml,
     NvmlError,
+    NvmlGpuLost,
     NvmlLibrary,
     load_pynvml,
     optional,
@@ -188,8 +197,22 @@ class NvmlSession:
         self.devices = [resolve_metered(nvml, uuid) for uuid in device_uuids]
         self._own_pid = os.getpid()
         kinds = {d.uuid: describe(d) for d in self.devices}
-        counters = [optional(d.energy_mj) is not None for d in self.devices]
+        self._policy = RetryPolicy()
+        counted = [probe_counter(d, self._policy, sleep) for d in self.devices]
+        counters = [has for has, _ in counted]
+        self._counter_failures = {
+            d.uuid: why for d, (_, why) in zip(self.devices, counted, strict=True) if why
+        }
         probes = probe_sensors(self.devices, counters, clock, options.wall, sleep)
+        for i, (device, probe) in enumerate(zip(self.devices, probes, strict=True)):
+            if counters[i] and probe.counter_period_s is None:
+                # It answers but hardly moves: no period to bound a window's reads with.
+                counters[i] = False
+                self._counter_failures[device.uuid] = (
+                    f"its energy counter changed {probe.counter_changes} time(s) in "
+                    f"{COUNTER_PROBE_MAX_S:g} s while the GPU drew power: too slow, or stuck, "
+                    "to bound a window's energy"
+                )
         for device, has_counter, probe in zip(self.devices, counters, probes, strict=True):
             if not has_counter and probe.power_field is None:
                 raise DeviceNotMetered(unmeterable_reason(device, kinds[device.uuid]))
@@ -207,31 +230,37 @@ class NvmlSession:
             if options.powercap_root
             else HostProbe((), "host energy is off (LLEM_POWERCAP_ROOT is empty)")
         )
-        spec = SamplerSpec(
-            library=options.library,
-            device_uuids=tuple(d.uuid for d in self.devices),
-            interval_s=interval_s,
-            power_fields=tuple(p.power_field for p in probes),
-            refresh_s=tuple(p.instant_refresh_s for p in probes),
-            directory=make_directory(options.samples_dir),
-            own_pid=self._own_pid,
-            host_zones=self.host.zones,
-        )
-        self.sampler = PowerSampler(
-            spec,
-            mode=options.sampler,
-            clock=clock,
-            wall=options.wall,
-            devices=self.devices,
-            on_failure=on_failure,
-        )
         self._probes = {d.uuid: p for d, p in zip(self.devices, probes, strict=True)}
-        self._kinds = kinds
         self._sensors = options.sensors
+        # Described before the samples' directory is made: a GPU that fails to answer here
+        # leaves nothing behind in the temporary directory.
         self.metas = tuple(
             self._describe(d, has_counter, probe, kinds[d.uuid])
             for d, has_counter, probe in zip(self.devices, counters, probes, strict=True)
         )
+        directory = make_directory(options.samples_dir)
+        try:
+            spec = SamplerSpec(
+                library=options.library,
+                device_uuids=tuple(d.uuid for d in self.devices),
+                interval_s=interval_s,
+                power_fields=tuple(p.power_field for p in probes),
+                refresh_s=tuple(p.instant_refresh_s for p in probes),
+                directory=directory,
+                own_pid=self._own_pid,
+                host_zones=self.host.zones,
+            )
+            self.sampler = PowerSampler(
+                spec,
+                mode=options.sampler,
+                clock=clock,
+                wall=options.wall,
+                devices=self.devices,
+                on_failure=on_failure,
+            )
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
         self.marks: list[CounterMark] = []
         self._versions = (
             optional(nvml.driver_version),
@@ -255,8 +284,13 @@ class NvmlSession:
             has_energy_counter=has_counter,
             counter_update_period_s=probe.counter_period_s,
             power_field=probe.power_field,
+            power_refresh_s=probe.instant_refresh_s,
             compute_processes=tuple((p.pid, p.used_memory_bytes) for p in processes),
-            counter_absent_reason=None if has_counter else counter_absent_reason(kind),
+            counter_absent_reason=(
+                None
+                if has_counter
+                else self._counter_failures.get(device.uuid) or counter_absent_reason(kind)
+            ),
             sensor=self._sensors.lookup(name),
         )
 
@@ -274,10 +308,17 @@ class NvmlSession:
             raise MeterError(str(self.sampler.error))
         # Counters first, all together at t; the host's and the slower queries after.
         t = self.clock()
-        energy: dict[str, int | None] = {
-            device.uuid: device.energy_mj() if meta.has_energy_counter else None
-            for device, meta in zip(self.devices, self.metas, strict=True)
-        }
+        energy: dict[str, int | None] = {}
+        late: dict[str, float] = {}
+        for device, meta in zip(self.devices, self.metas, strict=True):
+            energy[device.uuid] = None
+            if meta.has_energy_counter:
+                energy[device.uuid], retried = self._read_counter(device)
+                if retried:
+                    late[device.uuid] = self.clock() - t
+        # Stamped right before it is read: the sampler's process reads the same counters,
+        # and a stamp taken before the GPUs' reads could sort after one of its reads.
+        host_t = self.clock()
         host = read_zones(self.host.zones) if self.host.zones else {}
         foreign = {device.uuid: self._foreign_pids(device) for device in self.devices}
         violations = {device.uuid: read_violations(device) for device in self.devices}
@@ -289,8 +330,26 @@ class NvmlSession:
                 foreign_pids=foreign,
                 violations_ns=violations,
                 host_uj=host,
+                host_t_s=host_t if host else None,
+                read_delay_s=late,
             )
         )
+
+    def _read_counter(self, device: GpuDevice) -> tuple[int | None, bool]:
+        """The counter now, tried again a few milliseconds later on a transient error (one
+        failed read must not fail an hours-long run); None when every try failed (the
+        windows that meet here are then integrated from the readings). Also whether it
+        took more than one try."""
+        policy = self._policy
+        for attempt in range(policy.mark_tries):
+            try:
+                return device.energy_mj(), attempt > 0
+            except NvmlGpuLost:
+                raise
+            except NvmlError:
+                if attempt + 1 < policy.mark_tries:
+                    self.sleep(policy.mark_gap_s)
+        return None, True
 
     def _foreign_pids(self, device: GpuDevice) -> tuple[int, ...]:
         """Processes on the GPU other than this one. In a container NVML may report host PIDs,
@@ -331,6 +390,9 @@ class NvmlSession:
         """The record so far, while sampling goes on (the baseline reads its window)."""
         return self._record(self.sampler.snapshot())
 
+    def counter_marks(self) -> tuple[CounterMark, ...]:
+        return tuple(self.marks)
+
     def _record(
         self, timeline: Timeline, acquisition: AcquisitionRecord | None = None
     ) -> MeterRecord:
@@ -343,7 +405,6 @@ class NvmlSession:
             sample_interval_s=self.sampler.interval_s,
             round_starts_s=starts,
             round_costs_s=costs,
-            failed_reads=self.sampler.failed_reads,
             driver_version=driver,
             nvml_version=nvml_version,
             cuda_driver_version=cuda,
@@ -363,7 +424,6 @@ class NvmlSession:
             sampler_mode=self.sampler.mode,
             sampler_pid=self.sampler.pid,
             probes=self._probes,
-            kinds=self._kinds,
             sampler=self.sampler.report,
             host=self.host,
             samples_bytes=self.sampler.samples_bytes,

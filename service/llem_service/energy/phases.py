@@ -35,11 +35,7 @@ from typing import Literal
 from llem_service.energy.base import CounterMark
 from llem_service.energy.figures import PrefillRun, Work
 from llem_service.energy.uncertainty import Estimate, Source
-from llem_service.energy.windows import (
-    EnergyAccount,
-    Periodicity,
-    field_delay_s,
-)
+from llem_service.energy.windows import EnergyAccount, Periodicity
 
 
 @dataclass(frozen=True)
@@ -143,7 +139,7 @@ def split(
         decode=decode,
         between=between,
         prefill_batches=prefill_batches,
-        decode_batches=_decode_by_batch(account, work, decode),
+        decode_batches=decode_by_batch(account, work, decode),
         between_batches=between_batches,
         gap_s=gaps,
         prefill_time_s=sum(b.prefill_s for b in work.batches),
@@ -260,10 +256,12 @@ def _prefill_by_passes(
         k = i % per_repeat if per_repeat else 0
         share = latencies[k] / total_latency if per_repeat else 1.0 / len(work.batches)
         estimate = passes.per_pass_j * share
-        # Batches of one pass may draw different power; the readings bound how different.
+        # Batches of one pass may draw different power; the readings bound how different: a
+        # share by time is off by up to its time x (the power range), not half of it (one
+        # low batch among high ones is a whole swing below their mean).
         estimate = estimate.with_bound(
             Source("batch_split", "systematic", f"prefill{k}"),
-            latencies[k] * swing / 2 if per_repeat else 0.0,
+            latencies[k] * swing if per_repeat else 0.0,
         )
         out.append(estimate)
     return tuple(out)
@@ -282,21 +280,17 @@ def _prefill_by_timeline(
     else:
         integrals = [curve.energy_j(b.span.start, b.span.first_token) for b in work.batches]
         whole = curve.energy_j(t0, t1)
-    delay = max(field_delay_s(m) for m in account.metas) + account.record.sample_interval_s
+    delay = account.delay_s + account.record.sample_interval_s
     low = (curve.low_w(t0, t1) if curve else None) or 0.0
     peak = (curve.peak_w(t0, t1) if curve else None) or 0.0
-    limits = [m.power_limit_w for m in account.metas]
+    top = sum(account.top_w(m) for m in account.metas)
     out = []
     for batch, integral in zip(work.batches, integrals, strict=True):
         share = integral / whole if whole > 0 else 0.0
         # A span shorter than the field's delay can hide a spike no reading saw: bound its
         # power by the GPUs' limits instead of the readings.
-        top = (
-            sum(x or 0.0 for x in limits)
-            if batch.prefill_s < delay and None not in limits
-            else peak
-        )
-        bound = (top - low) * min(batch.prefill_s + delay, 2 * delay)
+        high = top if batch.prefill_s < delay else peak
+        bound = (high - low) * min(batch.prefill_s + delay, 2 * delay)
         out.append(
             (window * share).with_bound(Source("timeline_share", "systematic", "prefill"), bound)
         )
@@ -306,7 +300,7 @@ def _prefill_by_timeline(
 # -- decode per batch ---------------------------------------------------------------------------
 
 
-def _decode_by_batch(account: EnergyAccount, work: Work, decode: Estimate) -> tuple[Estimate, ...]:
+def decode_by_batch(account: EnergyAccount, work: Work, decode: Estimate) -> tuple[Estimate, ...]:
     """Each batch's decode energy: the total shared by decode time x the batch's mean reading
     (readings within the field's delay of its start left out: they still show prefill). A
     batch without enough readings shares by time alone, bounded by the window's power range."""
@@ -332,7 +326,7 @@ def _decode_by_batch(account: EnergyAccount, work: Work, decode: Estimate) -> tu
         source = Source("batch_split", "random", f"decode{i}")
         if stat is not None and stat[0] > 0:
             share = share.with_std(source, abs(share.value) * stat[1] / stat[0])
-        else:
-            share = share.with_bound(source, durations[i] * swing / 2)
+        else:  # shared by time: off by up to its time x the power range (see above)
+            share = share.with_bound(source, durations[i] * swing)
         out.append(share)
     return tuple(out)

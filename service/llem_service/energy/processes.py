@@ -62,17 +62,6 @@ class ProcessReport:
     sightings: list[Sighting] = field(default_factory=list)
     detection: list[DeviceDetection] = field(default_factory=list)
 
-    def foreign(self, device_uuid: str | None = None) -> list[Sighting]:
-        """Sightings of processes known not to be this experiment's."""
-        limited = {d.device_uuid for d in self.detection if d.detection != "full"}
-        return [
-            s
-            for s in self.sightings
-            if s.pid != self.own_pid
-            and s.device_uuid not in limited
-            and (device_uuid is None or s.device_uuid == device_uuid)
-        ]
-
 
 class ProcessTracker:
     """Polls the compute processes of ``devices`` and remembers every one it saw.

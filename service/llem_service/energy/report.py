@@ -7,15 +7,14 @@ measured window runs from ``warmup_end`` to the last repeat's end; the prefill p
 after it and are not part of it. The arithmetic of each part lives in its own module
 (`windows`, `phases`, `requests`, `baseline`); this one assembles and publishes.
 
-Publishing: a figure whose expanded uncertainty exceeds ``energy.max_relative_uncertainty``
-of its scale (its own value; for adjusted figures the raw one they come from) is null, and a
-warning says why and how to get it.
+Publishing (`energy.publish`): a figure whose expanded uncertainty exceeds
+``energy.max_relative_uncertainty`` of its scale (its own value; for adjusted figures the raw
+one they come from) is null, and a warning says why and how to get it.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -30,17 +29,16 @@ from llem_client import (
     RequestEnergy,
     SamplerReport,
     SteadyStateRequests,
-    UncertaintyBudget,
-    UncertaintyTerm,
 )
 from llem_client import Estimate as WireEstimate
 
 from llem_service.energy import baseline as baselines_
 from llem_service.energy.acquisition import build_acquisition, build_host
-from llem_service.energy.base import Baseline, MeterRecord
+from llem_service.energy.base import Baseline, DeviceMeta, MeterRecord
 from llem_service.energy.baseline import BaselineSet
 from llem_service.energy.figures import PrefillRun, Warning, Work
 from llem_service.energy.phases import PhaseSplit, periodicity, split
+from llem_service.energy.publish import Publisher, budget
 from llem_service.energy.requests import (
     DESCRIPTION,
     Percentiles,
@@ -49,8 +47,8 @@ from llem_service.energy.requests import (
     steady_state,
 )
 from llem_service.energy.trust import device_warnings, window_warnings
-from llem_service.energy.uncertainty import COVERAGE_FACTOR, TERMS, Estimate
-from llem_service.energy.windows import EnergyAccount
+from llem_service.energy.uncertainty import Estimate
+from llem_service.energy.windows import EnergyAccount, Periodicity
 from llem_service.experiment.summary import percentile
 
 
@@ -74,78 +72,15 @@ class EnergySection:
     warnings: list[Warning] = field(default_factory=list)
 
 
-#: How to get a figure that was null, by the term that dominated its uncertainty.
-_ADVICE = {
-    "counter_quantisation": "the window spans too few energy-counter updates: measure longer "
-    "(more prompts or repeats)",
-    "counter_resolution": "the window spans too few energy-counter updates: measure longer",
-    "power_integration": "this GPU has no energy counter, so energy is integrated from power "
-    "samples: use a GPU with a counter (Volta or newer, not a vGPU)",
-    "part_time_sensing": "the work repeats in step with the sensor's period, which this GPU "
-    "senses only part of: change the batch size or output length so the rhythm drifts, or "
-    "measure longer",
-    "sensor_gain": "the sensor's stated accuracy dominates: calibrate against a meter and set "
-    "LLEM_SENSOR_ACCURACY",
-    "sensor_offset": "the sensor's stated accuracy dominates: calibrate against a meter and "
-    "set LLEM_SENSOR_ACCURACY",
-    "baseline_quantisation": "the idle window is short: raise baseline.duration_s",
-    "baseline_drift": "idle power was still moving: let the GPU rest, raise "
-    "baseline.settle_max_s or baseline.duration_s",
-    "prefill_passes": "the prefill passes ran at another speed than prefill inside the window",
-    "between_batches_power": "the gaps between batches are too short for the power readings "
-    "to place: fewer, larger batches leave fewer gaps",
-    "timeline_share": "prefill spans are too short for the power readings: keep "
-    "energy.phase_split='counter' so prefill is measured by the counter",
-    "batch_split": "the batches' shares of decode energy are uncertain: measure longer",
-    "step_power": "requests that stop early share steps unevenly: set fixed_output_length",
-}
-
-
-class _Publisher:
-    """Turns estimates into wire figures, or null with one warning per kind of figure."""
-
-    def __init__(self, limit: float) -> None:
-        self.limit = limit
-        self.nulled: dict[str, tuple[float, str | None]] = {}
-
-    def __call__(
-        self, estimate: Estimate | None, what: str, scale: float | None = None
-    ) -> WireEstimate | None:
-        if estimate is None:
-            return None
-        relative = estimate.relative(scale)
-        if not math.isfinite(estimate.value) or relative > self.limit:
-            terms = estimate.by_term()
-            dominant = max(terms, key=lambda k: terms[k])[0] if terms else None
-            if relative >= self.nulled.get(what, (-1.0, None))[0]:
-                self.nulled[what] = (relative, dominant)
-            return None
-        return estimate.wire()
-
-    def warnings(self) -> list[Warning]:
-        out = []
-        for what, (relative, dominant) in self.nulled.items():
-            shown = "unbounded" if not math.isfinite(relative) else f"±{relative:.0%}"
-            advice = _ADVICE.get(dominant or "", "measure a longer window")
-            out.append(
-                (
-                    "energy_figure_unbounded",
-                    f"{what} is null: its uncertainty ({shown}) exceeds "
-                    f"energy.max_relative_uncertainty ({self.limit:.0%}), mostly "
-                    f"{dominant or 'unknown'}; {advice}.",
-                )
-            )
-        return out
-
-
 def counted_devices(
-    record: MeterRecord, loaded: Sequence[str], prepared: Sequence[str], *, explicit: bool
+    devices: Sequence[DeviceMeta], loaded: Sequence[str], prepared: Sequence[str], *, explicit: bool
 ) -> tuple[list[str], list[Warning]]:
-    """Which metered GPUs count, and a warning for any GPU the model occupies unmetered.
+    """Which of the metered ``devices`` count, and a warning for any GPU the model occupies
+    unmetered.
 
     Explicit ``energy.devices`` are metered as asked; otherwise the GPUs the model occupies
     (those it was prepared on, when it reports none)."""
-    metered = {d.uuid for d in record.devices}
+    metered = {d.uuid for d in devices}
     used = [u for u in loaded if u in metered]
     chosen = list(prepared) if explicit or not used else used
     warnings: list[Warning] = []
@@ -177,7 +112,7 @@ def build_energy(
 ) -> EnergySection:
     """The energy section of one experiment's measured window."""
     account = EnergyAccount(record, used)
-    publish = _Publisher(plan.max_relative_uncertainty)
+    publish = Publisher(plan.max_relative_uncertainty)
     start = record.mark("warmup_end")
     ends = [record.mark(f"repeat_{i}_end") for i in range(work.repeats)]
     end = ends[-1]
@@ -192,28 +127,32 @@ def build_energy(
     adjusted = window - idle * window_s if idle is not None else None
 
     devices = []
+    # The integral of the readings is the counter's cross-check: published beside a published
+    # counter figure only (without a counter it is the figure itself, gaps unbridged).
     integrals: list[float | None] = []
     for meta in account.metas:
         est, w = account.estimate(meta, start, end, pattern)
-        integrals.append(w.integrated_j)
         base = baselines.of(meta.uuid)
         device_idle = (
             baselines_.power_estimate(base, baselines.after_of(meta.uuid), meta) if base else None
         )
+        energy = publish(est, "A GPU's energy")
+        checked = energy is not None and w.source == "nvml_energy_counter"
+        integrals.append(w.integrated_j if checked else None)
         devices.append(
             DeviceEnergy(
                 device_uuid=meta.uuid,
                 name=meta.name,
                 source=w.source,
-                energy_j=publish(est, "A GPU's energy"),
+                energy_j=energy,
                 adjusted_energy_j=publish(
                     est - device_idle * window_s if device_idle is not None else None,
                     "A GPU's adjusted energy",
                     est.value,
                 ),
-                integrated_energy_j=w.integrated_j,
-                counter_vs_integral_rel_diff=w.rel_diff,
-                mean_power_w=w.energy_j / window_s if window_s > 0 else 0.0,
+                integrated_energy_j=w.integrated_j if checked else None,
+                counter_vs_integral_rel_diff=w.rel_diff if checked else None,
+                mean_power_w=_mean_power(energy, window_s),
                 peak_power_w=w.peak_w,
                 power_field=meta.power_field,
                 counter_update_period_s=meta.counter_update_period_s,
@@ -238,7 +177,12 @@ def build_energy(
     published_adjusted = publish(
         adjusted_per_token, "Adjusted J/token", per_token.value if per_token else None
     )
-    integrated = sum(i for i in integrals if i is not None) if None not in integrals else None
+    window_energy = publish(window, "The window's energy")
+    integrated = (
+        sum(i for i in integrals if i is not None)
+        if window_energy is not None and None not in integrals
+        else None
+    )
     requests = _requests(work, phases, account, idle, publish, window.value)
     result = EnergyResult(
         source=(
@@ -247,13 +191,13 @@ def build_energy(
             else "nvml_power_integral"
         ),
         window_s=window_s,
-        energy_j=publish(window, "The window's energy"),
+        energy_j=window_energy,
         adjusted_energy_j=publish(adjusted, "Adjusted energy", window.value),
         baseline_power_w=publish(idle, "The baseline power"),
         energy_per_output_token_j=published_raw,
         adjusted_energy_per_output_token_j=published_adjusted,
         uncertainty=(
-            _budget(
+            budget(
                 headline,
                 published_adjusted if adjusted_per_token is not None else published_raw,
                 adjusted=adjusted_per_token is not None,
@@ -261,7 +205,7 @@ def build_energy(
             if headline
             else None
         ),
-        mean_power_w=window.value / window_s if window_s > 0 else 0.0,
+        mean_power_w=_mean_power(window_energy, window_s),
         peak_power_w=account.summed.peak_w(start.t_s, end.t_s) if account.summed else None,
         integrated_energy_j=integrated,
         counter_vs_integral_rel_diff=(
@@ -271,14 +215,16 @@ def build_energy(
         ),
         cross_check_threshold=plan.cross_check_threshold,
         devices=devices,
-        baselines=[_baseline_info(b, baselines, account, now) for b in baselines.baselines],
+        baselines=[
+            _baseline_info(b, baselines, account, now, publish) for b in baselines.baselines
+        ],
         phase_split=phases.method,
         phases=_phases(account, record, work, phases, publish),
         prefill_passes=_passes(phases, publish),
         requests=requests,
         sampler=_sampler_report(record),
         acquisition=acquisition,
-        host=build_host(record, start, end, tokens),
+        host=build_host(record, start, end, tokens, publish),
     )
     repeat_energy = []
     previous = start
@@ -314,47 +260,27 @@ def _idle_power(account: EnergyAccount, baselines: BaselineSet) -> Estimate | No
     return total
 
 
+def _mean_power(energy: WireEstimate | None, window_s: float) -> float | None:
+    """Mean power over the window from published energy: null when the energy is (it would
+    give the energy back)."""
+    return energy.value / window_s if energy is not None and window_s > 0 else None
+
+
 def _baseline_info(
-    b: Baseline, baselines: BaselineSet, account: EnergyAccount, now: float
+    b: Baseline, baselines: BaselineSet, account: EnergyAccount, now: float, publish: Publisher
 ) -> BaselineInfo:
     meta = next(m for m in account.record.devices if m.uuid == b.device_uuid)
     after = baselines.after_of(b.device_uuid)
     return baselines_.info(
         b,
-        baselines_.power_estimate(b, after, meta),
+        publish(baselines_.power_estimate(b, after, meta), "A GPU's idle baseline"),
         reused=b.device_uuid in baselines.reused,
         now=now,
         after=after,
-        after_estimate=baselines_.power_estimate(after, None, meta) if after else None,
-    )
-
-
-def _budget(
-    headline: Estimate, published: WireEstimate | None, *, adjusted: bool
-) -> UncertaintyBudget:
-    """What the headline's uncertainty is made of. The figure itself is the one published:
-    null when it was not (its terms still say what made it too uncertain)."""
-    whole = headline.wire()
-    variance = headline.std() ** 2
-    terms = []
-    for (name, kind), std in sorted(headline.by_term().items(), key=lambda kv: -kv[1]):
-        terms.append(
-            UncertaintyTerm(
-                name=name,
-                kind=kind,
-                contribution=COVERAGE_FACTOR * std,
-                share=min(1.0, std * std / variance) if variance > 0 else 0.0,
-                description=TERMS[name],
-            )
-        )
-    return UncertaintyBudget(
-        figure="adjusted_energy_per_output_token_j" if adjusted else "energy_per_output_token_j",
-        estimate=published,
-        random=whole.random,
-        systematic=whole.systematic,
-        total=whole.total,
-        coverage_factor=COVERAGE_FACTOR,
-        terms=terms,
+        after_power=publish(
+            baselines_.power_estimate(after, None, meta) if after else None,
+            "A GPU's idle power after the window",
+        ),
     )
 
 
@@ -363,32 +289,47 @@ def _phases(
     record: MeterRecord,
     work: Work,
     phases: PhaseSplit,
-    publish: _Publisher,
+    publish: Publisher,
 ) -> list[PhaseEnergy]:
+    """Load (absent when the model was reused: nothing was loaded), warm-up, prefill, decode
+    and the gaps between batches. Gaps too short for the readings to place (host work of
+    milliseconds: a figure that would always be null) are no phase of their own: decode
+    keeps them, as the window less prefill, and the phases still add up to the window."""
     out = []
+    edges: list[tuple[str, str, str, Periodicity | None]] = [
+        ("warmup", "load_end", "warmup_end", periodicity(work))
+    ]
+    if not work.model_reused:
+        edges.insert(0, ("load", "load_start", "load_end", None))
     # Warm-up runs the workload's own batches: periodic as the window is.
-    for name, a, b, pattern in (
-        ("load", "load_start", "load_end", None),
-        ("warmup", "load_end", "warmup_end", periodicity(work)),
-    ):
+    for name, a, b, pattern in edges:
         first, second = record.mark(a), record.mark(b)
+        duration = second.t_s - first.t_s
         out.append(
             PhaseEnergy(
                 phase=name,
-                duration_s=second.t_s - first.t_s,
+                duration_s=duration,
                 energy_j=publish(
-                    account.total(first, second, pattern), f"The {name} phase's energy"
+                    account.total(first, second, pattern),
+                    f"The {name} phase's energy",
+                    advice=_edge_advice(account, name, duration),
                 ),
                 method="counter",
             )
         )
     timeline = phases.method == "timeline_share"
+    durations = _phase_durations(phases)
+    decode = phases.decode
+    separate_gaps = publish.publishable(phases.between)
+    if not separate_gaps:
+        decode = decode + phases.between
+        durations["decode"] += durations.pop("between_batches")
     batches = [
         ("prefill", phases.prefill, "timeline_share" if timeline else "prefill_passes"),
-        ("decode", phases.decode, "timeline_share" if timeline else "window_minus_prefill"),
-        ("between_batches", phases.between, "gap_power"),
+        ("decode", decode, "timeline_share" if timeline else "window_minus_prefill"),
     ]
-    durations = _phase_durations(phases)
+    if separate_gaps:
+        batches.append(("between_batches", phases.between, "gap_power"))
     for name, estimate, method in batches:
         out.append(
             PhaseEnergy(
@@ -401,6 +342,19 @@ def _phases(
     return out
 
 
+def _edge_advice(account: EnergyAccount, name: str, duration_s: float) -> str | None:
+    """Why a phase outside the window measured by the counter is null: not "measure longer"
+    (the window's length does not change it)."""
+    if not all(m.has_energy_counter for m in account.metas):
+        return None
+    counter_s = max(account.period_s(m) for m in account.metas)
+    return (
+        f"the {name} phase ({duration_s:.2f} s) spans too few updates of the energy counter "
+        f"(every {counter_s:.2g} s) for the reads at its edges to bound it; it lies outside "
+        "the measured window, whose figures it does not affect"
+    )
+
+
 def _phase_durations(phases: PhaseSplit) -> dict[str, float]:
     return {
         "prefill": phases.prefill_time_s,
@@ -409,7 +363,7 @@ def _phase_durations(phases: PhaseSplit) -> dict[str, float]:
     }
 
 
-def _passes(phases: PhaseSplit, publish: _Publisher) -> PrefillPasses | None:
+def _passes(phases: PhaseSplit, publish: Publisher) -> PrefillPasses | None:
     p = phases.passes
     if p is None:
         return None
@@ -432,7 +386,7 @@ def _requests(
     phases: PhaseSplit,
     account: EnergyAccount,
     idle: Estimate | None,
-    publish: _Publisher,
+    publish: Publisher,
     window_j: float,
 ) -> RequestEnergy | None:
     if not work.batches or not any(work.output_tokens_per_request):
@@ -484,7 +438,7 @@ def _requests(
 
 
 def _percentiles(
-    p: Percentiles, publish: _Publisher, scale: Percentiles | None = None
+    p: Percentiles, publish: Publisher, scale: Percentiles | None = None
 ) -> PercentileEstimates | None:
     what = "Per-request adjusted J/token" if scale else "Per-request J/token"
     values = {

@@ -109,27 +109,50 @@ class Percentiles:
 
 
 def per_token_percentiles(energy: tuple[Estimate, ...], tokens: tuple[int, ...]) -> Percentiles:
-    """Distribution of per-request J/token (requests with no output left out).
-
-    A percentile is interpolated between the estimates sorted by value; the true values may
-    sort differently, but sorting moves no value by more than the largest error among them
-    (sorting is 1-Lipschitz in the largest difference), so each percentile carries the error
-    sources of the least certain request."""
+    """Distribution of per-request J/token (requests with no output left out); see
+    `percentile`."""
     per_token = sorted(
         (e / n for e, n in zip(energy, tokens, strict=True) if n > 0), key=lambda e: e.value
     )
     if not per_token:
         raise ValueError("no request generated a token")
-    widest = max(per_token, key=lambda e: e.std())
     mean = Estimate(0.0)
     for e in per_token:
         mean = mean + e
     return Percentiles(
         mean=mean / len(per_token),
-        p50=Estimate(interpolate(per_token, 0.50).value, widest.terms),
-        p90=Estimate(interpolate(per_token, 0.90).value, widest.terms),
-        p99=Estimate(interpolate(per_token, 0.99).value, widest.terms),
+        p50=percentile(per_token, 0.50),
+        p90=percentile(per_token, 0.90),
+        p99=percentile(per_token, 0.99),
     )
+
+
+def percentile(ordered: list[Estimate], q: float) -> Estimate:
+    """The ``q`` quantile of estimates sorted by value, interpolated between neighbours.
+
+    The true values may sort differently, but a quantile only grows when any value grows: with
+    each truth within its value +/- its expanded uncertainty U, the true quantile lies between
+    the quantile of (value - U) and that of (value + U). Its uncertainty is the wider side of
+    that envelope, made of the interpolated neighbours' own sources (scaled to it), so a few
+    uncertain requests far from the quantile no longer widen it."""
+    point = interpolate(ordered, q)
+
+    def bound(sign: float) -> float:
+        moved = sorted(e.value + sign * e.expanded() for e in ordered)
+        position = (len(moved) - 1) * q
+        low = int(position)
+        high = min(low + 1, len(moved) - 1)
+        return moved[low] + (moved[high] - moved[low]) * (position - low)
+
+    half = max(point.value - bound(-1.0), bound(1.0) - point.value, 0.0)
+    own = point.expanded()
+    if half == 0.0:
+        return Estimate(point.value)
+    if own > 0:
+        return Estimate(point.value, {s: c * half / own for s, c in point.terms.items()})
+    widest = max(ordered, key=lambda e: e.std())  # the neighbours are exact, others are not
+    scale = half / widest.expanded()
+    return Estimate(point.value, {s: c * scale for s, c in widest.terms.items()})
 
 
 def steady_state(phases: PhaseSplit, tokens: tuple[int, ...]) -> tuple[Estimate, list[Estimate]]:

@@ -14,10 +14,11 @@ RAPL counters (for their wrap-arounds). Rounds run on absolute deadlines (start 
 interval), so a slow round delays only itself.
 
 The process talks to the session over two one-way pipes: the session sends ``flush`` (when it
-wants the samples so far, e.g. for a baseline) and ``stop``; the sampler answers ``ready``,
-``flushed``, ``error`` (a lost GPU, at once, so ``on_failure`` can stop a run stuck on the dead
-device) and, last, ``report`` (what it saw besides the samples). It exits by itself if the
-experiment's process dies.
+wants the samples so far, e.g. for a baseline; numbered, and answered with its number, so a
+late answer never stands for the next; unanswered within ``reply_timeout_s``, a `MeterError`)
+and ``stop``; the sampler answers ``ready``, ``flushed``, ``error`` (a lost GPU, at once, so
+``on_failure`` can stop a run stuck on the dead device) and, last, ``report`` (what it saw
+besides the samples). It exits by itself if the experiment's process dies.
 
 ``mode="thread"`` runs the same loop in a thread of the experiment's process (kept to measure
 what the process saves); ``mode="manual"`` takes rounds only when `PowerSampler.sample_once`
@@ -82,6 +83,7 @@ class PowerSampler:
         wall: Wall-clock seconds (for ageing NVML's timestamps in manual mode).
         devices: The session's GPUs, for ``manual`` mode (other modes open their own).
         on_failure: Called from the sampler's listener thread as soon as sampling fails.
+        reply_timeout_s: How long a flush waits for the sampler's answer.
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class PowerSampler:
         wall: Clock = time.time,
         devices: Sequence[GpuDevice] = (),
         on_failure: Callable[[MeterError], None] | None = None,
+        reply_timeout_s: float = REPLY_TIMEOUT_S,
     ) -> None:
         if mode == "process" and clock is not time.perf_counter:
             raise ValueError("a process sampler shares only time.perf_counter with its session")
@@ -109,7 +112,13 @@ class PowerSampler:
         self._samples = ColumnReader(self._directory, SAMPLE_COLUMNS, prefix="sample_")
         self._rounds = ColumnReader(self._directory, ROUND_COLUMNS, prefix="round_")
         self._round_columns: dict[str, list[float]] = {name: [] for name, _ in ROUND_COLUMNS}
-        self._flushed = threading.Event()
+        self.reply_timeout_s = reply_timeout_s
+        # Flushes are numbered: an answer names the flush it answers, so one that comes late
+        # is never taken for the answer to the next.
+        self._answers = threading.Condition()
+        self._flushes_sent = 0
+        self._flushes_answered = 0
+        self._finished = False  # the report came, or the process ended: no more answers
         self._reading = threading.RLock()
         self._reported = threading.Event()
         self._ready = threading.Event()
@@ -172,7 +181,7 @@ class PowerSampler:
                 if not self._reported.is_set() and not self._stopped:
                     self._fail(MeterError("the power sampler's process ended unexpectedly"))
                 self._reported.set()
-                self._flushed.set()
+                self._answered(finished=True)
                 self._ready.set()
                 return
             kind = message[0]
@@ -180,14 +189,20 @@ class PowerSampler:
                 self.pid = message[1]
                 self._ready.set()
             elif kind == "flushed":
-                self._flushed.set()
+                self._answered(flush=message[1])
             elif kind == "error":
                 self._fail(MeterError(f"power sampling failed: {message[1]}"))
                 self._ready.set()
             elif kind == "report":
                 self.report = message[1]
                 self._reported.set()
-                self._flushed.set()
+                self._answered(finished=True)
+
+    def _answered(self, *, flush: int = 0, finished: bool = False) -> None:
+        with self._answers:
+            self._flushes_answered = max(self._flushes_answered, flush)
+            self._finished = self._finished or finished
+            self._answers.notify_all()
 
     def _fail(self, error: MeterError) -> None:
         if self.error is None:
@@ -209,12 +224,24 @@ class PowerSampler:
             return
         if self._control is None or self._reported.is_set():
             return
-        self._flushed.clear()
+        with self._answers:
+            self._flushes_sent += 1
+            number = self._flushes_sent
         try:
-            self._control.send("flush")
+            self._control.send(("flush", number))
         except (BrokenPipeError, OSError):
             return
-        self._flushed.wait(REPLY_TIMEOUT_S)
+        with self._answers:
+            answered = self._answers.wait_for(
+                lambda: self._flushes_answered >= number or self._finished, self.reply_timeout_s
+            )
+        if not answered:
+            # Reading on would hand out a record missing what was sampled lately, as if
+            # nothing had been: an error the caller sees instead.
+            raise MeterError(
+                f"the power sampler did not answer within {self.reply_timeout_s:g} s (stuck "
+                "inside NVML?): the samples so far cannot be read"
+            )
 
     def stop(self, timeout_s: float = REPLY_TIMEOUT_S) -> bool:
         """Stop sampling and collect the report. A process stuck inside NVML is killed after
@@ -306,10 +333,6 @@ class PowerSampler:
 
     def round_cpu_s(self) -> list[float]:
         return list(self._round_columns["cpu_s"])
-
-    @property
-    def failed_reads(self) -> int:
-        return self.report.failed_reads if self.report else 0
 
     @property
     def samples_bytes(self) -> int:

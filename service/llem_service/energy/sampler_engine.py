@@ -152,7 +152,10 @@ class SamplerEngine:
             self.processes.poll(now, self.wall())
         if self.spec.host_zones and (self._next_host is None or now >= self._next_host):
             self._next_host = now + self.spec.slow_poll_s
-            self.host_reads.append((now, read_zones(self.spec.host_zones)))
+            # Stamped right before the read, not at ``now``: listing the GPUs' processes took
+            # milliseconds, and a stale stamp could sort this read before a mark's earlier one.
+            read_at = self.clock()
+            self.host_reads.append((read_at, read_zones(self.spec.host_zones)))
 
     def flush(self) -> None:
         self.samples.flush()
@@ -213,9 +216,9 @@ def run_loop(
                 message = control.recv()
             except (EOFError, OSError):
                 return False  # the session's end of the pipe is gone: its process died
-            if message == "flush":
+            if isinstance(message, tuple) and message[0] == "flush":
                 engine.flush()
-                events.send(("flushed", engine.samples.rows_written))
+                events.send(("flushed", message[1], engine.samples.rows_written))
             elif message == "stop":
                 stopping = True
                 break
@@ -228,13 +231,22 @@ def run_loop(
     return True
 
 
+def open_engine(spec: SamplerSpec) -> tuple[Nvml, SamplerEngine]:
+    """NVML opened and the engine on ``spec``'s GPUs; NVML closed again when that fails."""
+    nvml = Nvml(spec.library()).open()
+    try:
+        devices = [nvml.device(uuid) for uuid in spec.device_uuids]
+        return nvml, SamplerEngine(devices, spec, time.perf_counter, time.time)
+    except BaseException:
+        nvml.close()
+        raise
+
+
 def process_main(spec: SamplerSpec, control: Connection, events: Connection, parent: int) -> None:
     """Entry point of the sampler's process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the service handles Ctrl-C
     try:
-        nvml = Nvml(spec.library()).open()
-        devices = [nvml.device(uuid) for uuid in spec.device_uuids]
-        engine = SamplerEngine(devices, spec, time.perf_counter, time.time)
+        nvml, engine = open_engine(spec)
     except Exception as exc:
         events.send(("error", f"could not start: {exc}", isinstance(exc, NvmlGpuLost)))
         return

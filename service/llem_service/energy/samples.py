@@ -6,8 +6,8 @@ arrays (``array.array``: 67 bytes a row, 66 in the session's `Timeline`), and wr
 file per column once ``flush_rows`` rows have gathered, or when the session asks for what it has
 (a baseline, the end of the run). The sampler's memory stays bounded however long the run: an
 hour at 10 ms on 8 GPUs is 2.9 million rows, about 190 MB on disk, and never more than
-``flush_rows`` rows in its memory. The session reads each column file straight into an array
-(no per-row Python work).
+``flush_rows`` rows in its memory. The session reads each column file straight into an array;
+only the power columns get a pass per row (`Timeline.extend_raw` keeps the fresh readings).
 
 A missing value (a field the GPU does not support, a failed read) is NaN in a float column and
 a sentinel in an integer column; the `Timeline`'s columns give it back as ``None``.

@@ -33,6 +33,16 @@ def device_warnings(
                 "instead, with a wider uncertainty.",
             )
         )
+    elif meta.has_energy_counter and w.source == "nvml_power_integral":
+        failed = [m.label for m in (start, end) if m.energy_mj.get(meta.uuid) is None]
+        out.append(
+            (
+                "energy_counter_read_failed",
+                f"The energy counter of {gpu} did not answer at {' and '.join(failed)} (every "
+                "try failed); the window's energy comes from integrated power samples instead, "
+                "with a wider uncertainty. If it recurs, check the driver (`nvidia-smi -q`).",
+            )
+        )
     elif not meta.has_energy_counter:
         why = meta.counter_absent_reason or "pre-Volta, or a vGPU"
         out.append(

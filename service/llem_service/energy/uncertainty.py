@@ -51,6 +51,9 @@ TERMS: dict[str, str] = {
     "counter_resolution": "The counter counts whole millijoules.",
     "power_integration": "Energy integrated from power samples (GPUs without a counter): "
     "steps between samples and the field's refresh and lag.",
+    "power_gaps": "Stretches with no power reading (failed reads, a power field given up) on "
+    "a GPU without a counter: counted at the middle of the GPU's range (lowest reading to "
+    "power limit), +/- half of it.",
     "sensor_gain": "The sensor's stated relative accuracy for its GPU generation.",
     "sensor_offset": "The sensor's stated absolute accuracy (watts) over the window's length.",
     "part_time_sensing": "A workload periodic near the counter period, on a GPU that senses "
@@ -58,6 +61,9 @@ TERMS: dict[str, str] = {
     "baseline_quantisation": "The idle window's own counter quantisation.",
     "baseline_drift": "Idle power still moving when measured (trend over the settling "
     "horizon), or drifting between the baselines before and after the window.",
+    "baseline_reuse": "A baseline reused from an earlier experiment: idle power moves with "
+    "temperature (up to 2% per degree C assumed) and the GPU's temperature now differs from "
+    "then.",
     "prefill_passes": "Prefill-only passes that differ from prefill inside the window: the "
     "difference in time x the passes' power.",
     "between_batches_power": "Power during the gaps between batches, bounded by the samples.",
@@ -65,6 +71,10 @@ TERMS: dict[str, str] = {
     "period and lag at every span edge.",
     "batch_split": "Each batch's share of the decode energy, from the sampled power over it.",
     "step_power": "Per-request split assumes constant power over a batch's decoding steps.",
+    "rapl_edge": "Host energy: a RAPL counter read at a window's edge misses up to one 1-ms "
+    "update of the zone's power (and resolves 1 uJ).",
+    "rapl_model": "Host energy: RAPL is the CPU's own model of its energy, assumed within 5% "
+    "of the truth; one bound for every zone (their errors move together).",
 }
 
 
@@ -74,10 +84,6 @@ class Estimate:
 
     value: float
     terms: Mapping[Source, float] = field(default_factory=dict)
-
-    @classmethod
-    def exact(cls, value: float) -> Estimate:
-        return cls(value)
 
     @classmethod
     def bounded(cls, value: float, source: Source, bound: float) -> Estimate:

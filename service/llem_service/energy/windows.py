@@ -15,7 +15,11 @@ each GPU's counter; its error sources:
   period, work periodic near the period aliases; see `part_time_bound`.
 
 Without a counter (or after it reset) the window is integrated from power samples, with
-``power_integration`` for the readings' refresh, lag and the steps between them.
+``power_integration`` for the readings' refresh, lag and the steps between them, and
+``power_gaps`` for stretches with no reading at all (failed reads, a power field given up):
+there the GPU drew anything between its lowest reading and its power limit, so such a stretch
+counts the middle of that range, +/- half of it. A field the sampler switched to the 1-s
+average during the session lags as that field does, for the whole session.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from llem_service.energy.base import CounterMark, DeviceMeta, MeterRecord
+from llem_service.energy.field_readers import PowerField
 from llem_service.energy.figures import Window
 from llem_service.energy.integrate import PowerCurve, summed_curve, summed_readings
 from llem_service.energy.sensors import SensorSpec
@@ -48,11 +53,43 @@ FIELD_REFRESH_S = 0.1
 WORST_SENSED_FRACTION = 0.25
 #: One counter read's resolution, joules.
 READ_RESOLUTION_J = 0.001
+#: Readings further apart than this many refresh periods (or sampling intervals, whichever is
+#: longer), plus one interval, leave a gap: the power between them was not read.
+GAP_PERIODS = 2.0
+#: Bound of a GPU's power where NVML did not say its limit (no GPU it meters today is rated
+#: above about 1.2 kW).
+UNKNOWN_LIMIT_W = 1500.0
 
 
-def field_delay_s(meta: DeviceMeta) -> float:
-    """How far behind the truth this GPU's power samples run, at most."""
-    return AVERAGE_FIELD_DELAY_S if meta.power_field == "average" else INSTANT_FIELD_DELAY_S
+def field_delay_s(field: PowerField | None) -> float:
+    """How far behind the truth samples of this power field run, at most."""
+    return AVERAGE_FIELD_DELAY_S if field == "average" else INSTANT_FIELD_DELAY_S
+
+
+def session_power_field(record: MeterRecord, meta: DeviceMeta) -> PowerField | None:
+    """The slowest power field the GPU was read through in the session: the probed one, or
+    the 1-s average where the sampler switched to it (its readings lag by a second from
+    then on). Known once the session closed (the sampler reports its changes then)."""
+    report = record.acquisition.sampler if record.acquisition else None
+    for device in report.devices if report else ():
+        if device.device_uuid == meta.uuid and (
+            device.power.field_at_end == "average"
+            or any(c.field == "power" and c.after == "average" for c in device.changes)
+        ):
+            return "average"
+    return meta.power_field
+
+
+def counter_read_bound_j(power_w: float, period_s: float) -> float:
+    """What one counter read can miss: it lags the truth by up to one update period, at up to
+    ``power_w`` (one-sided, so its full width is the rectangular bound)."""
+    return power_w * period_s
+
+
+def counter_window_std_j(power_w: float, period_s: float) -> float:
+    """Standard uncertainty of a counter window from its two reads' quantisation alone (each
+    rectangular, `counter_read_bound_j` wide), at a steady ``power_w``."""
+    return math.sqrt(2.0) * counter_read_bound_j(power_w, period_s) / math.sqrt(3.0)
 
 
 def part_time_bound(
@@ -78,7 +115,9 @@ def part_time_bound(
 
     Work slower than the counter (whole batches): the readings see it, and only its changes
     fall partly outside a sensed window, each off by up to (1 - f) x ``visible_swing_w`` x
-    period, independently: two changes per period, summed in quadrature.
+    period, independently: two changes per period, summed in quadrature. Returned as the
+    half-width of the rectangle with that sum's standard deviation (the caller takes it as a
+    rectangular bound, as every bound here), not as a two-sigma bound expanded again.
     """
     if not sensor.part_time or period_s is None or period_s <= 0 or window_s <= 0:
         return 0.0
@@ -86,8 +125,9 @@ def part_time_bound(
     if period_s >= counter_period_s:
         changes = 2 * max(1.0, window_s / period_s)
         swing = swing_w if visible_swing_w is None else visible_swing_w
-        # rectangular per change: sum of n has std sqrt(n) x b / sqrt(3); as a bound, 2 sigma
-        return 2 * math.sqrt(changes / 3) * (1.0 - fraction) * max(swing, 0.0) * counter_period_s
+        # rectangular per change: a sum of n has std sqrt(n) x b / sqrt(3), which a rectangle
+        # of half-width sqrt(n) x b has too
+        return math.sqrt(changes) * (1.0 - fraction) * max(swing, 0.0) * counter_period_s
     coherent = min(coherence_s(period_s, jitter_s, counter_period_s), window_s)
     return (1.0 - fraction) * max(swing_w, 0.0) * coherent
 
@@ -152,14 +192,39 @@ class EnergyAccount:
             timeline.power_w,
             [m.uuid for m in self.metas],
             FIELD_REFRESH_S,
+            hold_s=max(max(m.power_refresh_s or 0.0, FIELD_REFRESH_S) for m in self.metas)
+            + record.sample_interval_s,
         )
+        #: Each GPU's slowest power field over the session.
+        self.fields = {m.uuid: session_power_field(record, m) for m in self.metas}
         #: How far behind the truth the readings run, at most (the slowest GPU's field).
-        self.delay_s = max(field_delay_s(m) for m in self.metas)
+        self.delay_s = max(field_delay_s(f) for f in self.fields.values())
         #: The lowest reading of the whole session (idle included): power never goes below.
         self.floor_w = self.summed.low_w(-math.inf, math.inf) if self.summed else None
+        #: The same, each GPU's own.
+        self.floors = {
+            u: c.low_w(-math.inf, math.inf) if c else None for u, c in self.curves.items()
+        }
 
     def period_s(self, meta: DeviceMeta) -> float:
         return meta.counter_update_period_s or DEFAULT_COUNTER_PERIOD_S
+
+    def delay_of(self, meta: DeviceMeta) -> float:
+        """How far behind the truth this GPU's readings ran, at most, over the session."""
+        return field_delay_s(self.fields[meta.uuid])
+
+    def max_gap_s(self, meta: DeviceMeta) -> float:
+        """Longest stretch between two readings of this GPU that is not a gap."""
+        # Never below NVML's usual refresh: the integration bound is made for readings that
+        # far apart, whatever the probe saw.
+        refresh = max(meta.power_refresh_s or 0.0, FIELD_REFRESH_S)
+        interval = self.record.sample_interval_s
+        return GAP_PERIODS * max(refresh, interval) + interval
+
+    @staticmethod
+    def top_w(meta: DeviceMeta) -> float:
+        """The most this GPU can draw: its power limit."""
+        return meta.power_limit_w or UNKNOWN_LIMIT_W
 
     # -- one GPU ------------------------------------------------------------------------------
 
@@ -174,7 +239,25 @@ class EnergyAccount:
             return Window((end - start) / 1e3, "nvml_energy_counter", integrated, peak, False)
         if integrated is None:
             raise ValueError(f"GPU {meta.uuid} has neither an energy counter nor power samples")
-        return Window(integrated, "nvml_power_integral", integrated, peak, reset)
+        bridged, gap_bound = self._bridge_gaps(meta, a.t_s, b.t_s, integrated)
+        return Window(bridged, "nvml_power_integral", integrated, peak, reset, gap_bound)
+
+    def _bridge_gaps(
+        self, meta: DeviceMeta, t0: float, t1: float, integrated: float
+    ) -> tuple[float, float]:
+        """The integral with each gap in the readings (`PowerCurve.uncovered`) counted at the
+        middle of what the GPU can have drawn there, from its lowest reading of the session
+        to its power limit; and how far that may be off (half the range x the gaps' length).
+        """
+        curve = self.curves[meta.uuid]
+        gaps = curve.uncovered(t0, t1, self.max_gap_s(meta))
+        if not gaps:
+            return integrated, 0.0
+        low = self.floors[meta.uuid] or 0.0
+        top = max(self.top_w(meta), low)
+        length = sum(b - a for a, b in gaps)
+        drawn = integrated - sum(curve.energy_j(a, b) for a, b in gaps)
+        return drawn + length * (low + top) / 2, length * (top - low) / 2
 
     def estimate(
         self,
@@ -195,14 +278,22 @@ class EnergyAccount:
             for mark, sign in ((a, -1.0), (b, 1.0)):
                 read = Source("counter_quantisation", "random", f"{uuid}@{mark.label}")
                 top = max(self._edge_power(meta, mark.t_s, period), mean)
-                # One-sided (a read only ever lags), so its full width is the bound.
-                est = est + Estimate.bounded(0.0, read, top * period) * sign
+                # A read tried again after a transient error came that much after the mark:
+                # it may hold energy from after it, as a lagging read misses some before.
+                late = mark.read_delay_s.get(uuid, 0.0)
+                bound = counter_read_bound_j(top, period + late)
+                est = est + Estimate.bounded(0.0, read, bound) * sign
                 resolution = Source("counter_resolution", "random", f"{uuid}@{mark.label}")
                 est = est + Estimate.bounded(0.0, resolution, READ_RESOLUTION_J) * sign
         else:
-            est = Estimate(w.energy_j).with_bound(
-                Source("power_integration", "random", f"{uuid}@{a.label}..{b.label}"),
-                self._integration_bound(meta, a.t_s, b.t_s, w.energy_j),
+            scope = f"{uuid}@{a.label}..{b.label}"
+            est = (
+                Estimate(w.energy_j)
+                .with_bound(
+                    Source("power_integration", "random", scope),
+                    self.integration_bound_j(meta, a.t_s, b.t_s, w.energy_j),
+                )
+                .with_bound(Source("power_gaps", "systematic", scope), w.gap_bound_j)
             )
         est = self._with_sensor(est, meta, sensor, span, w.energy_j)
         if periodicity is not None:
@@ -248,22 +339,21 @@ class EnergyAccount:
         the GPU's power limit bounds it."""
         curve = self.curves[meta.uuid]
         if not curve:
-            return meta.power_limit_w or 0.0
-        delay = field_delay_s(meta)
+            return self.top_w(meta)
+        delay = self.delay_of(meta)
         margin = self.record.sample_interval_s
-        if curve.t[-1] < t + delay and meta.power_limit_w:
-            return meta.power_limit_w
-        found = [curve.power_at(t)]
-        peak = curve.peak_w(t - period - margin, t + delay + margin)
-        if peak is not None:
-            found.append(peak)
-        return max(found)
+        if curve.t[-1] < t + delay:
+            return self.top_w(meta)
+        t0, t1 = t - period - margin, t + delay + margin
+        if not curve.read_between(t0, t1):  # a gap around the read: nothing says what it was
+            return self.top_w(meta)
+        return max(curve.power_at(t), curve.peak_w(t0, t1) or 0.0)
 
-    def _integration_bound(self, meta: DeviceMeta, t0: float, t1: float, energy: float) -> float:
+    def integration_bound_j(self, meta: DeviceMeta, t0: float, t1: float, energy: float) -> float:
         """Integrated samples misplace each power step by up to the sampling interval plus the
         field's delay: (top power + the readings' total variation) x that time."""
         curve = self.curves[meta.uuid]
-        delay = field_delay_s(meta) + self.record.sample_interval_s
+        delay = self.delay_of(meta) + self.record.sample_interval_s
         span = t1 - t0
         top = max(
             energy / span if span > 0 else 0.0,
@@ -278,9 +368,7 @@ class EnergyAccount:
         power limit (the readings themselves cannot show a swing the sensor aliases away)."""
         curve = self.curves[meta.uuid]
         low = curve.low_w(t0, t1) if curve else None
-        peak = curve.peak_w(t0, t1) if curve else None
-        top = meta.power_limit_w if meta.power_limit_w else (2 * peak if peak else 0.0)
-        return max(0.0, top - (low or 0.0))
+        return max(0.0, self.top_w(meta) - (low or 0.0))
 
     # -- all GPUs -----------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from llem_client import EnergyConfig
 
 from llem_service.energy.base import (
+    CounterMark,
     DeviceMeta,
     DeviceState,
     EnergyMeter,
@@ -82,6 +83,9 @@ class ForwardingSession:
 
     def snapshot(self) -> MeterRecord:
         return self.inner.snapshot()
+
+    def counter_marks(self) -> tuple[CounterMark, ...]:
+        return self.inner.counter_marks()
 
     def device_state(self) -> dict[str, DeviceState]:
         return self.inner.device_state()

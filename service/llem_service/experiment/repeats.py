@@ -3,8 +3,12 @@
 ``repeats: N`` runs exactly N. ``repeats: {min, max, target_ci_rel}`` runs at least ``min``
 and at most ``max``, stopping as soon as the 95% confidence interval (Student's t) of the
 mean J/token is narrower than ``target_ci_rel`` of the mean, on either side. The J/token of
-each repeat comes from the energy counters read at its edges (adjusted by the idle baseline
-when there is one); without a meter the statistic is tokens/s.
+each repeat comes from the energy counters of the GPUs that count, read at its edges (adjusted
+by the idle baseline when every one has one); without a meter, or where a GPU that counts has
+no counter, the statistic is tokens/s. The figure (`StopFigure`) is chosen once, before the
+first repeat, and never changes unit: a repeat whose counter read failed or reset is left out
+of the interval. It is computed from the marks the session already holds (no sampler round
+trip, so the measured window holds no more than the marks), and only for the object form.
 
 Repeats that agree better than the counter can resolve (identical quantised readings) do not
 prove a narrow interval: the spread used is never below each repeat's own quantisation error.
@@ -21,9 +25,10 @@ from typing import Literal
 from llem_client import RepeatResult, RepeatsConfig, RepeatSummary
 
 from llem_service.backends.base import WorkloadReport
-from llem_service.energy.base import MeterRecord
+from llem_service.energy.base import CounterMark, DeviceMeta
 from llem_service.energy.baseline import BaselineSet
 from llem_service.energy.report import RepeatEnergy
+from llem_service.energy.windows import DEFAULT_COUNTER_PERIOD_S, counter_window_std_j
 from llem_service.experiment.summary import sample_stats, t_quantile_975
 
 Statistic = Literal[
@@ -63,12 +68,23 @@ class RepeatPolicy:
     def max(self) -> int:
         return self.repeats if isinstance(self.repeats, int) else self.repeats.max
 
+    @property
+    def adaptive(self) -> bool:
+        """Whether the repeats stop on a statistic (the object form)."""
+        return not isinstance(self.repeats, int)
+
     def decide(
-        self, statistic: Statistic, values: Sequence[float], floor_std: float = 0.0
+        self,
+        statistic: Statistic | None,
+        values: Sequence[float],
+        floor_std: float = 0.0,
+        *,
+        done: int | None = None,
     ) -> RepeatStop | None:
         """None to run another repeat; otherwise why to stop. ``values``: the statistic of
-        every repeat so far; ``floor_std``: one value's own measurement error."""
-        n = len(values)
+        every repeat so far that has one; ``floor_std``: one value's own measurement error;
+        ``done``: how many repeats ran (``len(values)`` when not given)."""
+        n = len(values) if done is None else done
         if isinstance(self.repeats, int):
             return RepeatStop("fixed") if n >= self.repeats else None
         achieved = ci_rel(values, floor_std)
@@ -91,36 +107,62 @@ class RepeatPolicy:
         )
 
 
-def repeat_statistic(
-    record: MeterRecord | None, workload: WorkloadReport, repeat: int, baselines: BaselineSet
-) -> tuple[Statistic, float, float]:
-    """The figure repeats are stopped on, and its own quantisation error (standard): J/token
-    from the counters at the repeat's edges (adjusted when every GPU has a baseline), else
-    tokens/s (exact). ``record``: what the meter recorded so far, None without one."""
-    tokens = workload.output_tokens
-    if record is None or tokens == 0:
-        return "tokens_per_second", _ratio(tokens, workload.duration_s), 0.0
-    a = record.mark("warmup_end" if repeat == 0 else f"repeat_{repeat - 1}_end")
-    b = record.mark(f"repeat_{repeat}_end")
-    span = b.t_s - a.t_s
-    energy = 0.0
-    variance = 0.0
-    periods = {m.uuid: m.counter_update_period_s or 0.1 for m in record.devices}
-    for uuid, end in b.energy_mj.items():
-        start = a.energy_mj.get(uuid)
-        if start is None or end is None or end < start:
-            return "tokens_per_second", _ratio(tokens, workload.duration_s), 0.0
-        joules = (end - start) / 1e3
-        energy += joules
-        # two reads, each lagging up to one period at this power (rectangular)
-        power = joules / span if span > 0 else 0.0
-        variance += 2 * (power * periods.get(uuid, 0.1)) ** 2 / 3
-    floor = math.sqrt(variance) / tokens
-    idle = [baselines.of(u) for u in b.energy_mj]
-    if baselines.baselines and all(i is not None for i in idle):
-        energy -= sum(i.power_w for i in idle if i is not None) * span
-        return "adjusted_energy_per_output_token_j", energy / tokens, floor
-    return "energy_per_output_token_j", energy / tokens, floor
+@dataclass(frozen=True)
+class StopFigure:
+    """The figure adaptive repeats stop on, chosen before the first repeat.
+
+    Attributes:
+        statistic: Which figure.
+        devices: The GPUs that count (J/token only), each with a counter.
+        idle_w: Their summed idle baseline (adjusted J/token only), watts.
+    """
+
+    statistic: Statistic
+    devices: tuple[DeviceMeta, ...] = ()
+    idle_w: float = 0.0
+
+    @classmethod
+    def choose(
+        cls, metas: Sequence[DeviceMeta], used: Sequence[str], baselines: BaselineSet
+    ) -> StopFigure:
+        """J/token over the counters of the GPUs in ``used``, adjusted when each has a
+        baseline; tokens/s where one has no counter (or nothing is metered)."""
+        counted = tuple(m for m in metas if m.uuid in set(used))
+        if not counted or not all(m.has_energy_counter for m in counted):
+            return cls("tokens_per_second")
+        idle = [baselines.of(m.uuid) for m in counted]
+        if all(i is not None for i in idle):
+            watts = sum(i.power_w for i in idle if i is not None)
+            return cls("adjusted_energy_per_output_token_j", counted, watts)
+        return cls("energy_per_output_token_j", counted)
+
+    def value(
+        self, marks: Sequence[CounterMark], workload: WorkloadReport, repeat: int
+    ) -> tuple[float, float] | None:
+        """Repeat ``repeat``'s value and its own quantisation error (standard); None where it
+        has none (no output token; a counter that failed or reset at its edges)."""
+        tokens = workload.output_tokens
+        if self.statistic == "tokens_per_second":
+            return _ratio(tokens, workload.duration_s), 0.0
+        by_label = {m.label: m for m in marks}
+        a = by_label.get("warmup_end" if repeat == 0 else f"repeat_{repeat - 1}_end")
+        b = by_label.get(f"repeat_{repeat}_end")
+        if tokens == 0 or a is None or b is None:
+            return None
+        span = b.t_s - a.t_s
+        energy = 0.0
+        variance = 0.0
+        for meta in self.devices:
+            start, end = a.energy_mj.get(meta.uuid), b.energy_mj.get(meta.uuid)
+            if start is None or end is None or end < start:
+                return None
+            joules = (end - start) / 1e3
+            energy += joules
+            period = meta.counter_update_period_s or DEFAULT_COUNTER_PERIOD_S
+            power = joules / span if span > 0 else 0.0
+            variance += counter_window_std_j(power, period) ** 2
+        energy -= self.idle_w * span
+        return energy / tokens, math.sqrt(variance) / tokens
 
 
 def summarise(

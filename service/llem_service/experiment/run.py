@@ -60,11 +60,15 @@ from llem_service.energy.report import (
     unavailable_warning,
 )
 from llem_service.energy.timeseries import Columns, timeline_table
-from llem_service.energy.windows import READINGS_TAIL_S, passes_window_s
+from llem_service.energy.windows import (
+    DEFAULT_COUNTER_PERIOD_S,
+    READINGS_TAIL_S,
+    passes_window_s,
+)
 from llem_service.experiment.repeats import (
     RepeatPolicy,
     RepeatStop,
-    repeat_statistic,
+    StopFigure,
     summarise,
 )
 from llem_service.experiment.summary import latency_stats
@@ -96,6 +100,7 @@ class _Run:
     prefill: PrefillRun | None = None
     record: MeterRecord | None = None
     unmetered: str | None = None
+    model_reused: bool = False
     warnings: list[Warning] = field(default_factory=list)
 
 
@@ -128,7 +133,7 @@ def run_experiment(
     """
     started_at = datetime.now(timezone.utc)
     probe = meter.probe()
-    run = _Run()
+    run = _Run(model_reused=reused_from is not None)
     session: MeterSession | None = None
     completed = False
 
@@ -154,7 +159,7 @@ def run_experiment(
         report(JobProgress(phase="warmup"))
         run.warm = backend.warmup(config)
         mark("warmup_end")
-        _measure(config, backend, session, run, report, mark)
+        _measure(config, backend, session, run, report, mark, uuids)
         if session is not None and config.energy.phase_split == "counter":
             report(JobProgress(phase="prefill"))
             run.prefill = _prefill_passes(config, backend, session, mark)
@@ -188,25 +193,37 @@ def _measure(
     run: _Run,
     report: ProgressSink,
     mark: Callable[[str], None],
+    prepared: Sequence[str],
 ) -> None:
-    """The measured window: repeats until the policy says stop."""
+    """The measured window: repeats until the policy says stop. ``prepared``: the GPUs the
+    backend was prepared on."""
     policy = RepeatPolicy(config.repeats)
     total = config.n_prompts * policy.max
     report(JobProgress(phase="measuring", completed=0, total=total, unit="requests"))
+    # Fixed before the first repeat: the statistic, and the GPUs that count (as the energy
+    # section will count them).
+    figure: StopFigure | None = None
+    if policy.adaptive:
+        metas = session.metas if session is not None else ()
+        loaded = run.loaded.device_uuids if run.loaded is not None else ()
+        used, _ = counted_devices(metas, loaded, prepared, explicit=bool(config.energy.devices))
+        figure = StopFigure.choose(metas, used, run.baselines)
     values: list[float] = []
-    floors: list[float] = []
+    floors: list[float] = [0.0]
     while True:
         repeat = len(run.workloads)
         progress = _MeasuringProgress(report, repeat * config.n_prompts, total)
         run.workloads.append(backend.run(config, progress))
         mark(f"repeat_{repeat}_end")
-        record = session.snapshot() if session is not None else None
-        statistic, value, floor = repeat_statistic(
-            record, run.workloads[repeat], repeat, run.baselines
+        if figure is not None:
+            marks = session.counter_marks() if session is not None else ()
+            measured = figure.value(marks, run.workloads[repeat], repeat)
+            if measured is not None:
+                values.append(measured[0])
+                floors.append(measured[1])
+        run.stop = policy.decide(
+            figure.statistic if figure else None, values, max(floors), done=repeat + 1
         )
-        values.append(value)
-        floors.append(floor)
-        run.stop = policy.decide(statistic, values, max(floors))
         if run.stop is not None:
             break
     warning = policy.warning(run.stop)
@@ -227,7 +244,7 @@ def _prefill_passes(
     if not periods:
         return None  # no counter: the passes could only be measured as the timeline is
     plan = config.energy
-    target_s = plan.prefill_counter_periods * max(p or 0.1 for p in periods)
+    target_s = plan.prefill_counter_periods * max(p or DEFAULT_COUNTER_PERIOD_S for p in periods)
     mark("prefill_start")
     latencies: list[tuple[float, ...]] = []
     elapsed = 0.0
@@ -267,7 +284,7 @@ class _MeasuringProgress:
         )
 
 
-def _work(workloads: Sequence[WorkloadReport]) -> Work:
+def _work(workloads: Sequence[WorkloadReport], *, model_reused: bool) -> Work:
     """The measured window batch by batch, for the energy figures."""
     batches = []
     for repeat, w in enumerate(workloads):
@@ -286,7 +303,7 @@ def _work(workloads: Sequence[WorkloadReport]) -> Work:
                 )
             )
             offset += size
-    return Work(batches=tuple(batches), repeats=len(workloads))
+    return Work(batches=tuple(batches), repeats=len(workloads), model_reused=model_reused)
 
 
 def _even_sizes(n_requests: int, n_batches: int) -> tuple[int, ...]:
@@ -332,9 +349,9 @@ def _assemble(
     section = EnergySection(None)
     timeseries = None
     if record is not None:
-        work = _work(workloads)
+        work = _work(workloads, model_reused=run.model_reused)
         used, device_warnings = counted_devices(
-            record, loaded.device_uuids, uuids, explicit=bool(config.energy.devices)
+            record.devices, loaded.device_uuids, uuids, explicit=bool(config.energy.devices)
         )
         section = build_energy(
             record,

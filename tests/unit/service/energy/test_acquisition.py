@@ -3,15 +3,17 @@ detection limited in a container, throttling by cause, changed fields, a slow sa
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pynvml
 import pytest
-from llem_client import EnergyResult
+from llem_client import EnergyConfig, EnergyResult
 from llem_service.energy.figures import Span
+from llem_service.energy.meter import NvmlEnergyMeter
 
 from tests.energy_sections import energy_section
-from tests.fake_nvml import FakeGpu, PowerProfile, ScriptedSession
+from tests.fake_nvml import FakeGpu, FakeNvml, PowerProfile, ScriptedSession
 
 BUSY = PowerProfile(((100.0, 300.0),))
 
@@ -189,3 +191,27 @@ def test_a_sampler_much_slower_than_asked_warns() -> None:
     _, found = energy_section(scripted.close(), [FakeGpu().uuid], span)
 
     assert "median interval of 50.0 ms" in found["sampler_slow"]
+
+
+def test_readings_whose_nvml_timestamp_cannot_be_trusted_are_counted_in_the_result() -> None:
+    # NVML's clock runs a minute ahead of ours (a wall clock that jumped): every timestamp is
+    # in the future, so the readings are placed when read, and the result says how many.
+    gpu = FakeGpu(profile=PowerProfile(((100.0, 250.0),)), instant_refresh_s=0.1)
+    library = FakeNvml(gpus=(gpu,), wall=lambda: time.time() + 60.0)
+    session = NvmlEnergyMeter(library=library, sampler="thread", powercap_root=None).open(
+        [gpu.uuid], EnergyConfig(sample_interval_ms=10)
+    )
+    session.start()
+    for label in ("load_start", "load_end", "warmup_end"):
+        session.mark(label)
+    start = time.perf_counter()
+    time.sleep(0.3)
+    session.mark("repeat_0_end")
+    record = session.close()
+
+    energy, _ = energy_section(record, [gpu.uuid], Span(start, start + 0.1, time.perf_counter()))
+
+    assert energy.acquisition is not None
+    (power,) = energy.acquisition.power
+    assert power.untrusted_timestamps > 0
+    assert power.untrusted_timestamps <= power.readings

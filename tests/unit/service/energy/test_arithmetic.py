@@ -16,9 +16,10 @@ from llem_client import EnergyConfig
 from llem_service.energy.baseline import BaselineSet
 from llem_service.energy.figures import Batch, Span, Work
 from llem_service.energy.integrate import PowerCurve
+from llem_service.energy.phases import decode_by_batch
 from llem_service.energy.report import build_energy
 from llem_service.energy.sensors import SensorTable
-from llem_service.energy.uncertainty import COVERAGE_FACTOR, Estimate
+from llem_service.energy.uncertainty import COVERAGE_FACTOR, Estimate, Source
 from llem_service.energy.windows import EnergyAccount, Periodicity, part_time_bound
 
 from tests.fake_nvml import FakeGpu, PowerProfile, ScriptedSession, realistic_sensor
@@ -217,3 +218,73 @@ def test_periodicity_of_the_window_feeds_the_part_time_term() -> None:
     assert ("part_time_sensing", "systematic") not in plain.by_term()
     assert aliased.by_term()[("part_time_sensing", "systematic")] > 0
     assert aliased.value == plain.value
+
+
+def test_two_gpus_refreshing_at_their_own_phases_still_give_summed_readings() -> None:
+    # Each field refreshes every 100 ms, read every 50 ms, half a period apart: in every round
+    # one of the two holds a value it already gave. Each one's latest reading stands for it.
+    def busy(base_w: float) -> PowerProfile:
+        return PowerProfile(tuple((0.1 * (k + 1), base_w + k % 7) for k in range(200)))
+
+    gpus = [
+        FakeGpu(uuid="GPU-a", profile=busy(300.0), instant_refresh_s=0.1, instant_phase_s=0.0),
+        FakeGpu(uuid="GPU-b", profile=busy(200.0), instant_refresh_s=0.1, instant_phase_s=0.05),
+    ]
+    scripted = ScriptedSession(gpus, interval_ms=50, sensors=EXACT)
+    scripted.run_until(1.0)
+    scripted.mark("a")
+    scripted.run_until(11.0)
+    scripted.mark("b")
+    scripted.run_for(0.3)
+    record = scripted.close()
+    t0, t1 = record.mark("a").t_s, record.mark("b").t_s
+
+    stats = EnergyAccount(record, ["GPU-a", "GPU-b"]).readings.stats(t0, t1)
+
+    assert stats is not None  # was: no round with both fresh, so no readings at all
+    mean, error = stats
+    assert mean == pytest.approx(300.0 + 200.0 + 2 * 3.0, abs=1.0)
+    assert error < 1.0
+
+
+def test_part_time_aliasing_of_slow_work_is_one_standard_deviation_as_a_rectangle() -> None:
+    # Work slower than the counter: 2 changes per period, each off by up to
+    # b = (1 - f) x swing x counter period, independently. Their sum's standard deviation is
+    # sqrt(n / 3) x b; taken as a rectangular bound a, a / sqrt(3) must be that (not 2 sigma).
+    sensor = SensorTable().lookup("H100")  # senses 25% of each period
+    b = 0.75 * 400.0 * 0.1
+    n = 2 * 20.0 / 1.0
+
+    bound = part_time_bound(
+        period_s=1.0, jitter_s=0.0, window_s=20.0, counter_period_s=0.1, swing_w=400.0,
+        sensor=sensor,
+    )  # fmt: skip
+
+    assert Estimate.bounded(0.0, Source("part_time_sensing", "systematic"), bound).std() == (
+        pytest.approx((n / 3) ** 0.5 * b)
+    )
+
+
+def test_a_batch_shared_by_time_is_bounded_by_its_time_times_the_whole_power_range() -> None:
+    # Five decode spans of 0.1 s, too short for readings past the field's delay: shared by
+    # time. The first draws 100 W, the others 500 W: its share (the mean, 420 W) is 320 W
+    # over it, most of the range, not half of it.
+    profile = PowerProfile(((1.0, 300.0), (0.1, 100.0), (0.4, 500.0), (10.0, 300.0)))  # (s, W)
+    gpu = FakeGpu(profile=profile)
+    scripted = ScriptedSession([gpu], sensors=EXACT)
+    scripted.run_until(1.0)
+    scripted.mark("a")
+    scripted.run_until(1.5)
+    scripted.mark("b")
+    scripted.run_for(0.3)
+    record = scripted.close()
+    t0 = scripted.t0
+    spans = [Span(t0 + 1.0 + 0.1 * i, t0 + 1.0 + 0.1 * i, t0 + 1.1 + 0.1 * i) for i in range(5)]
+    work = Work(tuple(Batch(span, (8,), (16,)) for span in spans))
+    account = EnergyAccount(record, [gpu.uuid])
+    decode = Estimate(profile.energy_j(1.0, 1.5))  # the total, exact: only the split is left
+
+    first, *_ = decode_by_batch(account, work, decode)
+
+    truth = profile.energy_j(1.0, 1.1)
+    assert abs(first.value - truth) <= first.expanded()

@@ -17,6 +17,7 @@ from llem_service.energy.baseline import (
     take_after,
     take_baselines,
 )
+from llem_service.energy.sensors import SensorTable
 
 from tests.fake_nvml import FakeGpu, LiveProfile, PowerProfile, ScriptedSession
 
@@ -134,6 +135,24 @@ def test_a_kept_baseline_is_reused_while_it_holds_and_measured_again_when_the_gp
     assert "not reused: the GPU is 9 °C warmer" in fresh.method
 
 
+def test_a_reused_baseline_counts_how_far_idle_power_may_have_moved_with_temperature() -> None:
+    # Taken at 40 °C; the GPU is at 44 °C now, within the reuse rule's 5 °C, but its idle
+    # power is not the same: up to 2% of it per °C.
+    exact = SensorTable.with_overrides({"Fake H100": {"gain_rel": 0.0, "offset_w": 0.0}})
+    gpu = FakeGpu(profile=PowerProfile(((1000.0, 62.0),)), temperature_c=(44, 0.0))
+    kept = dataclasses.replace(KEPT, device_uuid=gpu.uuid)
+    scripted = ScriptedSession([gpu], interval_ms=50, sensors=exact)
+
+    chosen = take_baselines(scripted.session, PLAN, (kept,), now=NOW)
+
+    assert chosen.reused == {gpu.uuid}
+    (reused,) = chosen.baselines
+    assert reused.reuse_bound_w == pytest.approx(0.02 * 4 * 60.0)
+    estimate = power_estimate(reused, None, scripted.session.metas[0])
+    assert "baseline_reuse" in {name for name, _ in estimate.by_term()}
+    assert abs(estimate.value - 62.0) <= estimate.expanded()  # idle now, 3% above then
+
+
 def test_idle_again_after_the_window_gives_the_drift_and_widens_the_baseline() -> None:
     scripted = session(FakeGpu(profile=PowerProfile(((30.0, 60.0), (1000.0, 66.0)))))
     plan = BaselineConfig(duration_s=2.0, settle_max_s=0, when="before_and_after")
@@ -150,6 +169,27 @@ def test_idle_again_after_the_window_gives_the_drift_and_widens_the_baseline() -
     assert with_drift.value == alone.value
     assert with_drift.expanded("systematic") > alone.expanded("systematic")
     assert with_drift.expanded() >= 6.0  # the drift is inside the stated uncertainty
+
+
+def test_idle_after_a_loaded_window_without_a_counter_is_bounded_by_its_own_readings() -> None:
+    # No counter: idle is integrated from the readings of the idle window alone. The full-load
+    # peak before it (500 W) and a 0 W reading inside it have no say in its uncertainty.
+    gpu = FakeGpu(
+        profile=PowerProfile(((10.0, 500.0), (1000.0, 80.0))),
+        unsupported=frozenset({"energy"}),
+        zero_readings=(("power_instant", 0.05),),
+    )
+    scripted = session(gpu)
+    scripted.advance(12.0)
+    plan = BaselineConfig(duration_s=4.0, settle_max_s=0)
+
+    (after,) = take_after(scripted.session, plan, now=NOW)
+    estimate = power_estimate(after, None, scripted.session.metas[0])
+
+    assert "integrated power samples" in after.method
+    assert after.power_w == pytest.approx(80.0, rel=0.02)
+    assert estimate.expanded("random") < 5.0  # was +/- hundreds of watts
+    assert abs(estimate.value - 80.0) <= estimate.expanded()
 
 
 def test_the_cache_keeps_only_clean_settled_measured_baselines() -> None:

@@ -42,6 +42,8 @@ REQUIRED: dict[str, set[str]] = {
     "periodic_at_sensor_period": {"baseline_power_w", "phase.load"},
     "periodic_near_sensor_period": WINDOW - {"phase.prefill"},
     "multi_gpu": WINDOW | REQUESTS,
+    "flaky_counter": WINDOW | REQUESTS,
+    "no_counter_failed_reads": (WINDOW - {"phase.prefill"}) | REQUESTS,
 }
 #: Figures a scenario cannot support: null (with a warning) in every run.
 UNBOUNDED: dict[str, set[str]] = {

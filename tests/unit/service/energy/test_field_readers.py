@@ -56,6 +56,31 @@ def test_the_probe_measures_the_instant_fields_refresh_and_the_age_of_its_readin
     assert probe.instant_lag_s == pytest.approx(0.05, abs=0.01)
 
 
+def test_a_slow_counters_period_is_measured_never_understated() -> None:
+    # Updates every 0.5 s, the first 50 ms in: two changes in the first 0.6 s, which the old
+    # probe took for a 0.3 s period (0.6 s / 2), understating every quantisation bound.
+    gpu = FakeGpu(profile=STEADY, counter_period_s=0.5, counter_phase_s=0.05)
+    clock, device = opened(gpu)
+
+    (probe,) = probe_sensors([device], [True], clock, clock.wall, clock.advance)
+
+    assert probe.counter_period_s == pytest.approx(0.5, abs=0.003)
+
+
+def test_a_counter_that_hardly_moves_has_no_period_and_is_not_used() -> None:
+    gpu = FakeGpu(profile=STEADY, counter_period_s=5.0, counter_phase_s=1.0)
+    clock, device = opened(gpu)
+
+    (probe,) = probe_sensors([device], [True], clock, clock.wall, clock.advance)
+    (meta,) = ScriptedSession([gpu]).session.metas
+
+    assert probe.counter_period_s is None
+    assert probe.counter_changes == 1
+    assert not meta.has_energy_counter
+    assert meta.counter_absent_reason is not None
+    assert "changed 1 time(s) in 3 s" in meta.counter_absent_reason
+
+
 def test_a_field_that_fails_once_is_tried_again_before_it_is_judged() -> None:
     gpu = FakeGpu(profile=STEADY, fail_first=(("power_instant", 2, NOT_SUPPORTED),))
     clock, device = opened(gpu)
@@ -206,5 +231,7 @@ def test_a_failed_read_on_one_gpu_is_a_gap_in_the_summed_curve_never_zero() -> N
 
     summed = EnergyAccount(record, ["GPU-a", "GPU-b"]).summed
 
-    assert record.failed_reads > 20  # GPU b's reads did fail...
+    assert record.acquisition is not None
+    assert record.acquisition.sampler is not None
+    assert record.acquisition.sampler.failed_reads > 20  # GPU b's reads did fail...
     assert min(summed.p) == pytest.approx(300.0)  # ...yet the total never dropped to 200 W

@@ -112,8 +112,9 @@ def test_percentiles_of_j_per_token_and_the_steady_state_figure() -> None:
     assert pct.p50.value == pytest.approx(2.5)
     assert pct.p90.value == pytest.approx(3.7)
     assert pct.mean.value == pytest.approx(2.5)
-    # sorting may reorder the truths: each percentile carries the least certain request's error
-    assert pct.p50.std() == pytest.approx(0.03)
+    # sorting may reorder the truths: the median lies between the medians of the truths'
+    # lower and upper ends (expanded 0.02 and 0.04 either side of 2 and 3: 2.5 +/- 0.03)
+    assert pct.p50.expanded() == pytest.approx(0.03)
 
     work = work_of([[(10, 10), (10, 10)]])
     per_token, per_request = steady_state(split_of(work, work.batches[0].span.end), (10, 10))
@@ -139,3 +140,19 @@ def test_in_a_prefill_heavy_workload_requests_add_up_and_prefill_is_not_lost() -
     assert isinstance(truths, list)
     for estimate, true in zip(figures["requests.energy_j"], truths, strict=True):
         assert abs(estimate.value - true) <= estimate.total
+
+
+def test_a_percentile_is_as_uncertain_as_its_envelope_not_as_the_widest_request() -> None:
+    # One request far above the median is very uncertain; the median is not: whatever its
+    # truth within 3.0 +/- 0.5, it stays above the middle request's.
+    def known(value: float, expanded: float, scope: str) -> Estimate:
+        return Estimate(value).with_std(Source("batch_split", "random", scope), expanded / 2)
+
+    energy = (known(1.0, 0.01, "a"), known(2.0, 0.01, "b"), known(3.0, 0.5, "c"))
+
+    shown = per_token_percentiles(energy, (1, 1, 1))
+
+    assert shown.p50.value == pytest.approx(2.0)
+    assert shown.p50.expanded() == pytest.approx(0.01)  # was 0.5, the widest request's
+    # the top quantile does take the uncertain request's envelope
+    assert shown.p99.expanded() == pytest.approx(0.5, rel=0.05)

@@ -6,14 +6,20 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import pynvml
 import pytest
 from llem_client import EnergyConfig
+from llem_service.energy.base import MeterError
 from llem_service.energy.meter import NvmlEnergyMeter, NvmlSession
 from llem_service.energy.nvml import Nvml
 from llem_service.energy.sampler import SamplerEngine, SamplerSpec
+from llem_service.energy.sampler_engine import open_engine
 from llem_service.energy.samples import SAMPLE_COLUMNS
 
 from tests.fake_nvml import FakeGpu, FakeNvml, ManualClock, PowerProfile
@@ -150,3 +156,70 @@ def test_the_sampler_ends_when_the_experiment_process_is_killed(tmp_path: Path) 
         if child.is_alive():
             child.kill()
             child.join()
+
+
+class StallingNvml(FakeNvml):
+    """A fake NVML whose temperature read hangs while ``stall`` is set (a driver stuck in a
+    call), until ``release`` is."""
+
+    def __init__(self, gpus: tuple[FakeGpu, ...]) -> None:
+        super().__init__(gpus=gpus)
+        self.stall = threading.Event()
+        self.release = threading.Event()
+
+    def nvmlDeviceGetTemperature(self, handle: Any, sensor: int) -> int:
+        if self.stall.is_set():
+            self.release.wait(10.0)
+        return super().nvmlDeviceGetTemperature(handle, sensor)
+
+
+def test_a_sampler_that_does_not_answer_a_flush_is_an_error_not_a_stale_record() -> None:
+    library = StallingNvml((GPU,))
+    meter = NvmlEnergyMeter(library=library, sampler="thread", powercap_root=None)
+    metered = meter.open([GPU.uuid], EnergyConfig(sample_interval_ms=10))
+    assert isinstance(metered, NvmlSession)
+    metered.sampler.reply_timeout_s = 0.3
+    metered.start()
+    try:
+        time.sleep(0.1)
+        library.stall.set()
+        time.sleep(0.05)  # the sampler is now inside the stuck call
+
+        with pytest.raises(MeterError, match="did not answer"):
+            metered.sampler.snapshot()
+
+        library.stall.clear()
+        library.release.set()
+        asked = time.perf_counter()
+        time.sleep(0.1)
+        # The stuck flush's answer comes late; this flush waits for its own.
+        snapshot = metered.sampler.snapshot()
+        assert snapshot.t_s[-1] > asked
+    finally:
+        library.release.set()
+        metered.close()
+
+
+def test_a_session_that_fails_to_open_leaves_no_samples_directory(tmp_path: Path) -> None:
+    broken = FakeGpu(failing=(("memory", 0.0, 1e9, pynvml.NVML_ERROR_UNKNOWN),))
+    meter = NvmlEnergyMeter(
+        library=FakeNvml(gpus=(broken,)), powercap_root=None, samples_dir=str(tmp_path)
+    )
+
+    with pytest.raises(MeterError):
+        meter.open([broken.uuid], EnergyConfig(sample_interval_ms=10))
+
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_nvml_is_closed_when_the_sampler_cannot_start_on_its_gpus() -> None:
+    library = FakeNvml(gpus=(GPU,))
+    spec = SamplerSpec(
+        library=library, device_uuids=("GPU-not-there",), interval_s=0.01,
+        power_fields=("instant",), refresh_s=(None,), directory=tempfile.mkdtemp(), own_pid=0,
+    )  # fmt: skip
+
+    with pytest.raises(MeterError):
+        open_engine(spec)
+
+    assert library.initialised == 0  # every nvmlInit matched by its shutdown

@@ -10,12 +10,14 @@ import pynvml
 import pytest
 from llem_client import BaselineConfig, EnergyConfig
 from llem_service.energy import MeterError
-from llem_service.energy.baseline import BaselineSet, take_baselines
+from llem_service.energy.base import Baseline
+from llem_service.energy.baseline import BaselineCache, BaselineSet, take_baselines
 from llem_service.energy.figures import Batch, Span, Work
 from llem_service.energy.meter import NvmlEnergyMeter
 from llem_service.energy.report import build_energy
+from llem_service.experiment.run import run_experiment
 
-from tests.energy_scenarios import SCENARIOS
+from tests.energy_scenarios import SCENARIOS, SimulatedBackend
 from tests.fake_nvml import FakeGpu, FakeNvml, PowerProfile, ScriptedSession
 
 BUSY = PowerProfile(((100.0, 300.0),))
@@ -209,3 +211,95 @@ def test_a_null_headline_is_null_in_its_budget_too_and_every_figure_follows_the_
     ]
     for figure in published:
         assert figure is None or figure.total <= limit * abs(figure.value), figure
+
+
+def test_a_null_energy_leaves_no_field_to_recover_it_from() -> None:
+    # A window of a few counter updates: its energy is null, and so is everything that would
+    # give it back (mean power x window, the bare integral beside it).
+    result, _ = SCENARIOS["short_window"].draw(0).execute()
+    energy = result.energy
+
+    assert energy is not None
+    assert energy.energy_j is None
+    assert energy.mean_power_w is None
+    assert energy.integrated_energy_j is None
+    assert energy.counter_vs_integral_rel_diff is None
+    for device in energy.devices:
+        assert device.energy_j is None
+        assert device.mean_power_w is None
+        assert device.integrated_energy_j is None
+        assert device.counter_vs_integral_rel_diff is None
+
+
+def test_a_published_counter_energy_comes_with_its_cross_check() -> None:
+    result, _ = SCENARIOS["steady_decode"].draw(0).execute()
+    energy = result.energy
+
+    assert energy is not None
+    assert energy.energy_j is not None
+    assert energy.mean_power_w == pytest.approx(energy.energy_j.value / energy.window_s)
+    assert energy.integrated_energy_j is not None
+    (device,) = energy.devices
+    assert device.integrated_energy_j is not None
+    assert device.counter_vs_integral_rel_diff is not None
+
+
+def test_an_idle_baseline_too_uncertain_to_publish_is_null_and_not_kept() -> None:
+    gpu = FakeGpu(profile=BUSY)
+    scripted = ScriptedSession([gpu])
+    for label in ("load_start", "load_end", "warmup_end"):
+        scripted.run_for(0.5)
+        scripted.mark(label)
+    start = scripted.clock()
+    scripted.run_for(2.0)
+    scripted.mark("repeat_0_end")
+    span = Span(start, start + 0.2, scripted.clock())
+    # Idle power still falling fast when it was measured: +/- 200 W of drift on 60 W.
+    moving = Baseline(
+        device_uuid=gpu.uuid, power_w=60.0, random_std_w=0.5, duration_s=10.0,
+        measured_at=0.0, method="measured", settled=False, drift_bound_w=200.0,
+    )  # fmt: skip
+    section = build_energy(
+        scripted.close(), [gpu.uuid], Work((Batch(span, (8,), (16,)),)),
+        baselines=BaselineSet(baselines=(moving,)), prefill=None,
+        plan=EnergyConfig(phase_split="none"), now=0.0,
+    )  # fmt: skip
+
+    assert section.result is not None
+    (baseline,) = section.result.baselines
+    assert baseline.power_w is None
+    assert section.result.baseline_power_w is None
+    assert section.result.adjusted_energy_j is None
+    said = [m for c, m in section.warnings if c == "energy_figure_unbounded"]
+    assert any(m.startswith("A GPU's idle baseline is null") for m in said)
+    cache = BaselineCache()
+    cache.update([baseline.model_copy(update={"settled": True})])
+    assert cache.all() == ()
+
+
+def test_a_reused_model_and_gaps_too_short_to_place_leave_no_always_null_phase() -> None:
+    # Host gaps of milliseconds between batches could only be bounded by the whole power
+    # range, and a reused model loads nothing: neither is a phase that is null every time.
+    scenario = SCENARIOS["steady_decode"]
+    run = scenario.draw(2)
+    scripted = ScriptedSession(run.gpus, interval_ms=50, sensors=run.sensors)
+    backend = SimulatedBackend(scripted, run.profiles, scenario.workload, run.rng)
+
+    result = run_experiment(
+        "e1", scenario.config(), backend, scripted.meter(), lambda _: None, reused_from="e0"
+    ).result
+
+    energy = result.energy
+    assert energy is not None
+    assert energy.energy_j is not None
+    phases = {p.phase: p for p in energy.phases}
+    assert sorted(phases) == ["decode", "prefill", "warmup"]
+    assert not [w.message for w in result.warnings if "phase" in w.message]
+    prefill, decode = phases["prefill"].energy_j, phases["decode"].energy_j
+    assert prefill is not None
+    assert decode is not None
+    # the gaps stay in decode: prefill and decode still make up the window
+    assert prefill.value + decode.value == pytest.approx(energy.energy_j.value)
+    assert phases["prefill"].duration_s + phases["decode"].duration_s == pytest.approx(
+        energy.window_s, rel=1e-3
+    )

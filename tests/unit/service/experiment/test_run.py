@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import pytest
 from llem_client import JobProgress
 from llem_service.backends.base import BackendError
 from llem_service.energy import MeterError, NullEnergyMeter
-from llem_service.energy.base import Baseline
+from llem_service.energy.base import Baseline, MeterProbe, MeterRecord, MeterSession
 from llem_service.energy.meter import NvmlEnergyMeter
 from llem_service.experiment.run import ExperimentOutput, run_experiment
 
@@ -189,6 +190,53 @@ def test_repeats_stop_when_the_interval_is_narrow_enough() -> None:
     assert "repeats_target_not_reached" in [w.code for w in capped.warnings]
 
 
+class RecordingSession:
+    """A real session that notes every mark and snapshot, in order."""
+
+    def __init__(self, inner: MeterSession, calls: list[str]) -> None:
+        self._inner = inner
+        self.calls = calls
+
+    def mark(self, label: str) -> None:
+        self.calls.append(label)
+        self._inner.mark(label)
+
+    def snapshot(self) -> MeterRecord:
+        self.calls.append("snapshot")
+        return self._inner.snapshot()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class RecordingMeter:
+    """The fake NVML meter whose sessions are `RecordingSession`s."""
+
+    name = "nvml"
+
+    def __init__(self) -> None:
+        self.inner = fake_meter()
+        self.calls: list[str] = []
+
+    def probe(self) -> MeterProbe:
+        return self.inner.probe()
+
+    def open(self, *args: Any, **kwargs: Any) -> MeterSession:
+        return RecordingSession(self.inner.open(*args, **kwargs), self.calls)
+
+
+@pytest.mark.parametrize("repeats", [3, {"min": 3, "max": 3, "target_ci_rel": 1e-9}])
+def test_nothing_but_the_marks_runs_between_the_repeats(repeats: object) -> None:
+    meter = RecordingMeter()
+
+    result = run(meter=meter, repeats=repeats, n_prompts=2, batch_size=1).result
+
+    calls = meter.calls
+    window = calls[calls.index("warmup_end") : calls.index("repeat_2_end") + 1]
+    assert window == ["warmup_end", "repeat_0_end", "repeat_1_end", "repeat_2_end"]
+    assert len(result.repeats.per_repeat) == 3
+
+
 def test_without_a_meter_repeats_stop_on_tokens_per_second() -> None:
     summary = run(
         backend=FakeInferenceBackend(gpu=False),
@@ -211,6 +259,7 @@ def test_a_measured_baseline_is_recorded_and_subtracted() -> None:
     assert baseline.reused is False
     assert baseline.settled
     assert baseline.duration_s == pytest.approx(0.3, abs=0.05)
+    assert baseline.power_w is not None
     assert baseline.power_w.value == pytest.approx(200.0, rel=0.05)
     assert baseline.temperature_c == 40
     assert baseline.power_limit_w == 700.0
@@ -245,10 +294,12 @@ def test_a_fresh_cached_baseline_is_reused_and_a_stale_one_is_not() -> None:
     assert reused.result.energy is not None
     assert remeasured.result.energy is not None
     (first,) = reused.result.energy.baselines
+    assert first.power_w is not None
     assert (first.reused, first.power_w.value) == (True, 42.0)
     assert first.age_s == pytest.approx(60, abs=5)
     (second,) = remeasured.result.energy.baselines
     assert second.reused is False
+    assert second.power_w is not None
     assert second.power_w.value == pytest.approx(300.0, rel=0.05)
     assert "not reused: it is 720" in second.method  # 7200 s, give or take the run
     assert "s old (baseline.max_age_s is 3600)" in second.method
@@ -267,6 +318,7 @@ def test_idle_is_measured_again_after_the_window_when_asked() -> None:
 
     assert result.energy is not None
     (baseline,) = result.energy.baselines
+    assert baseline.power_w is not None
     assert baseline.after_power_w is not None
     assert baseline.after_power_w.value == pytest.approx(200.0, rel=0.05)
     # The GPU's idle power did not move: the drift between the two windows stays within

@@ -11,13 +11,11 @@ import { num, percent, shortId } from "../format.js";
 const requests = (r) => r.energy?.requests;
 const hostEnergy = (r) => {
   const host = r.energy?.host;
-  if (!host || !host.available || host.energy_j === null) return null;
-  const total = host.energy_uncertainty_j ?? 0;
-  return { value: host.energy_j, total, random: null, systematic: null };
+  return host && host.available ? host.energy_j : null;
 };
 
 // [label, figure of a result, kind, better]. Kinds: "estimate" (an Estimate, or null: not
-// published), "host" (value ± total, or null: not measured), "number".
+// published), "host" (an Estimate, or null: not measured, or too uncertain to publish), "number".
 const METRICS = [
   ["Output tokens/s", (r) => r.avg_tokens_per_second, "number", "higher"],
   ["Requests/s", (r) => r.requests_per_second, "number", "higher"],

@@ -129,12 +129,13 @@ function hostBlock(result) {
     box.append(h("p", { class: "note" }, `Not measured: ${host.reason || "no reason given"}.`));
     return box;
   }
-  const u = host.energy_uncertainty_j;
+  const why = (label) => whyNull(result, label);
   box.append(
     facts([
-      ["Energy (packages + DRAM)", u === null ? unit(host.energy_j, "J") : `${num(host.energy_j)} ± ${num(u, 2)} J`],
-      ["CPU packages / DRAM", `${unit(host.cpu_energy_j, "J")} / ${unit(host.dram_energy_j, "J")}`],
-      ["Per output token", unit(host.energy_per_output_token_j, "J")],
+      ["Energy (packages + DRAM)", estimate(host.energy_j, "J", why("Host energy"))],
+      ["CPU packages", estimate(host.cpu_energy_j, "J", why("Host CPU energy"))],
+      ["DRAM", host.dram_energy_j === null ? "–" : estimate(host.dram_energy_j, "J", why("Host DRAM energy"))],
+      ["Per output token", estimate(host.energy_per_output_token_j, "J", why(["Host energy per output token", "Host energy"]))],
       ["Mean power", unit(host.mean_power_w, "W")],
       ["Window", seconds(host.window_s)],
       ["Method", host.method],
@@ -143,7 +144,7 @@ function hostBlock(result) {
       ? table(
           "RAPL zones",
           ["Zone", "Kind", "Energy", "Mean power", "Wrap-arounds"],
-          host.domains.map((z) => [`${z.name} (${z.zone})`, z.kind, `${num(z.energy_j)} ± ${num(z.energy_uncertainty_j, 2)} J`, unit(z.mean_power_w, "W"), z.wraps]),
+          host.domains.map((z) => [`${z.name} (${z.zone})`, z.kind, estimate(z.energy_j, "J", why("A RAPL zone's energy")), unit(z.mean_power_w, "W"), z.wraps]),
         )
       : null,
   );
@@ -179,10 +180,17 @@ export function energySection(result) {
 
 function baselineFlags(b) {
   const flags = [];
-  if (b.reused) flags.push(`reused (taken ${seconds(b.age_s)} before)`);
+  if (b.reused) flags.push(`reused (taken ${seconds(b.age_s)} before; ±${num(b.reuse_bound_w, 3)} W for the temperature since)`);
   if (b.contaminated) flags.push("contaminated: the GPU was busy (see warnings)");
   if (!b.settled) flags.push("not settled (see warnings)");
   return flags.join("; ") || "clean";
+}
+
+/** Idle power measured again after the window: only when asked, and published or not. */
+function afterWindow(result, b) {
+  if (b.after_power_w) return [estimate(b.after_power_w, "W"), h("br"), `drift ${unit(b.drift_w, "W", 3)}`];
+  if (result.config.baseline.when === "before") return "not measured";
+  return estimate(null, "W", whyNull(result, "A GPU's idle power after the window"));
 }
 
 export function baselinesSection(result) {
@@ -200,12 +208,12 @@ export function baselinesSection(result) {
       ["GPU", "Idle power", "Window", "Settling", "Trend / drift bound", "Temperature", "After the window", "Taken", "State"],
       e.baselines.map((b) => [
         h("code", {}, b.device_uuid),
-        estimate(b.power_w, "W"),
+        estimate(b.power_w, "W", whyNull(result, "A GPU's idle baseline")),
         [seconds(b.duration_s), h("br"), h("small", {}, b.method)],
         `${seconds(b.settle_s)} ${b.settled ? "(settled)" : "(cap reached)"}`,
         `${b.trend_w_per_s === null ? "–" : `${num(b.trend_w_per_s, 3)} W/s`} / ±${num(b.drift_bound_w, 3)} W`,
         b.temperature_c === null ? "–" : `${num(b.temperature_c, 3)} °C${b.temperature_trend_c_per_s === null ? "" : ` (${num(b.temperature_trend_c_per_s, 2)} °C/s)`}`,
-        b.after_power_w ? [estimate(b.after_power_w, "W"), h("br"), `drift ${unit(b.drift_w, "W", 3)}`] : "not measured",
+        afterWindow(result, b),
         when(b.measured_at),
         baselineFlags(b),
       ]),

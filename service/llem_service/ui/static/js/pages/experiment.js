@@ -22,8 +22,7 @@ function energyFacts(result) {
   const e = result.energy;
   if (!e) return [["Energy", h("span", { class: "unpublished" }, "not measured", h("span", { class: "why" }, whyNotMeasured(result)))]];
   const h_ = e.host;
-  const hostText = h_ && h_.available ? (h_.energy_uncertainty_j === null ? unit(h_.energy_j, "J") : `${num(h_.energy_j)} ± ${num(h_.energy_uncertainty_j, 2)} J`) : null;
-  const host = hostText ? ["Host CPU + DRAM", `${hostText} (RAPL, over the same window)`] : null;
+  const host = h_ && h_.available ? ["Host CPU + DRAM (RAPL, over the same window)", estimate(h_.energy_j, "J", whyNull(result, "Host energy"))] : null;
   return [
     ["Energy (raw)", estimate(e.energy_j, "J", whyNull(result, "The window's energy"))],
     ["Energy (idle baseline subtracted)", estimate(e.adjusted_energy_j, "J", whyAdjustedNull(result, ["Adjusted energy", "The baseline power"]))],
