@@ -60,7 +60,7 @@ from llem_service.executors.base import (
 from llem_service.experiment.figures import run_metrics
 from llem_service.experiment.results import ResultFiles
 from llem_service.jobs.backfill import BackfillBound
-from llem_service.jobs.base import BeforeRun, ClaimedJob, JobStore
+from llem_service.jobs.base import BeforeRun, ClaimedJob, JobStore, QueuedJob
 from llem_service.jobs.events import ChangeFeed, on_loop
 from llem_service.jobs.gpus import GpuPool, NeverFits, WholeHostPool, grant_fits
 from llem_service.jobs.overlaps import OverlapTracker, with_placement
@@ -196,7 +196,12 @@ class Scheduler:
     async def _run_forever(self) -> None:
         while not self._stopping:
             try:
-                waiting = await asyncio.to_thread(self._executor_unavailable) or self._dispatch()
+                if await asyncio.to_thread(self._executor_unavailable):
+                    waiting = True
+                else:
+                    # The queue is read (and its configs parsed) in a worker thread: on the
+                    # loop, a long queue held every request up at each submit.
+                    waiting = self._dispatch(await asyncio.to_thread(self.store.queued))
             except Exception:
                 _log.exception("could not start queued jobs")
                 await asyncio.sleep(STORE_RETRY_S)
@@ -221,10 +226,9 @@ class Scheduler:
         self.executor_reason = reason
         return reason is not None
 
-    def _dispatch(self) -> bool:
-        """Start the queued jobs the pool grants now, in order, within the backfill bound.
+    def _dispatch(self, queued: list[QueuedJob]) -> bool:
+        """Start the ``queued`` jobs the pool grants now, in order, within the backfill bound.
         True when a job was left waiting (look again later)."""
-        queued = self.store.queued()
         self.backfill.keep_only({q.id for q in queued})
         waiting: list[str] = []
         for job in queued:

@@ -14,7 +14,7 @@ from llem_client import ExperimentConfig, JobStatus
 from llem_service.executors.base import GpuGrant, RunContext, RunningJob, RunOutcome
 from llem_service.experiment.results import ResultFiles
 from llem_service.jobs.base import QueuedJob
-from llem_service.jobs.events import ChangeFeed
+from llem_service.jobs.events import ChangeFeed, running_loop
 from llem_service.jobs.scheduler import Scheduler
 from llem_service.jobs.store import SqliteJobStore
 from llem_service.jobs.study_store import NewStudy, PlannedRun
@@ -207,3 +207,28 @@ def test_a_restart_retries_an_interrupted_study_run_once_and_fails_a_plain_job(
     assert plain_job.status is JobStatus.FAILED
     assert plain_job.error is not None
     assert plain_job.error.type == "urn:llem:problem:interrupted"
+
+
+class QueueWatchingStore(SqliteJobStore):
+    """Counts the reads of the queue, and those made on an event loop's thread."""
+
+    reads = 0
+    reads_on_loop = 0
+
+    def queued(self, limit: int = 64) -> list[QueuedJob]:
+        self.reads += 1
+        if running_loop() is not None:
+            self.reads_on_loop += 1
+        return super().queued(limit)
+
+
+def test_the_scheduler_reads_the_queue_off_the_event_loop(tmp_path: Path) -> None:
+    # Each read parses up to 64 queued configs; on the loop it held every request up at each
+    # submit while a long queue waited.
+    store = QueueWatchingStore(tmp_path / "jobs.sqlite3")
+    ids = [store.submit(make_config(name=f"j{i}")).job.id for i in range(3)]
+
+    _run_until_done(store, tmp_path, RecordingExecutor(), ids)
+
+    assert store.reads >= 1
+    assert store.reads_on_loop == 0
