@@ -31,11 +31,13 @@ def load(name: str) -> dict[str, Any] | None:
 
 def main() -> None:
     lines = ["# Hardening figures", ""]
-    first = next((f for f in map(load, ["load", *CHAOS, "fuzz"]) if f), None)
-    if first is not None:
-        m = first["machine"]
+    recorded = [f for f in map(load, ["load", *CHAOS, "fuzz"]) if f]
+    if recorded:
+        m = recorded[0]["machine"]
+        dates = sorted(f["machine"]["date"][:10] for f in recorded)
+        when = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
         lines += [
-            f"Recorded {m['date']} on {m['platform']}, Python {m['python']}, {m['cpus']} CPUs, "
+            f"Recorded {when} on {m['platform']}, Python {m['python']}, {m['cpus']} CPUs, "
             "no GPU, by `scripts/test -m <tier> --record-figures` (the JSON files beside this "
             "one hold every figure and the 1-minute load average when each was taken; the "
             "machine was shared with other builds). Made by `benchmarks/hardening_report.py`.",
@@ -49,8 +51,11 @@ def main() -> None:
             f"{figures['clients']} concurrent clients ({figures['clients_connected']} connected), "
             f"{figures['duration_s']} s, each pausing ~{figures['interval_s']} s between "
             f"requests, against one server process on loopback while an experiment ran "
-            f"(still running at the end: {figures['experiment_running_throughout']}). "
-            f"Load average at the end: {figures['machine']['load_average_1m']}.",
+            f"(still running at the end: {figures['experiment_running_throughout']}), with "
+            f"{figures.get('dashboards', 0)} open dashboards and /metrics scraped every "
+            f"{figures.get('metrics_scrape_interval_s')} s. Recorded "
+            f"{figures['machine']['date']}; load average at the end: "
+            f"{figures['machine']['load_average_1m']}.",
             "",
             f"Requests: {figures['requests']}, throughput {figures['throughput_rps']} req/s, "
             f"errors {figures['errors']} (rate {figures['error_rate']:.4f}).",
