@@ -64,6 +64,18 @@ def wait_phase(client: Client, job_id: str, phase: str, timeout_s: float = 90) -
         time.sleep(0.1)
 
 
+def ended_states(cluster: SlurmCluster, slurm_ids: list[str]) -> dict[str, str]:
+    """Each Slurm job's state once none is still running (30 s at most). The node writes a
+    run's outcome, then its batch script exits: Slurm may say RUNNING for a moment after llem
+    has recorded the run."""
+    deadline = time.monotonic() + 30
+    states = {i: cluster.job_state(i) for i in slurm_ids}
+    while "RUNNING" in states.values() and time.monotonic() < deadline:
+        time.sleep(0.2)
+        states = {i: cluster.job_state(i) for i in slurm_ids}
+    return states
+
+
 def test_a_tiny_model_experiment_runs_as_a_slurm_job(
     slurm_service: SlurmService, slurm_cluster: SlurmCluster, tmp_path: Path
 ) -> None:
@@ -84,7 +96,9 @@ def test_a_tiny_model_experiment_runs_as_a_slurm_job(
     assert placement is not None
     assert placement.executor == "slurm"
     assert placement.executor_ref == slurm_job_of(slurm_cluster, job.id)
-    assert slurm_cluster.job_state(placement.executor_ref) == "COMPLETED"
+    assert ended_states(slurm_cluster, [placement.executor_ref]) == {
+        placement.executor_ref: "COMPLETED"
+    }
     assert placement.host == result.environment.hostname
 
 
@@ -111,7 +125,8 @@ def test_a_small_study_runs_its_points_as_separate_slurm_jobs(
     assert len([r for r in results.rows if r.kind == "run"]) == 4
     slurm_ids = [p.executor_ref for p in refs if p is not None]
     assert len(set(slurm_ids)) == 4  # every run its own Slurm job
-    assert all(slurm_cluster.job_state(i) == "COMPLETED" for i in slurm_ids if i)
+    states = ended_states(slurm_cluster, [i for i in slurm_ids if i])
+    assert set(states.values()) == {"COMPLETED"}, states
 
 
 def test_cancel_from_llem_client_is_scancel(
