@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Literal
+
+from llem_service.errors import IdempotencyKeyReused
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -110,3 +113,31 @@ def open_database(path: Path) -> sqlite3.Connection:
         # One transaction a step: a crash leaves the store at a step, never inside one.
         db.executescript(f"BEGIN IMMEDIATE; {script} PRAGMA user_version = {number}; COMMIT;")
     return db
+
+
+def keyed_id(
+    db: sqlite3.Connection,
+    table: Literal["jobs", "studies"],
+    idempotency_key: str,
+    fingerprint: str,
+) -> str | None:
+    """The id of the row of ``table`` that a request with ``idempotency_key`` made, if any.
+
+    Raises:
+        IdempotencyKeyReused: The key made that row from another request body.
+    """
+    row = db.execute(
+        f"SELECT id, request_fingerprint FROM {table} WHERE idempotency_key = ?",
+        (idempotency_key,),
+    ).fetchone()
+    if row is None:
+        return None
+    if row["request_fingerprint"] != fingerprint:
+        made = f"job {row['id']}" if table == "jobs" else f"study {row['id']}"
+        what = "experiment" if table == "jobs" else "study"
+        raise IdempotencyKeyReused(
+            f"Idempotency-Key {idempotency_key!r} was used for a different {what} ({made}); "
+            "use a new key for a new request"
+        )
+    found: str = row["id"]
+    return found

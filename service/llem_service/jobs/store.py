@@ -29,14 +29,13 @@ from llem_client import (
 
 from llem_service.errors import (
     AmbiguousJobId,
-    IdempotencyKeyReused,
     JobStillActive,
 )
 from llem_service.executors.base import WHOLE_HOST, GpuGrant, RunningJob
 from llem_service.jobs.base import ClaimedJob, QueuedJob, StudyLink, Submission
 from llem_service.jobs.cursors import job_cursor, job_seq
 from llem_service.jobs.interrupts import SqliteInterrupts
-from llem_service.jobs.schema import JOB_COLUMNS, open_database
+from llem_service.jobs.schema import JOB_COLUMNS, keyed_id, open_database
 from llem_service.jobs.study_store import SqliteStudyQueries
 
 _JOBS = "jobs"
@@ -113,18 +112,8 @@ class SqliteJobStore(SqliteStudyQueries, SqliteInterrupts):
 
     def _by_key(self, idempotency_key: str, fingerprint: str) -> Job | None:
         """The job ``idempotency_key`` made, if any (the store lock held)."""
-        row = self._db.execute(
-            "SELECT id, request_fingerprint FROM jobs WHERE idempotency_key = ?",
-            (idempotency_key,),
-        ).fetchone()
-        if row is None:
-            return None
-        if row["request_fingerprint"] != fingerprint:
-            raise IdempotencyKeyReused(
-                f"Idempotency-Key {idempotency_key!r} was used for a different "
-                f"experiment (job {row['id']}); use a new key for a new request"
-            )
-        return self._fetch(row["id"])
+        job_id = keyed_id(self._db, "jobs", idempotency_key, fingerprint)
+        return self._fetch(job_id) if job_id else None
 
     def replay(self, config: ExperimentConfig, idempotency_key: str) -> Job | None:
         """The job a request with this key and config made, if one did: a retried submission

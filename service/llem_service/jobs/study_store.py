@@ -28,8 +28,8 @@ from llem_client import (
     measurement_config_hash,
 )
 
-from llem_service.errors import IdempotencyKeyReused
 from llem_service.jobs.cursors import study_cursor, study_seq
+from llem_service.jobs.schema import keyed_id
 
 #: SQLite's default limit of host parameters in one statement is 999 on old builds.
 _CHUNK = 500
@@ -243,18 +243,8 @@ class SqliteStudyQueries:
             return self._study_by_key(idempotency_key, fingerprint)
 
     def _study_by_key(self, idempotency_key: str, fingerprint: str) -> StudyRecord | None:
-        row = self._db.execute(
-            "SELECT id, request_fingerprint FROM studies WHERE idempotency_key = ?",
-            (idempotency_key,),
-        ).fetchone()
-        if row is None:
-            return None
-        if row["request_fingerprint"] != fingerprint:
-            raise IdempotencyKeyReused(
-                f"Idempotency-Key {idempotency_key!r} was used for a different "
-                f"study ({row['id']}); use a new key for a new request"
-            )
-        return self._study_row(row["id"])
+        study_id = keyed_id(self._db, "studies", idempotency_key, fingerprint)
+        return self._study_row(study_id) if study_id else None
 
     def _study_row(self, study_id: str) -> StudyRecord | None:
         row = self._db.execute(
