@@ -190,8 +190,13 @@ export async function studyPage(main, { params, say }) {
     cancel.hidden = TERMINAL.has(study.status);
   }
 
+  // Answers can arrive out of order (a refresh's, then the targets' sent after it): only the
+  // latest request's answer is shown, or a stale one would undo the targets.
+  let latest = 0;
   async function showResults() {
+    const ticket = ++latest;
     const pareto = await api(`/v1/studies/${studyId}/pareto?${targetQuery()}`);
+    if (ticket !== latest) return;
     answer.textContent = pareto.message;
     answer.dataset.best = pareto.best ? String(pareto.best.point) : "";
     frontierCharts(chartsBox, studyId, pareto);
