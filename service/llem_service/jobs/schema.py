@@ -115,6 +115,10 @@ def open_database(path: Path) -> sqlite3.Connection:
     return db
 
 
+#: What a request made in each keyed table: (the request's kind, the row's kind).
+_KEYED = {"jobs": ("experiment", "job"), "studies": ("study", "study")}
+
+
 def keyed_id(
     db: sqlite3.Connection,
     table: Literal["jobs", "studies"],
@@ -133,11 +137,10 @@ def keyed_id(
     if row is None:
         return None
     if row["request_fingerprint"] != fingerprint:
-        made = f"job {row['id']}" if table == "jobs" else f"study {row['id']}"
-        what = "experiment" if table == "jobs" else "study"
+        what, made = _KEYED[table]
         raise IdempotencyKeyReused(
-            f"Idempotency-Key {idempotency_key!r} was used for a different {what} ({made}); "
-            "use a new key for a new request"
+            f"Idempotency-Key {idempotency_key!r} was used for a different {what} "
+            f"({made} {row['id']}); use a new key for a new request"
         )
     found: str = row["id"]
     return found
